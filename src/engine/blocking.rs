@@ -1,0 +1,159 @@
+//! The thread-per-connection skeleton shared by `threads` and `iovec`.
+//!
+//! One acceptor thread waits (poll) on the listener and on the shutdown signal; each accepted
+//! connection gets its own thread that blocks in read and write, so the kernel's scheduler is
+//! the event loop. The two engines differ only in the per-connection function they pass in:
+//! how the bytes move, which is the lesson.
+//!
+//! Shutdown: the acceptor stops accepting and half-closes every connection for reading
+//! (`shutdown(SHUT_RD)`). A blocked read then returns what the socket already holds and then
+//! end-of-file, so every request that reached the server is answered. A connection that still
+//! has not finished after the drain timeout (its peer never reads) is cut off for writing too.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{wait_readable, ConnError, EngineCtx};
+use crate::session::ServerSession;
+
+/// Serves one connection until the peer closes it or it fails.
+pub type ConnFn = fn(&mut TcpStream, &mut ServerSession) -> Result<(), ConnError>;
+
+/// Open connections by id, so shutdown can reach their sockets. A connection removes itself
+/// *before* its socket closes, so a descriptor found here is never a reused one.
+type Registry = Arc<Mutex<HashMap<u64, RawFd>>>;
+
+pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, serve_conn: ConnFn) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    let registry: Registry = Arc::default();
+    let (done_tx, done_rx) = mpsc::channel::<u64>();
+    let mut threads = HashMap::new();
+    let mut next_id = 0u64;
+
+    while !ctx.shutdown.is_triggered() {
+        let ready = wait_readable(&[listener.as_raw_fd(), ctx.shutdown.fd()], None)?;
+        if ready[1] {
+            break;
+        }
+        // Reap finished threads so a long-running server does not accumulate handles.
+        while let Ok(id) = done_rx.try_recv() {
+            if let Some(t) = threads.remove(&id) {
+                let _ = std::thread::JoinHandle::join(t);
+            }
+        }
+        loop {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    let id = next_id;
+                    next_id += 1;
+                    ctx.stats
+                        .accepted
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    registry
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("registry poisoned"))?
+                        .insert(id, stream.as_raw_fd());
+                    let (conn_ctx, conn_registry, done) = (ctx.clone(), registry.clone(), done_tx.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("conn-{id}"))
+                        .spawn(move || {
+                            let mut stream = stream;
+                            run_connection(&conn_ctx, &mut stream, peer, serve_conn);
+                            if let Ok(mut r) = conn_registry.lock() {
+                                r.remove(&id);
+                            }
+                            drop(stream); // closed only now that shutdown cannot reach it
+                            let _ = done.send(id);
+                        });
+                    match spawned {
+                        Ok(handle) => {
+                            threads.insert(id, handle);
+                        }
+                        Err(e) => {
+                            // The closure (and the stream) is dropped: the connection closes.
+                            registry
+                                .lock()
+                                .map_err(|_| anyhow::anyhow!("registry poisoned"))?
+                                .remove(&id);
+                            ctx.stats
+                                .accept_errors
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            eprintln!("iolab: cannot start a thread for {peer}: {e}");
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: the connection waits in the backlog; do not spin.
+                    ctx.stats
+                        .accept_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    eprintln!("iolab: accept failed: {e}");
+                    wait_readable(&[ctx.shutdown.fd()], Some(Duration::from_millis(10)))?;
+                    break;
+                }
+            }
+        }
+    }
+    drop(listener);
+
+    half_close_all(&registry, libc::SHUT_RD);
+    let deadline = Instant::now() + ctx.config.drain_timeout;
+    let mut cut_off = false;
+    while !threads.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match done_rx.recv_timeout(if cut_off { Duration::from_secs(1) } else { left }) {
+            Ok(id) => {
+                if let Some(t) = threads.remove(&id) {
+                    let _ = t.join();
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if !cut_off => {
+                eprintln!(
+                    "iolab: {} connection(s) still writing after {:?}; cutting them off",
+                    threads.len(),
+                    ctx.config.drain_timeout
+                );
+                half_close_all(&registry, libc::SHUT_RDWR);
+                cut_off = true;
+            }
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
+fn half_close_all(registry: &Registry, how: libc::c_int) {
+    if let Ok(r) = registry.lock() {
+        for &fd in r.values() {
+            // SAFETY: the registry only holds descriptors of sockets still open (see Registry).
+            unsafe { libc::shutdown(fd, how) };
+        }
+    }
+}
+
+fn run_connection(ctx: &EngineCtx, stream: &mut TcpStream, peer: SocketAddr, serve_conn: ConnFn) {
+    let mut session = ServerSession::new(&ctx.config.session);
+    let result = stream
+        .set_nonblocking(false)
+        .and_then(|()| stream.set_nodelay(true))
+        .map_err(ConnError::from)
+        .and_then(|()| serve_conn(stream, &mut session));
+    ctx.connection_closed(peer, result, session.counters());
+}
+
+/// `read` that retries when a signal interrupts it.
+pub fn retry<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
