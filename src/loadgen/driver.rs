@@ -1,0 +1,538 @@
+//! The epoll connection driver: one thread, many connections, an absolute send schedule.
+//!
+//! Each connection is an independent arrival process; a min-heap holds every connection's
+//! next scheduled send. The thread sleeps in `epoll_pwait2` until shortly before the next
+//! send (handling replies as they arrive), then spins the last stretch reading the clock and
+//! polling epoll without blocking, and sends at the scheduled instant. Sockets are
+//! non-blocking and edge-triggered: a reply is read as soon as the kernel has it, and a
+//! request that does not fit the socket waits in the connection's queue for `EPOLLOUT`.
+//!
+//! Latency is taken from the *scheduled* send time to the arrival of the whole reply, so a
+//! late send (the generator's fault) or a stalled server (the server's) shows up in it rather
+//! than being hidden by a send that simply waited (coordinated omission).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use rand::SeedableRng;
+
+use super::arrival::Arrivals;
+use super::client::{ClientConn, Completion, RequestSpec};
+use super::spec::ReplyDist;
+use super::stats::new_histogram;
+use super::{ConnectMode, LoadConfig, RequestRecord};
+use crate::clock::now_ns;
+use crate::frame::ReplySize;
+use crate::sys::{interest, take_socket_error, tighten_timer_slack, Epoll};
+
+/// How long before a scheduled send the thread stops sleeping and starts spinning.
+const SPIN_WINDOW_NS: u64 = 60_000;
+/// Longest single sleep, so an abort or an interval boundary is noticed promptly.
+const MAX_SLEEP: Duration = Duration::from_millis(20);
+/// Bytes read per read call.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// When all threads are connected, the main thread names the common start time (or aborts).
+#[derive(Debug, Default)]
+pub struct StartGate {
+    state: Mutex<Option<Option<u64>>>,
+    cv: Condvar,
+}
+
+impl StartGate {
+    pub fn open(&self, start: Option<u64>) {
+        if let Ok(mut s) = self.state.lock() {
+            *s = Some(start);
+        }
+        self.cv.notify_all();
+    }
+
+    fn wait(&self) -> Option<u64> {
+        let mut s = self.state.lock().ok()?;
+        loop {
+            if let Some(start) = *s {
+                return start;
+            }
+            s = self.cv.wait(s).ok()?;
+        }
+    }
+}
+
+/// One interval's completions from one thread, for `--log-interval` and `--hdr-log`.
+#[derive(Debug)]
+pub struct IntervalReport {
+    pub thread: usize,
+    pub index: u64,
+    pub completed: u64,
+    pub errors: u64,
+    pub latency: Histogram<u64>,
+}
+
+/// Everything one driver thread needs.
+#[derive(Debug)]
+pub struct ThreadPlan {
+    pub index: usize,
+    /// Global indices of the connections this thread owns.
+    pub connections: Vec<usize>,
+    pub config: Arc<LoadConfig>,
+    pub abort: Arc<AtomicBool>,
+    pub gate: Arc<StartGate>,
+    pub ready: mpsc::Sender<Result<(), String>>,
+    pub intervals: Option<mpsc::Sender<IntervalReport>>,
+}
+
+/// What one driver thread measured.
+#[derive(Debug)]
+pub struct ThreadOutcome {
+    pub latency: Histogram<u64>,
+    pub uncorrected: Histogram<u64>,
+    pub send_lag: Histogram<u64>,
+    pub sent: u64,
+    pub completed: u64,
+    pub bad_replies: u64,
+    pub overflow: u64,
+    pub lost: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Actual send times of measured requests (ns).
+    pub send_times: Vec<u64>,
+    /// Scheduled send times of measured requests (ns).
+    pub scheduled_times: Vec<u64>,
+    pub records: Vec<RequestRecord>,
+    /// Why the run stopped early, if it did.
+    pub error: Option<String>,
+}
+
+struct Conn {
+    stream: TcpStream,
+    client: ClientConn,
+    connected: bool,
+}
+
+struct Driver {
+    plan: ThreadPlan,
+    epoll: Epoll,
+    conns: Vec<Conn>,
+    tally: Tally,
+    read_buf: Vec<u8>,
+    events: Vec<libc::epoll_event>,
+}
+
+/// Counters and histograms, kept apart from the connections so both can be borrowed at once.
+struct Tally {
+    out: ThreadOutcome,
+    interval: Histogram<u64>,
+    interval_completed: u64,
+    interval_errors: u64,
+    keep_records: bool,
+}
+
+impl Tally {
+    fn complete(&mut self, c: Completion) {
+        if !c.request.measured {
+            return;
+        }
+        let r = c.request;
+        if c.ok {
+            let latency = c.done_ns.saturating_sub(r.scheduled_ns);
+            self.out.completed += 1;
+            self.out.latency.saturating_record(latency);
+            self.out
+                .uncorrected
+                .saturating_record(c.done_ns.saturating_sub(r.sent_ns));
+            self.interval.saturating_record(latency);
+            self.interval_completed += 1;
+        } else {
+            self.out.bad_replies += 1;
+            self.interval_errors += 1;
+        }
+        if self.keep_records {
+            self.out.records.push(RequestRecord {
+                id: r.id,
+                scheduled_ns: r.scheduled_ns,
+                sent_ns: r.sent_ns,
+                done_ns: c.done_ns,
+                request_bytes: r.request_bytes,
+                reply_bytes: r.reply_bytes,
+                ok: c.ok,
+            });
+        }
+    }
+}
+
+/// Runs one driver thread to the end of its schedule and the drain after it.
+pub fn run(plan: ThreadPlan) -> ThreadOutcome {
+    let keep_records = plan.config.requests_log;
+    let mut tally = Tally {
+        out: ThreadOutcome {
+            latency: new_histogram(),
+            uncorrected: new_histogram(),
+            send_lag: new_histogram(),
+            sent: 0,
+            completed: 0,
+            bad_replies: 0,
+            overflow: 0,
+            lost: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            send_times: Vec::new(),
+            scheduled_times: Vec::new(),
+            records: Vec::new(),
+            error: None,
+        },
+        interval: new_histogram(),
+        interval_completed: 0,
+        interval_errors: 0,
+        keep_records,
+    };
+    let epoll = match Epoll::new() {
+        Ok(e) => e,
+        Err(e) => {
+            let msg = format!("cannot create an epoll instance: {e}");
+            let _ = plan.ready.send(Err(msg.clone()));
+            tally.out.error = Some(msg);
+            return tally.out;
+        }
+    };
+    let mut driver = Driver {
+        plan,
+        epoll,
+        conns: Vec::new(),
+        tally,
+        read_buf: vec![0; READ_BUFFER],
+        events: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
+    };
+    if let Err(e) = driver.go() {
+        driver.plan.abort.store(true, Ordering::SeqCst);
+        driver.tally.out.error.get_or_insert(e);
+    }
+    driver.tally.out
+}
+
+impl Driver {
+    fn go(&mut self) -> Result<(), String> {
+        let cfg = self.plan.config.clone();
+        tighten_timer_slack();
+        if !cfg.pin.is_empty() {
+            let cpu = cfg.pin[self.plan.index % cfg.pin.len()];
+            crate::engine::pin_current_thread(&[cpu]).map_err(|e| e.to_string())?;
+        }
+        let connected = self.connect_all(&cfg);
+        let _ = self.plan.ready.send(connected.clone());
+        connected?;
+        let Some(start) = self.plan.gate.wait() else {
+            return Ok(()); // another thread failed to connect; it reports why
+        };
+        let mut interval = IntervalClock::new(cfg.log_interval, start + cfg.warmup.as_nanos() as u64);
+        self.schedule(&cfg, start, &mut interval)?;
+        self.drain(&cfg, &mut interval)?;
+        interval.flush(self, true);
+        Ok(())
+    }
+
+    fn connect_all(&mut self, cfg: &LoadConfig) -> Result<(), String> {
+        for (slot, _) in self.plan.connections.iter().enumerate() {
+            let (stream, connected) = match cfg.connect {
+                ConnectMode::Sequential => (connect_blocking(cfg.addr)?, true),
+                ConnectMode::Concurrent => (connect_nonblocking(cfg.addr)?, false),
+            };
+            let _ = stream.set_nodelay(true);
+            self.epoll
+                .add(
+                    stream.as_raw_fd(),
+                    slot as u64,
+                    interest::READ | interest::WRITE | interest::EDGE,
+                )
+                .map_err(|e| format!("epoll_ctl: {e}"))?;
+            self.conns.push(Conn {
+                stream,
+                client: ClientConn::new(cfg.chunk_size, cfg.max_frame, cfg.max_in_flight),
+                connected,
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends every request whose scheduled time falls before the end of the run.
+    fn schedule(&mut self, cfg: &LoadConfig, start: u64, interval: &mut IntervalClock) -> Result<(), String> {
+        let warm_end = start + cfg.warmup.as_nanos() as u64;
+        let end = warm_end + cfg.duration.as_nanos() as u64;
+        let per_conn_rate = cfg.rate / cfg.connections as f64;
+        let arrivals = Arrivals::new(cfg.arrival, per_conn_rate);
+        let seed = cfg.seed ^ (self.plan.index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed);
+        let mut next_at: Vec<f64> = Vec::with_capacity(self.conns.len());
+        let mut heap = BinaryHeap::with_capacity(self.conns.len());
+        for (slot, &global) in self.plan.connections.iter().enumerate() {
+            let t = arrivals.first(&mut rng, global, cfg.connections);
+            next_at.push(t);
+            heap.push(Reverse((start + t as u64, slot)));
+        }
+        let mut next_id = (self.plan.index as u64) << 48;
+        while let Some(&Reverse((at, slot))) = heap.peek() {
+            if at >= end || self.plan.abort.load(Ordering::Relaxed) {
+                break;
+            }
+            self.wait_until(at, interval)?;
+            heap.pop();
+            // The spec is drawn whether or not the request can go, so the schedule and the
+            // request mix depend only on the seed, never on how the server behaves.
+            let spec = RequestSpec {
+                request_bytes: cfg.request_size.sample(&mut rng).min(cfg.max_frame as u64) as u32,
+                reply: match cfg.reply {
+                    ReplyDist::Echo => ReplySize::Echo,
+                    ReplyDist::Sized(d) => {
+                        ReplySize::Bytes(d.sample(&mut rng).min(cfg.max_frame as u64) as u32)
+                    }
+                },
+                spin_ns: cfg.work.sample_ns(&mut rng),
+            };
+            self.fire(slot, at, at >= warm_end, spec, next_id)?;
+            next_id += 1;
+            next_at[slot] += arrivals.gap(&mut rng);
+            heap.push(Reverse((start + next_at[slot] as u64, slot)));
+        }
+        Ok(())
+    }
+
+    fn fire(
+        &mut self,
+        slot: usize,
+        at: u64,
+        measured: bool,
+        spec: RequestSpec,
+        id: u64,
+    ) -> Result<(), String> {
+        let conn = &mut self.conns[slot];
+        if !conn.client.can_send() {
+            if measured {
+                self.tally.out.overflow += 1;
+                self.tally.interval_errors += 1;
+            }
+            return Ok(());
+        }
+        let now = now_ns();
+        conn.client.queue(id, at, now, spec, measured);
+        if measured {
+            let out = &mut self.tally.out;
+            out.sent += 1;
+            out.send_lag.saturating_record(now.saturating_sub(at));
+            out.send_times.push(now);
+            out.scheduled_times.push(at);
+        }
+        self.flush(slot)
+    }
+
+    /// Waits for `at`, handling socket events meanwhile: sleep most of the way, spin the rest.
+    fn wait_until(&mut self, at: u64, interval: &mut IntervalClock) -> Result<(), String> {
+        loop {
+            let now = now_ns();
+            interval.tick(self, now);
+            if now >= at {
+                return Ok(());
+            }
+            let left = at - now;
+            let timeout = if left > SPIN_WINDOW_NS {
+                Duration::from_nanos(left - SPIN_WINDOW_NS).min(MAX_SLEEP)
+            } else {
+                Duration::ZERO
+            };
+            self.poll(Some(timeout))?;
+            if self.plan.abort.load(Ordering::Relaxed) {
+                return Err("stopped: another load thread failed".into());
+            }
+        }
+    }
+
+    /// After the last send: wait for the replies still in flight, up to the drain timeout.
+    fn drain(&mut self, cfg: &LoadConfig, interval: &mut IntervalClock) -> Result<(), String> {
+        let deadline = now_ns() + cfg.drain_timeout.as_nanos() as u64;
+        loop {
+            if self.conns.iter().all(|c| c.client.in_flight() == 0) {
+                break;
+            }
+            let now = now_ns();
+            interval.tick(self, now);
+            if now >= deadline || self.plan.abort.load(Ordering::Relaxed) {
+                break;
+            }
+            self.poll(Some(Duration::from_nanos(deadline - now).min(MAX_SLEEP)))?;
+        }
+        self.tally.out.lost = self
+            .conns
+            .iter()
+            .map(|c| c.client.measured_in_flight() as u64)
+            .sum();
+        Ok(())
+    }
+
+    fn poll(&mut self, timeout: Option<Duration>) -> Result<(), String> {
+        let n = self
+            .epoll
+            .wait(&mut self.events, timeout)
+            .map_err(|e| format!("epoll_wait: {e}"))?;
+        for i in 0..n {
+            let ev = self.events[i];
+            let slot = ev.u64 as usize;
+            let flags = ev.events;
+            if !self.conns[slot].connected {
+                self.finish_connect(slot, flags)?;
+            }
+            if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                self.read(slot)?;
+            }
+            if flags & libc::EPOLLOUT as u32 != 0 {
+                self.flush(slot)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_connect(&mut self, slot: usize, flags: u32) -> Result<(), String> {
+        let conn = &mut self.conns[slot];
+        if flags & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 == 0 {
+            return Ok(());
+        }
+        match take_socket_error(conn.stream.as_raw_fd()) {
+            Ok(None) => {
+                conn.connected = true;
+                Ok(())
+            }
+            Ok(Some(e)) | Err(e) => Err(connect_error(self.plan.config.addr, &e)),
+        }
+    }
+
+    fn read(&mut self, slot: usize) -> Result<(), String> {
+        let conn = &mut self.conns[slot];
+        if !conn.connected {
+            return Ok(());
+        }
+        loop {
+            match conn.stream.read(&mut self.read_buf) {
+                Ok(0) => {
+                    return Err(format!(
+                        "the server closed connection {slot} with {} request(s) in flight",
+                        conn.client.in_flight()
+                    ))
+                }
+                Ok(n) => {
+                    self.tally.out.bytes_received += n as u64;
+                    let now = now_ns();
+                    let tally = &mut self.tally;
+                    conn.client
+                        .receive(&self.read_buf[..n], now, |c| tally.complete(c))
+                        .map_err(|e| format!("connection {slot}: {e}"))?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("connection {slot} failed: {e}")),
+            }
+        }
+    }
+
+    fn flush(&mut self, slot: usize) -> Result<(), String> {
+        let conn = &mut self.conns[slot];
+        if !conn.connected {
+            return Ok(());
+        }
+        loop {
+            let result = {
+                let mut slices = [IoSlice::new(&[]); 64];
+                let n = conn.client.out().fill(&mut slices);
+                if n == 0 {
+                    return Ok(());
+                }
+                conn.stream.write_vectored(&slices[..n])
+            };
+            match result {
+                Ok(n) => {
+                    self.tally.out.bytes_sent += n as u64;
+                    conn.client.wrote(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("connection {slot} failed: {e}")),
+            }
+        }
+    }
+}
+
+/// Cuts the run into `--log-interval` slices and hands each slice's histogram to the main
+/// thread as the slice ends.
+struct IntervalClock {
+    every_ns: Option<u64>,
+    origin: u64,
+    index: u64,
+}
+
+impl IntervalClock {
+    fn new(every: Option<Duration>, origin: u64) -> Self {
+        IntervalClock {
+            every_ns: every.map(|d| (d.as_nanos() as u64).max(1_000_000)),
+            origin,
+            index: 0,
+        }
+    }
+
+    fn tick(&mut self, d: &mut Driver, now: u64) {
+        if let Some(every) = self.every_ns {
+            if now >= self.origin + (self.index + 1) * every {
+                self.flush(d, false);
+            }
+        }
+    }
+
+    fn flush(&mut self, d: &mut Driver, last: bool) {
+        if self.every_ns.is_none()
+            || (last && d.tally.interval_completed == 0 && d.tally.interval_errors == 0)
+        {
+            return;
+        }
+        if let Some(tx) = &d.plan.intervals {
+            let latency = std::mem::replace(&mut d.tally.interval, new_histogram());
+            let _ = tx.send(IntervalReport {
+                thread: d.plan.index,
+                index: self.index,
+                completed: std::mem::take(&mut d.tally.interval_completed),
+                errors: std::mem::take(&mut d.tally.interval_errors),
+                latency,
+            });
+        }
+        self.index += 1;
+    }
+}
+
+fn connect_error(addr: SocketAddr, e: &io::Error) -> String {
+    let hint = if e.kind() == io::ErrorKind::ConnectionRefused {
+        " (is a server listening there?)"
+    } else {
+        ""
+    };
+    format!("cannot connect to {addr}: {e}{hint}")
+}
+
+fn connect_blocking(addr: SocketAddr) -> Result<TcpStream, String> {
+    let stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| connect_error(addr, &e))?;
+    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+fn connect_nonblocking(addr: SocketAddr) -> Result<TcpStream, String> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(|e| e.to_string())?;
+    socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(connect_error(addr, &e)),
+    }
+    Ok(socket.into())
+}

@@ -1,0 +1,709 @@
+//! The open-loop load generator.
+//!
+//! `--rate` is the total offered load. It is split evenly over `--connections`, each an
+//! independent arrival process (Poisson by default), and the connections are split over
+//! `--threads` driver threads, each an event loop over its connections ([`driver`]). Requests
+//! leave on an absolute schedule whether or not earlier ones were answered; latency runs from
+//! the scheduled send to the full reply, so nothing the server does can hide from it.
+//!
+//! The generator also checks itself: how late each send left versus its schedule (send lag),
+//! whether the achieved rate met the offered one, and whether the interarrival times it
+//! actually produced pass a Kolmogorov–Smirnov test against the exponential distribution.
+
+pub mod arrival;
+pub mod client;
+mod driver;
+pub mod spec;
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::frame::{DEFAULT_CHUNK_SIZE, DEFAULT_MAX_FRAME};
+pub use arrival::ArrivalKind;
+use driver::{IntervalReport, StartGate, ThreadOutcome, ThreadPlan};
+use spec::{ReplyDist, SizeDist, WorkDist};
+use stats::{ks_exponential, mean_cv, new_histogram, KsResult};
+
+/// How connections are opened before the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectMode {
+    /// One after another, each waited for, before the first request.
+    Sequential,
+    /// All at once; each joins the schedule as soon as its handshake completes.
+    Concurrent,
+}
+
+/// A load run, fully specified.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    pub addr: SocketAddr,
+    /// Total offered rate, requests per second.
+    pub rate: f64,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub connections: usize,
+    pub threads: usize,
+    pub arrival: ArrivalKind,
+    pub request_size: SizeDist,
+    pub reply: ReplyDist,
+    pub work: WorkDist,
+    pub seed: u64,
+    /// Requests in flight per connection before further sends are counted as overflow.
+    pub max_in_flight: usize,
+    pub chunk_size: usize,
+    pub max_frame: usize,
+    pub connect: ConnectMode,
+    /// Cut the run into intervals of this length (for the per-interval log and --hdr-log).
+    pub log_interval: Option<Duration>,
+    /// How long to wait for replies still in flight after the last send.
+    pub drain_timeout: Duration,
+    /// CPUs for the driver threads (thread i on pin[i % len]); empty: no pinning.
+    pub pin: Vec<usize>,
+    /// Keep one record per request (for --requests-log).
+    pub requests_log: bool,
+}
+
+impl LoadConfig {
+    pub fn new(addr: SocketAddr, rate: f64, duration: Duration) -> Self {
+        LoadConfig {
+            addr,
+            rate,
+            duration,
+            warmup: Duration::ZERO,
+            connections: 16,
+            threads: 1,
+            arrival: ArrivalKind::Poisson,
+            request_size: SizeDist::Fixed(64),
+            reply: ReplyDist::Echo,
+            work: WorkDist::None,
+            seed: 1,
+            max_in_flight: 1024,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            max_frame: DEFAULT_MAX_FRAME,
+            connect: ConnectMode::Sequential,
+            log_interval: None,
+            drain_timeout: Duration::from_secs(5),
+            pin: Vec::new(),
+            requests_log: false,
+        }
+    }
+
+    /// Rejects combinations that cannot run, with a reason a person can act on.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.rate.is_finite() && self.rate > 0.0) {
+            return Err(format!(
+                "--rate must be a positive number of requests per second, not {}",
+                self.rate
+            ));
+        }
+        if self.duration.is_zero() {
+            return Err("--duration must be longer than zero".into());
+        }
+        if self.connections == 0 {
+            return Err("--connections must be at least 1".into());
+        }
+        if self.threads == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        if self.chunk_size == 0 {
+            return Err("--chunk-size must be at least 1 byte".into());
+        }
+        if self.max_frame > u32::MAX as usize {
+            return Err("--max-frame must be below 4 GiB".into());
+        }
+        let too_big =
+            |what: &str, n: u64| format!("{what} can reach {n} B, above --max-frame {} B", self.max_frame);
+        if let Some(n) = self.request_size.max().filter(|&n| n > self.max_frame as u64) {
+            return Err(too_big("--request-size", n));
+        }
+        if let ReplyDist::Sized(d) = self.reply {
+            if let Some(n) = d.max().filter(|&n| n > self.max_frame as u64) {
+                return Err(too_big("--reply", n));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One request, as `--requests-log` writes it (times in ns on the generator's clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RequestRecord {
+    pub id: u64,
+    pub scheduled_ns: u64,
+    pub sent_ns: u64,
+    pub done_ns: u64,
+    pub request_bytes: u32,
+    pub reply_bytes: u32,
+    pub ok: bool,
+}
+
+/// One `--log-interval` slice, merged over all threads.
+#[derive(Debug, Clone)]
+pub struct IntervalLine {
+    pub index: u64,
+    pub length: Duration,
+    pub completed: u64,
+    pub errors: u64,
+    pub latency: Histogram<u64>,
+}
+
+impl IntervalLine {
+    pub fn describe(&self) -> String {
+        let secs = self.length.as_secs_f64();
+        format!(
+            "[{:>6.1}s] {:>10.1} rps   p50 {:>9}   p99 {:>9}   errors {}",
+            (self.index + 1) as f64 * secs,
+            self.completed as f64 / secs,
+            fmt_us(self.latency.value_at_quantile(0.5)),
+            fmt_us(self.latency.value_at_quantile(0.99)),
+            self.errors
+        )
+    }
+}
+
+/// Everything a run measured.
+#[derive(Debug)]
+pub struct LoadReport {
+    pub config: LoadConfig,
+    pub latency: Histogram<u64>,
+    pub uncorrected: Histogram<u64>,
+    pub send_lag: Histogram<u64>,
+    pub sent: u64,
+    pub completed: u64,
+    pub bad_replies: u64,
+    pub overflow: u64,
+    pub lost: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Gaps between consecutive actual sends, in ns, in send order.
+    pub interarrivals_ns: Vec<f64>,
+    pub ks_actual: KsResult,
+    pub ks_scheduled: KsResult,
+    pub records: Vec<RequestRecord>,
+    pub intervals: Vec<IntervalLine>,
+    pub wall: Duration,
+    pub cpu: Duration,
+    /// Why the run did not complete, if it did not. The rest of the report is what was
+    /// measured up to then.
+    pub error: Option<String>,
+}
+
+/// The `--json` summary. Keys are part of the command-line contract: add, never rename.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub offered_rps: f64,
+    pub achieved_rps: f64,
+    pub achieved_within_1pct: bool,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    pub sent: u64,
+    pub completed: u64,
+    pub errors: u64,
+    pub error_kinds: ErrorKinds,
+    pub latency_us: LatencyUs,
+    pub latency_uncorrected_us: LatencyUs,
+    pub send_lag_us: LatencyUs,
+    pub interarrival: InterarrivalSummary,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub client_cpu_s: f64,
+    pub config: ConfigSummary,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorKinds {
+    /// Replies whose id, length or payload bytes were wrong.
+    pub bad_replies: u64,
+    /// Sends skipped because the connection already had --max-in-flight requests out.
+    pub overflow: u64,
+    /// Requests still unanswered when the drain timeout ended the run.
+    pub lost: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LatencyUs {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub count: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InterarrivalSummary {
+    pub mean_us: f64,
+    pub offered_mean_us: f64,
+    pub cv: f64,
+    pub ks_p_value: f64,
+    pub ks_d: f64,
+    pub ks_n: usize,
+    /// The same test on the schedule itself (what the RNG produced, before any send lag).
+    pub scheduled_ks_p_value: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConfigSummary {
+    pub addr: String,
+    pub connections: usize,
+    pub threads: usize,
+    pub arrival: ArrivalKind,
+    pub request_size: String,
+    pub reply: String,
+    pub work: String,
+    pub seed: u64,
+    pub max_in_flight: usize,
+    pub chunk_size: usize,
+    pub connect: ConnectMode,
+}
+
+fn latency_us(h: &Histogram<u64>) -> LatencyUs {
+    let q = |x: f64| {
+        if h.is_empty() {
+            0.0
+        } else {
+            h.value_at_quantile(x) as f64 / 1e3
+        }
+    };
+    LatencyUs {
+        p50: q(0.5),
+        p90: q(0.9),
+        p99: q(0.99),
+        p999: q(0.999),
+        max: if h.is_empty() { 0.0 } else { h.max() as f64 / 1e3 },
+        mean: if h.is_empty() { 0.0 } else { h.mean() / 1e3 },
+        count: h.len(),
+    }
+}
+
+/// Formats nanoseconds as microseconds (or milliseconds when large) for people.
+pub fn fmt_us(ns: u64) -> String {
+    if ns >= 10_000_000 {
+        format!("{:.1}ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.1}us", ns as f64 / 1e3)
+    }
+}
+
+impl LoadReport {
+    pub fn errors(&self) -> u64 {
+        self.bad_replies + self.overflow + self.lost
+    }
+
+    pub fn achieved_rps(&self) -> f64 {
+        self.completed as f64 / self.config.duration.as_secs_f64()
+    }
+
+    pub fn achieved_within_1pct(&self) -> bool {
+        (self.achieved_rps() - self.config.rate).abs() <= 0.01 * self.config.rate
+    }
+
+    pub fn summary(&self) -> Summary {
+        let c = &self.config;
+        let gaps_us: Vec<f64> = self.interarrivals_ns.iter().map(|g| g / 1e3).collect();
+        let (mean_us, cv) = mean_cv(&gaps_us);
+        Summary {
+            offered_rps: c.rate,
+            achieved_rps: self.achieved_rps(),
+            achieved_within_1pct: self.achieved_within_1pct(),
+            duration_s: c.duration.as_secs_f64(),
+            warmup_s: c.warmup.as_secs_f64(),
+            sent: self.sent,
+            completed: self.completed,
+            errors: self.errors(),
+            error_kinds: ErrorKinds {
+                bad_replies: self.bad_replies,
+                overflow: self.overflow,
+                lost: self.lost,
+            },
+            latency_us: latency_us(&self.latency),
+            latency_uncorrected_us: latency_us(&self.uncorrected),
+            send_lag_us: latency_us(&self.send_lag),
+            interarrival: InterarrivalSummary {
+                mean_us,
+                offered_mean_us: 1e6 / c.rate,
+                cv,
+                ks_p_value: self.ks_actual.p_value,
+                ks_d: self.ks_actual.d,
+                ks_n: self.ks_actual.n,
+                scheduled_ks_p_value: self.ks_scheduled.p_value,
+            },
+            bytes_sent: self.bytes_sent,
+            bytes_received: self.bytes_received,
+            client_cpu_s: self.cpu.as_secs_f64(),
+            config: ConfigSummary {
+                addr: c.addr.to_string(),
+                connections: c.connections,
+                threads: c.threads.min(c.connections),
+                arrival: c.arrival,
+                request_size: c.request_size.to_string(),
+                reply: c.reply.to_string(),
+                work: c.work.to_string(),
+                seed: c.seed,
+                max_in_flight: c.max_in_flight,
+                chunk_size: c.chunk_size,
+                connect: c.connect,
+            },
+            error: self.error.clone(),
+        }
+    }
+
+    /// The human-readable table `iolab load` prints.
+    pub fn table(&self) -> String {
+        let c = &self.config;
+        let s = self.summary();
+        let mut t = String::new();
+        if self.sent == 0 {
+            if let Some(e) = &self.error {
+                let _ = writeln!(t, "load INCOMPLETE -> {}: nothing was sent: {e}", c.addr);
+                return t;
+            }
+        }
+        let _ = writeln!(
+            t,
+            "load {} -> {}: {} arrivals at {} rps over {} connection(s) on {} thread(s), {:.1}s (+{:.1}s warm-up)",
+            if self.error.is_some() { "INCOMPLETE" } else { "done" },
+            c.addr,
+            match c.arrival {
+                ArrivalKind::Poisson => "poisson",
+                ArrivalKind::Constant => "constant",
+            },
+            c.rate,
+            c.connections,
+            c.threads.min(c.connections),
+            c.duration.as_secs_f64(),
+            c.warmup.as_secs_f64()
+        );
+        let _ = writeln!(
+            t,
+            "  workload      request {}, reply {}, work {}",
+            c.request_size, c.reply, c.work
+        );
+        let _ = writeln!(
+            t,
+            "  requests      sent {}  completed {}  errors {} (bad replies {}, overflow {}, lost {})",
+            self.sent,
+            self.completed,
+            self.errors(),
+            self.bad_replies,
+            self.overflow,
+            self.lost
+        );
+        let _ = writeln!(
+            t,
+            "  throughput    offered {:.1} rps  achieved {:.1} rps  ({})",
+            c.rate,
+            self.achieved_rps(),
+            if self.achieved_within_1pct() {
+                "within 1% of offered"
+            } else {
+                "NOT within 1% of offered"
+            }
+        );
+        let row = |name: &str, h: &Histogram<u64>| {
+            if h.is_empty() {
+                return format!("  {name:<13} (no samples)\n");
+            }
+            format!(
+                "  {name:<13} p50 {:>9}  p90 {:>9}  p99 {:>9}  p99.9 {:>9}  max {:>9}  mean {:>9}\n",
+                fmt_us(h.value_at_quantile(0.5)),
+                fmt_us(h.value_at_quantile(0.9)),
+                fmt_us(h.value_at_quantile(0.99)),
+                fmt_us(h.value_at_quantile(0.999)),
+                fmt_us(h.max()),
+                fmt_us(h.mean() as u64)
+            )
+        };
+        t.push_str(&row("latency", &self.latency));
+        t.push_str(&row("uncorrected", &self.uncorrected));
+        t.push_str(&row("send lag", &self.send_lag));
+        let ia = &s.interarrival;
+        if self.interarrivals_ns.is_empty() {
+            let _ = writeln!(t, "  arrivals      (none measured)");
+        } else {
+            let _ = writeln!(
+                t,
+            "  arrivals      mean gap {:.1}us (offered {:.1}us)  cv {:.2}  K-S p={:.3} (n={}, schedule p={:.3})",
+                ia.mean_us, ia.offered_mean_us, ia.cv, ia.ks_p_value, ia.ks_n, ia.scheduled_ks_p_value
+            );
+        }
+        let _ = writeln!(
+            t,
+            "  client CPU    {:.2}s over {:.2}s",
+            self.cpu.as_secs_f64(),
+            self.wall.as_secs_f64()
+        );
+        if let Some(e) = &self.error {
+            let _ = writeln!(t, "  error         {e}");
+        }
+        t
+    }
+
+    pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(&self.summary())?;
+        std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Interarrival times in microseconds, one per line.
+    pub fn write_interarrivals(&self, path: &Path) -> anyhow::Result<()> {
+        let mut out = String::with_capacity(self.interarrivals_ns.len() * 8);
+        for g in &self.interarrivals_ns {
+            let _ = writeln!(out, "{:.3}", g / 1e3);
+        }
+        std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    pub fn write_requests_log(&self, path: &Path) -> anyhow::Result<()> {
+        let mut w =
+            csv::Writer::from_path(path).with_context(|| format!("cannot write {}", path.display()))?;
+        let mut records = self.records.clone();
+        records.sort_by_key(|r| r.scheduled_ns);
+        for r in &records {
+            w.serialize(r)?;
+        }
+        w.flush()?;
+        Ok(())
+    }
+
+    /// The per-interval latency histograms as an HdrHistogram interval log (values in ns).
+    pub fn write_hdr_log(&self, path: &Path) -> anyhow::Result<()> {
+        use hdrhistogram::serialization::{interval_log::IntervalLogWriterBuilder, V2DeflateSerializer};
+        let file = std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+        let mut file = std::io::BufWriter::new(file);
+        let mut serializer = V2DeflateSerializer::new();
+        let mut log = IntervalLogWriterBuilder::new()
+            .add_comment("iolab load: latency from scheduled send to full reply, values in ns")
+            .with_max_value_divisor(1000.0)
+            .begin_log_with(&mut file, &mut serializer)?;
+        for line in &self.intervals {
+            let start = self.config.warmup + line.length * line.index as u32;
+            log.write_histogram(&line.latency, start, line.length, None)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        }
+        drop(log);
+        file.flush()?;
+        Ok(())
+    }
+}
+
+/// Runs a load as configured. `on_interval` sees each `--log-interval` slice as it ends.
+/// Failures (connection refused, a server that dies) come back in [`LoadReport::error`] with
+/// whatever was measured up to then.
+pub fn run(config: LoadConfig, on_interval: &mut dyn FnMut(&IntervalLine)) -> anyhow::Result<LoadReport> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    crate::engine::raise_fd_limit();
+    let started = Instant::now();
+    let cpu_before = crate::sys::process_cpu_time();
+    let threads = config.threads.min(config.connections);
+    let shared = Arc::new(config.clone());
+    let abort = Arc::new(AtomicBool::new(false));
+    let gate = Arc::new(StartGate::default());
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (interval_tx, interval_rx) = mpsc::channel::<IntervalReport>();
+
+    let mut handles = Vec::with_capacity(threads);
+    for index in 0..threads {
+        let plan = ThreadPlan {
+            index,
+            connections: (index..config.connections).step_by(threads).collect(),
+            config: shared.clone(),
+            abort: abort.clone(),
+            gate: gate.clone(),
+            ready: ready_tx.clone(),
+            intervals: config.log_interval.map(|_| interval_tx.clone()),
+        };
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("load-{index}"))
+                .spawn(move || driver::run(plan))?,
+        );
+    }
+    drop((ready_tx, interval_tx));
+
+    let mut setup_error = None;
+    for _ in 0..threads {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                setup_error.get_or_insert(e);
+            }
+            Err(_) => {
+                setup_error.get_or_insert("a load thread died while connecting".into());
+            }
+        }
+    }
+    // Every thread starts its schedule at the same instant, a moment from now.
+    gate.open(setup_error.is_none().then(|| crate::clock::now_ns() + 2_000_000));
+
+    let length = config.log_interval.unwrap_or(Duration::from_secs(1));
+    let mut pending: BTreeMap<u64, (usize, IntervalLine)> = BTreeMap::new();
+    let mut intervals = Vec::new();
+    let mut emit = |line: IntervalLine, intervals: &mut Vec<IntervalLine>| {
+        on_interval(&line);
+        intervals.push(line);
+    };
+    for report in interval_rx.iter() {
+        let entry = pending.entry(report.index).or_insert_with(|| {
+            (
+                0,
+                IntervalLine {
+                    index: report.index,
+                    length,
+                    completed: 0,
+                    errors: 0,
+                    latency: new_histogram(),
+                },
+            )
+        });
+        entry.0 += 1;
+        entry.1.completed += report.completed;
+        entry.1.errors += report.errors;
+        let _ = entry.1.latency.add(&report.latency);
+        let _ = report.thread;
+        // An interval is printed once every thread has closed it, in order.
+        while let Some(first) = pending.first_entry() {
+            if first.get().0 < threads {
+                break;
+            }
+            emit(first.remove().1, &mut intervals);
+        }
+    }
+    for (_, (_, line)) in std::mem::take(&mut pending) {
+        emit(line, &mut intervals);
+    }
+
+    let mut outcomes: Vec<ThreadOutcome> = Vec::with_capacity(threads);
+    for h in handles {
+        match h.join() {
+            Ok(o) => outcomes.push(o),
+            Err(_) => setup_error = Some("a load thread panicked".into()),
+        }
+    }
+    Ok(merge(
+        config,
+        outcomes,
+        intervals,
+        setup_error,
+        started.elapsed(),
+        crate::sys::process_cpu_time() - cpu_before,
+    ))
+}
+
+fn merge(
+    config: LoadConfig,
+    outcomes: Vec<ThreadOutcome>,
+    intervals: Vec<IntervalLine>,
+    setup_error: Option<String>,
+    wall: Duration,
+    cpu: Duration,
+) -> LoadReport {
+    let mut latency = new_histogram();
+    let mut uncorrected = new_histogram();
+    let mut send_lag = new_histogram();
+    let (mut sent, mut completed, mut bad, mut overflow, mut lost, mut bytes_sent, mut bytes_received) =
+        (0, 0, 0, 0, 0, 0, 0);
+    let mut send_times = Vec::new();
+    let mut scheduled_times = Vec::new();
+    let mut records = Vec::new();
+    let mut error = setup_error;
+    for o in outcomes {
+        let _ = latency.add(&o.latency);
+        let _ = uncorrected.add(&o.uncorrected);
+        let _ = send_lag.add(&o.send_lag);
+        sent += o.sent;
+        completed += o.completed;
+        bad += o.bad_replies;
+        overflow += o.overflow;
+        lost += o.lost;
+        bytes_sent += o.bytes_sent;
+        bytes_received += o.bytes_received;
+        send_times.extend(o.send_times);
+        scheduled_times.extend(o.scheduled_times);
+        records.extend(o.records);
+        // The first thread's own failure explains the others' "stopped" errors.
+        if let Some(e) = o.error {
+            if error.is_none() || error.as_deref().is_some_and(|x| x.starts_with("stopped:")) {
+                error = Some(e);
+            }
+        }
+    }
+    let gaps = |mut times: Vec<u64>| -> Vec<f64> {
+        times.sort_unstable();
+        times.windows(2).map(|w| (w[1] - w[0]) as f64).collect()
+    };
+    let offered_gap_ns = 1e9 / config.rate;
+    let interarrivals_ns = gaps(send_times);
+    let ks_actual = ks_exponential(&interarrivals_ns, offered_gap_ns);
+    let ks_scheduled = ks_exponential(&gaps(scheduled_times), offered_gap_ns);
+    LoadReport {
+        config,
+        latency,
+        uncorrected,
+        send_lag,
+        sent,
+        completed,
+        bad_replies: bad,
+        overflow,
+        lost,
+        bytes_sent,
+        bytes_received,
+        interarrivals_ns,
+        ks_actual,
+        ks_scheduled,
+        records,
+        intervals,
+        wall,
+        cpu,
+        error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impossible_configs_are_refused_with_reasons() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let ok = LoadConfig::new(addr, 0.5, Duration::from_secs(1));
+        assert!(ok.validate().is_ok(), "fractional rates are fine");
+        let bad = |f: &dyn Fn(&mut LoadConfig)| {
+            let mut c = ok.clone();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert!(bad(&|c| c.rate = 0.0).contains("--rate"));
+        assert!(bad(&|c| c.rate = f64::NAN).contains("--rate"));
+        assert!(bad(&|c| c.connections = 0).contains("--connections"));
+        assert!(bad(&|c| c.duration = Duration::ZERO).contains("--duration"));
+        assert!(bad(&|c| c.reply = ReplyDist::Sized(SizeDist::Fixed(1 << 30))).contains("--reply"));
+    }
+
+    #[test]
+    fn refused_connection_is_a_clear_error_not_a_hang() {
+        // Bind then drop a listener: the port is (almost certainly) closed now.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let cfg = LoadConfig::new(port, 100.0, Duration::from_millis(100));
+        let report = run(cfg, &mut |_| {}).unwrap();
+        let err = report.error.expect("must fail");
+        assert!(err.contains("cannot connect") && err.contains("refused"), "{err}");
+        assert_eq!(report.sent, 0);
+    }
+}
