@@ -1,0 +1,30 @@
+//! iolab: a laboratory for Linux network I/O models.
+//!
+//! One server runs the same application logic on many I/O engines; one open-loop load
+//! generator drives any of them with Poisson arrivals and measures latency without
+//! coordinated omission. The crate is layered so that each idea lives in one place:
+//!
+//! - [`frame`]: the wire protocol, no I/O. An incremental decoder that accepts any split of
+//!   the byte stream, and an encoder that hands frames out as borrowed, chunk-sized slices.
+//! - [`session`]: the server's per-connection state machine, no I/O. Bytes in, slices out,
+//!   protocol errors as values. Every engine drives it.
+//! - [`workload`]: pure request-to-reply functions (echo, sized payload, CPU spin).
+//! - [`engine`]: one I/O model per file. Engines decide how to wait, read, write, accept and
+//!   schedule, and nothing else; shared plumbing (listener, shutdown, pinning, counters)
+//!   sits in `engine/mod.rs`.
+//! - [`loadgen`]: the open-loop generator: arrival processes, an absolute send schedule,
+//!   event-driven connection drivers, histograms and its own accuracy checks.
+//! - [`demo`]: the main job: every engine, the same load, one comparison table.
+//!
+//! Dependency rule: `frame`, `session` and `workload` import no syscall crate and no other
+//! subsystem; engines import the core, never each other; only the CLI knows everything.
+
+pub mod clock;
+pub mod demo;
+pub mod engine;
+pub mod frame;
+pub mod loadgen;
+pub mod session;
+pub mod sys;
+pub mod units;
+pub mod workload;

@@ -1,0 +1,309 @@
+//! The `iolab` command line: the only place that knows every subsystem.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use iolab::demo;
+use iolab::engine::{self, parse_cpu_list, EngineKind, ServeConfig};
+use iolab::frame::{DEFAULT_CHUNK_SIZE, DEFAULT_MAX_FRAME};
+use iolab::loadgen::spec::{ReplyDist, SizeDist, WorkDist};
+use iolab::loadgen::{self, ArrivalKind, ConnectMode, LoadConfig};
+use iolab::session::SessionConfig;
+use iolab::units::{Dur, Size};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "iolab",
+    version,
+    about = "A laboratory for Linux network I/O models",
+    long_about = "A laboratory for Linux network I/O models.\n\n\
+        One server runs the same application logic on many I/O engines (thread per \
+        connection, vectored I/O, ...); one open-loop load generator drives any of them with \
+        Poisson arrivals and measures latency from each request's scheduled send time, so a \
+        stalled server cannot hide its stalls.\n\n\
+        Start with `iolab demo`. Then try, in two terminals:\n  \
+        iolab serve --engine iovec --addr 127.0.0.1:7000\n  \
+        iolab load --addr 127.0.0.1:7000 --rate 20000 --duration 10s"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one engine as a server until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+    /// Drive a server with open-loop load and report latency and throughput.
+    Load(Box<LoadArgs>),
+    /// Every engine, the same Poisson load, one comparison table (loopback, no setup).
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// The I/O engine.
+    #[arg(long, short)]
+    engine: EngineKind,
+    /// Address to listen on; port 0 picks a free port (printed on the first line).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    addr: SocketAddr,
+    /// Wire protocol.
+    #[arg(long, value_enum, default_value_t = Protocol::Frame)]
+    protocol: Protocol,
+    /// Pin the server's threads to these CPUs (taskset syntax: 0, 0,2, 0-3).
+    #[arg(long, value_parser = parse_cpu_list)]
+    pin: Option<Vec<usize>>,
+    /// Largest slice handed to one write (and the read buffer size of `threads`).
+    #[arg(long, default_value_t = Size(DEFAULT_CHUNK_SIZE as u64))]
+    chunk_size: Size,
+    /// Largest legal frame payload; a peer announcing more is disconnected.
+    #[arg(long, default_value_t = Size(DEFAULT_MAX_FRAME as u64))]
+    max_frame: Size,
+    /// Longest spin a request may ask for; a peer asking more is disconnected.
+    #[arg(long, default_value = "1s")]
+    max_spin: Dur,
+    /// On shutdown, how long connections get to flush their replies before being cut off.
+    #[arg(long, default_value = "5s")]
+    drain_timeout: Dur,
+    /// Do not log one line per connection closed for a protocol error (still counted).
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    /// Length-prefixed binary frames (see the design document).
+    Frame,
+}
+
+#[derive(Args, Debug)]
+struct LoadArgs {
+    /// The server to load.
+    #[arg(long)]
+    addr: SocketAddr,
+    /// Wire protocol.
+    #[arg(long, value_enum, default_value_t = Protocol::Frame)]
+    protocol: Protocol,
+    /// Total offered load in requests per second, over all connections and threads
+    /// (fractions are fine: 0.5 is one request every two seconds).
+    #[arg(long)]
+    rate: f64,
+    /// How long to measure (after the warm-up), e.g. 10s.
+    #[arg(long)]
+    duration: Dur,
+    /// Load sent before measuring starts; its requests are not counted.
+    #[arg(long, default_value = "0s")]
+    warmup: Dur,
+    /// Connections; each is an independent arrival process at rate/connections.
+    #[arg(long, short, default_value_t = 16)]
+    connections: usize,
+    /// Driver threads; connections and rate are split over them.
+    #[arg(long, short, default_value_t = 1)]
+    threads: usize,
+    /// Interarrival distribution.
+    #[arg(long, value_enum, default_value_t = ArrivalKind::Poisson)]
+    arrival: ArrivalKind,
+    /// Request payload size: N, fixed:N, uniform:A-B, lognormal:MEDIAN,SIGMA.
+    #[arg(long, default_value = "64")]
+    request_size: SizeDist,
+    /// Reply wanted: echo, fixed:N, uniform:A-B, lognormal:MEDIAN,SIGMA.
+    #[arg(long, default_value = "echo")]
+    reply: ReplyDist,
+    /// Server CPU time per request: none, fixed:DUR, exp:MEAN, bimodal:P,DUR1,DUR2,
+    /// lognormal:MEDIAN,SIGMA.
+    #[arg(long, default_value = "none")]
+    work: WorkDist,
+    /// Seed for arrivals and request mix: the same seed gives the same schedule.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Requests in flight per connection; a send beyond it is skipped and counted as overflow.
+    #[arg(long, default_value_t = 1024)]
+    max_in_flight: usize,
+    /// Open connections one by one before starting, or all at once as the load starts.
+    #[arg(long, value_enum, default_value_t = ConnectMode::Sequential)]
+    connect: ConnectMode,
+    /// Print throughput, p50 and p99 every this many seconds.
+    #[arg(long)]
+    log_interval: Option<Dur>,
+    /// After the last send, how long to wait for outstanding replies (then they count as lost).
+    #[arg(long, default_value = "5s")]
+    drain_timeout: Dur,
+    /// Pin the driver threads to these CPUs (thread i on the i-th, round robin).
+    #[arg(long, value_parser = parse_cpu_list)]
+    pin: Option<Vec<usize>>,
+    /// Largest slice handed to one write.
+    #[arg(long, default_value_t = Size(DEFAULT_CHUNK_SIZE as u64))]
+    chunk_size: Size,
+    /// Largest legal frame payload.
+    #[arg(long, default_value_t = Size(DEFAULT_MAX_FRAME as u64))]
+    max_frame: Size,
+    /// Write the summary as JSON (keys are stable).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the actual interarrival times, in microseconds, one per line.
+    #[arg(long)]
+    interarrivals: Option<PathBuf>,
+    /// Write per-interval latency histograms as an HdrHistogram interval log.
+    #[arg(long)]
+    hdr_log: Option<PathBuf>,
+    /// Write one CSV row per request: id, scheduled, sent, done (ns), sizes, ok.
+    #[arg(long)]
+    requests_log: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Offered load per engine, requests per second.
+    #[arg(long, default_value_t = 5000.0)]
+    rate: f64,
+    /// Measured time per engine.
+    #[arg(long, default_value = "3s")]
+    duration: Dur,
+    /// Connections.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Only these engines (default: all).
+    #[arg(long, value_delimiter = ',')]
+    engines: Vec<EngineKind>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(a) => serve(a),
+        Command::Load(a) => load(*a),
+        Command::Demo(a) => run_demo(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("iolab: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usize_of(s: Size, what: &str) -> anyhow::Result<usize> {
+    usize::try_from(s.0).map_err(|_| anyhow::anyhow!("{what} is too large"))
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = ServeConfig::new(a.engine, a.addr);
+    cfg.pin = a.pin.unwrap_or_default();
+    cfg.session = SessionConfig {
+        chunk_size: usize_of(a.chunk_size, "--chunk-size")?,
+        max_frame: usize_of(a.max_frame, "--max-frame")?,
+        max_spin: a.max_spin.0,
+        ..SessionConfig::default()
+    };
+    cfg.drain_timeout = a.drain_timeout.0;
+    cfg.log_errors = !a.quiet;
+    // Signals are routed to a thread of their own before any engine thread exists.
+    let mut signals =
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    let server = engine::start(cfg)?;
+    println!("listening on {}", server.addr);
+    std::io::stdout().flush()?;
+    let shutdown = server.shutdown_handle();
+    let handle = signals.handle();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            eprintln!("iolab: signal {sig}: finishing in-flight replies");
+            shutdown.trigger();
+        }
+    });
+    let summary = server.wait()?;
+    handle.close();
+    println!("{summary}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = LoadConfig::new(a.addr, a.rate, a.duration.0);
+    cfg.warmup = a.warmup.0;
+    cfg.connections = a.connections;
+    cfg.threads = a.threads;
+    cfg.arrival = a.arrival;
+    cfg.request_size = a.request_size;
+    cfg.reply = a.reply;
+    cfg.work = a.work;
+    cfg.seed = a.seed;
+    cfg.max_in_flight = a.max_in_flight;
+    cfg.connect = a.connect;
+    cfg.drain_timeout = a.drain_timeout.0;
+    cfg.pin = a.pin.unwrap_or_default();
+    cfg.chunk_size = usize_of(a.chunk_size, "--chunk-size")?;
+    cfg.max_frame = usize_of(a.max_frame, "--max-frame")?;
+    cfg.requests_log = a.requests_log.is_some();
+    let print_intervals = a.log_interval.is_some();
+    cfg.log_interval = a
+        .log_interval
+        .map(|d| d.0)
+        .or(a.hdr_log.as_ref().map(|_| Duration::from_secs(1)));
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    if cfg.log_interval.is_some_and(|d| d < Duration::from_millis(1)) {
+        anyhow::bail!("--log-interval must be at least 1ms");
+    }
+
+    let report = loadgen::run(cfg, &mut |line| {
+        if print_intervals {
+            println!("{}", line.describe());
+        }
+    })?;
+    print!("{}", report.table());
+    // Partial results are written even when the run failed: they are what was measured.
+    if let Some(p) = &a.json {
+        report.write_json(p)?;
+    }
+    if let Some(p) = &a.interarrivals {
+        report.write_interarrivals(p)?;
+    }
+    if let Some(p) = &a.hdr_log {
+        report.write_hdr_log(p)?;
+    }
+    if let Some(p) = &a.requests_log {
+        report.write_requests_log(p)?;
+    }
+    match &report.error {
+        Some(e) => {
+            eprintln!("iolab: error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = demo::DemoConfig {
+        rate: a.rate,
+        duration: a.duration.0,
+        connections: a.connections,
+        ..demo::DemoConfig::default()
+    };
+    if !a.engines.is_empty() {
+        cfg.engines = a.engines;
+    }
+    println!(
+        "iolab demo: {} engine(s), the same open-loop Poisson load on each, on loopback{}",
+        cfg.engines.len(),
+        if engine::num_cpus() >= 2 {
+            " (server on CPU 0, load on CPU 1)"
+        } else {
+            ""
+        }
+    );
+    let rows = demo::run(&cfg, |line| println!("{line}"))?;
+    println!();
+    print!("{}", demo::table(&rows));
+    println!(
+        "\nLatency runs from each request's scheduled send to its full reply (no coordinated omission)."
+    );
+    println!("Next: `iolab serve --engine NAME` and `iolab load --help` to measure one engine your way.");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,339 @@
+//! The conformance suite: every engine, the same cases, through real sockets on loopback.
+//!
+//! The session core's own tests already cover framing; these check what is each engine's own:
+//! waiting, partial I/O, back-pressure, error isolation and shutdown. Adding an engine to the
+//! suite is one line in the `conformance!` list at the bottom.
+//!
+//! Every blocking read here has a timeout, as a bound on a broken engine, never as a way to
+//! wait for something to happen.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use iolab::engine::{self, EngineKind, RunningServer, ServeConfig};
+use iolab::frame::{
+    pattern_matches, Body, Frame, FrameDecoder, Header, OutFrame, OutQueue, ReplyHeader, ReplySize,
+    RequestHeader, DEFAULT_CHUNK_SIZE,
+};
+use iolab::loadgen::spec::{ReplyDist, SizeDist};
+use iolab::loadgen::{self, LoadConfig};
+
+const BOUND: Duration = Duration::from_secs(20);
+const CHUNK: usize = DEFAULT_CHUNK_SIZE;
+
+fn start(engine: EngineKind) -> RunningServer {
+    let mut cfg = ServeConfig::new(engine, "127.0.0.1:0".parse().unwrap());
+    cfg.log_errors = false;
+    engine::start(cfg).expect("server starts")
+}
+
+fn request(id: u64, len: usize, reply: ReplySize) -> Vec<u8> {
+    let mut q = OutQueue::new(1 << 20);
+    q.push(OutFrame::new(
+        RequestHeader {
+            payload_len: 0,
+            id,
+            send_ns: id * 10,
+            spin_ns: 0,
+            reply,
+        },
+        Body::Pattern { seed: id, len },
+    ));
+    let mut bytes = Vec::with_capacity(q.queued_bytes());
+    while let Some(s) = q.front() {
+        bytes.extend_from_slice(s);
+        let n = s.len();
+        q.advance(n);
+    }
+    bytes
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(BOUND)).unwrap();
+    s.set_write_timeout(Some(BOUND)).unwrap();
+    s
+}
+
+/// Reads replies until `count` have arrived (or the bound expires, which fails the test).
+fn read_replies(s: &mut TcpStream, count: usize) -> Vec<Frame<ReplyHeader>> {
+    let mut dec = FrameDecoder::<ReplyHeader>::new(64 << 20);
+    let mut frames = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while frames.len() < count {
+        let n = s.read(&mut buf).expect("reply within the bound");
+        assert!(n > 0, "server closed after {} of {count} replies", frames.len());
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let (used, f) = dec.decode(rest).expect("valid reply stream");
+            rest = &rest[used..];
+            frames.extend(f);
+        }
+    }
+    frames
+}
+
+fn check_echo(f: &Frame<ReplyHeader>, id: u64, len: usize) {
+    assert_eq!(f.header.id, id);
+    assert_eq!(f.header.send_ns, id * 10, "send time echoed");
+    assert_eq!(f.payload.len(), len, "reply {id} length");
+    assert!(pattern_matches(id, 0, &f.payload), "reply {id} content");
+}
+
+/// The peer closed (or reset) the connection, within the bound.
+fn assert_closed_by_server(s: &mut TcpStream) {
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("expected the server to close the connection, got {e}"),
+        }
+    }
+}
+
+fn run_load(addr: SocketAddr, request_size: &str, reply: &str, rate: f64) -> loadgen::LoadReport {
+    let mut cfg = LoadConfig::new(addr, rate, Duration::from_secs(1));
+    cfg.connections = 8;
+    cfg.request_size = request_size.parse::<SizeDist>().unwrap();
+    cfg.reply = reply.parse::<ReplyDist>().unwrap();
+    cfg.seed = 42;
+    let report = loadgen::run(cfg, &mut |_| {}).expect("load runs");
+    assert_eq!(report.error, None);
+    assert!(report.sent > 0);
+    assert_eq!(
+        report.errors(),
+        0,
+        "bad {} overflow {} lost {}",
+        report.bad_replies,
+        report.overflow,
+        report.lost
+    );
+    assert_eq!(
+        report.completed, report.sent,
+        "every request answered and verified"
+    );
+    report
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cases
+
+pub fn load_with_mixed_payloads(engine: EngineKind) {
+    let server = start(engine);
+    let echo = run_load(server.addr, "uniform:0-64KiB", "echo", 400.0);
+    let big = run_load(server.addr, "uniform:0-64KiB", "uniform:0-1MiB", 150.0);
+    let summary = server.stop().unwrap();
+    assert!(summary.requests >= echo.completed + big.completed);
+    assert_eq!(summary.protocol_errors, 0);
+}
+
+pub fn echo_at_the_edges(engine: EngineKind) {
+    let server = start(engine);
+    let mut s = connect(server.addr);
+    for (id, len) in [
+        (1u64, 0usize),
+        (2, 1),
+        (3, CHUNK - 1),
+        (4, CHUNK),
+        (5, CHUNK + 1),
+        (6, 1 << 20),
+    ] {
+        s.write_all(&request(id, len, ReplySize::Echo)).unwrap();
+        let r = read_replies(&mut s, 1);
+        check_echo(&r[0], id, len);
+    }
+    drop(s);
+    server.stop().unwrap();
+}
+
+pub fn pipelined_replies_stay_in_order(engine: EngineKind) {
+    let server = start(engine);
+    let mut s = connect(server.addr);
+    let mut all = Vec::new();
+    for id in 0..100u64 {
+        all.extend(request(id, (id as usize * 37) % 5000, ReplySize::Echo));
+    }
+    s.write_all(&all).unwrap();
+    let replies = read_replies(&mut s, 100);
+    for (i, r) in replies.iter().enumerate() {
+        check_echo(r, i as u64, (i * 37) % 5000);
+    }
+    drop(s);
+    server.stop().unwrap();
+}
+
+pub fn one_byte_at_a_time(engine: EngineKind) {
+    let server = start(engine);
+    let mut s = connect(server.addr);
+    s.set_nodelay(true).unwrap();
+    let bytes = [
+        request(1, 300, ReplySize::Echo),
+        request(2, 0, ReplySize::Bytes(5000)),
+    ]
+    .concat();
+    for b in &bytes {
+        s.write_all(std::slice::from_ref(b)).unwrap();
+    }
+    let r = read_replies(&mut s, 2);
+    check_echo(&r[0], 1, 300);
+    assert_eq!(r[1].payload.len(), 5000);
+    assert!(pattern_matches(2, 0, &r[1].payload));
+    drop(s);
+    server.stop().unwrap();
+}
+
+pub fn half_close_after_last_request(engine: EngineKind) {
+    let server = start(engine);
+    let mut s = connect(server.addr);
+    s.write_all(
+        &[
+            request(7, 10_000, ReplySize::Echo),
+            request(8, 3, ReplySize::Echo),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let r = read_replies(&mut s, 2);
+    check_echo(&r[0], 7, 10_000);
+    check_echo(&r[1], 8, 3);
+    assert_closed_by_server(&mut s);
+    server.stop().unwrap();
+}
+
+pub fn a_client_that_never_reads_does_not_stall_others(engine: EngineKind) {
+    let server = start(engine);
+    // Ask for far more reply bytes than the socket buffers hold, and never read them.
+    let mut lazy = connect(server.addr);
+    let mut asks = Vec::new();
+    for id in 0..64u64 {
+        asks.extend(request(id, 0, ReplySize::Bytes(1 << 20)));
+    }
+    lazy.write_all(&asks).unwrap();
+    run_load(server.addr, "64", "echo", 500.0);
+    let mut s = connect(server.addr);
+    s.write_all(&request(99, 10, ReplySize::Echo)).unwrap();
+    check_echo(&read_replies(&mut s, 1)[0], 99, 10);
+    drop((lazy, s));
+    server.stop().unwrap();
+}
+
+pub fn bad_frames_close_only_their_connection(engine: EngineKind) {
+    let server = start(engine);
+    let mut good = connect(server.addr);
+    good.write_all(&request(1, 100, ReplySize::Echo)).unwrap();
+    check_echo(&read_replies(&mut good, 1)[0], 1, 100);
+
+    let mut garbage = connect(server.addr);
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n and some more bytes")
+        .unwrap();
+    assert_closed_by_server(&mut garbage);
+
+    let mut oversized = connect(server.addr);
+    let mut head = request(2, 0, ReplySize::Echo);
+    head[..4].copy_from_slice(&(1u32 << 30).to_le_bytes()); // announces 1 GiB
+    oversized.write_all(&head[..RequestHeader::LEN]).unwrap();
+    assert_closed_by_server(&mut oversized);
+
+    // The well-behaved connection opened before is still served, and new ones are too.
+    good.write_all(&request(3, 5000, ReplySize::Echo)).unwrap();
+    check_echo(&read_replies(&mut good, 1)[0], 3, 5000);
+    run_load(server.addr, "64", "echo", 300.0);
+    drop(good);
+    let summary = server.stop().unwrap();
+    assert_eq!(summary.protocol_errors, 2, "{summary}");
+}
+
+/// The real binary: `listening on` first, SIGTERM answers what is in flight, a summary, exit 0.
+pub fn sigterm_answers_requests_in_flight(engine: EngineKind) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iolab"))
+        .args(["serve", "--engine", engine.name(), "--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn iolab serve");
+    let mut stdout = child.stdout.take().unwrap();
+    let first = read_line(&mut stdout);
+    let addr: SocketAddr = first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("first line was {first:?}"))
+        .parse()
+        .unwrap();
+    let mut s = connect(addr);
+    // One round trip first: the connection is then accepted and served, not in the backlog.
+    s.write_all(&request(1000, 1, ReplySize::Echo)).unwrap();
+    check_echo(&read_replies(&mut s, 1)[0], 1000, 1);
+    // Each request spins 2 ms, so most are still queued or running when the signal lands.
+    let mut all = Vec::new();
+    for id in 0..50u64 {
+        let mut q = OutQueue::new(1 << 20);
+        q.push(OutFrame::new(
+            RequestHeader {
+                payload_len: 0,
+                id,
+                send_ns: id * 10,
+                spin_ns: 2_000_000,
+                reply: ReplySize::Echo,
+            },
+            Body::Pattern { seed: id, len: 100 },
+        ));
+        while let Some(b) = q.front() {
+            all.extend_from_slice(b);
+            let n = b.len();
+            q.advance(n);
+        }
+    }
+    s.write_all(&all).unwrap();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let replies = read_replies(&mut s, 50);
+    for (i, r) in replies.iter().enumerate() {
+        check_echo(r, i as u64, 100);
+    }
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        rest.contains("summary: engine=") && rest.contains("requests=51"),
+        "{rest}"
+    );
+}
+
+fn read_line(r: &mut impl Read) -> String {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.len() < 200 {
+        if r.read(&mut b).unwrap() == 0 || b[0] == b'\n' {
+            break;
+        }
+        line.push(b[0]);
+    }
+    String::from_utf8(line).unwrap()
+}
+
+macro_rules! conformance {
+    ($($name:ident => $engine:expr),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[test] fn load_with_mixed_payloads() { super::load_with_mixed_payloads($engine) }
+            #[test] fn echo_at_the_edges() { super::echo_at_the_edges($engine) }
+            #[test] fn pipelined_replies_stay_in_order() { super::pipelined_replies_stay_in_order($engine) }
+            #[test] fn one_byte_at_a_time() { super::one_byte_at_a_time($engine) }
+            #[test] fn half_close_after_last_request() { super::half_close_after_last_request($engine) }
+            #[test] fn a_client_that_never_reads_does_not_stall_others() { super::a_client_that_never_reads_does_not_stall_others($engine) }
+            #[test] fn bad_frames_close_only_their_connection() { super::bad_frames_close_only_their_connection($engine) }
+            #[test] fn sigterm_answers_requests_in_flight() { super::sigterm_answers_requests_in_flight($engine) }
+        }
+    )*};
+}
+
+conformance! {
+    threads => EngineKind::Threads,
+    iovec => EngineKind::Iovec,
+}
