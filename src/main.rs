@@ -143,6 +143,11 @@ struct LoadArgs {
     /// Largest legal frame payload.
     #[arg(long, default_value_t = Size(DEFAULT_MAX_FRAME as u64))]
     max_frame: Size,
+    /// The arrivals check (Kolmogorov-Smirnov against the exponential) judges gaps from this
+    /// length up: one sender cannot make gaps shorter than its own cost per send. The strict
+    /// test over every gap is reported beside it.
+    #[arg(long, default_value = "20us")]
+    ks_resolution: Dur,
     /// Write the summary as JSON (keys are stable).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -241,6 +246,7 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     cfg.chunk_size = usize_of(a.chunk_size, "--chunk-size")?;
     cfg.max_frame = usize_of(a.max_frame, "--max-frame")?;
     cfg.requests_log = a.requests_log.is_some();
+    cfg.ks_resolution = a.ks_resolution.0;
     let print_intervals = a.log_interval.is_some();
     cfg.log_interval = a
         .log_interval

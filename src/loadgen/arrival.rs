@@ -83,10 +83,10 @@ mod tests {
     #[test]
     fn superposed_poisson_connections_are_poisson_at_the_total_rate() {
         let gaps = merged(ArrivalKind::Poisson, 10_000.0, 16, 2000);
-        let ks = ks_exponential(&gaps, 1e9 / 10_000.0);
+        let ks = ks_exponential(&gaps, 1e9 / 10_000.0, 0.0);
         assert!(ks.p_value > 0.01, "{ks:?}");
         // The wrong rate is caught.
-        let ks = ks_exponential(&gaps, 1e9 / 9_000.0);
+        let ks = ks_exponential(&gaps, 1e9 / 9_000.0, 0.0);
         assert!(ks.p_value < 0.001, "{ks:?}");
     }
 
@@ -96,6 +96,6 @@ mod tests {
         for g in &gaps {
             assert!((g - 1e6).abs() < 1.0, "gap {g}");
         }
-        assert!(ks_exponential(&gaps, 1e6).p_value < 1e-6);
+        assert!(ks_exponential(&gaps, 1e6, 0.0).p_value < 1e-6);
     }
 }

@@ -1,0 +1,86 @@
+//! The load generator's own promises, against a real server on loopback.
+
+use std::time::Duration;
+
+use iolab::engine::{self, EngineKind, ServeConfig};
+use iolab::loadgen::{self, ArrivalKind, ConnectMode, LoadConfig};
+
+fn server() -> engine::RunningServer {
+    engine::start(ServeConfig::new(
+        EngineKind::Iovec,
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .unwrap()
+}
+
+#[test]
+fn concurrent_connects_over_several_threads_and_intervals_add_up() {
+    let server = server();
+    let mut cfg = LoadConfig::new(server.addr, 2000.0, Duration::from_secs(1));
+    cfg.connections = 32;
+    cfg.threads = 3;
+    cfg.connect = ConnectMode::Concurrent;
+    cfg.log_interval = Some(Duration::from_millis(250));
+    cfg.warmup = Duration::from_millis(200);
+    let mut printed = 0;
+    let r = loadgen::run(cfg, &mut |_| printed += 1).unwrap();
+    assert_eq!(r.error, None);
+    assert_eq!(r.errors(), 0);
+    assert!(r.sent > 0 && r.completed == r.sent);
+    // Every measured completion lands in exactly one interval.
+    assert_eq!(r.intervals.iter().map(|i| i.completed).sum::<u64>(), r.completed);
+    assert_eq!(printed, r.intervals.len());
+    assert!(r.intervals.len() >= 4, "{} intervals", r.intervals.len());
+    // The schedule itself is Poisson at the offered rate (deterministic for a seed).
+    assert!(r.ks_scheduled.p_value > 0.01, "{:?}", r.ks_scheduled);
+    let summary = server.stop().unwrap();
+    assert_eq!(summary.connections, 32);
+}
+
+#[test]
+fn a_rate_below_the_thread_count_still_runs() {
+    let server = server();
+    let mut cfg = LoadConfig::new(server.addr, 3.0, Duration::from_secs(1));
+    cfg.connections = 8;
+    cfg.threads = 4;
+    let r = loadgen::run(cfg, &mut |_| {}).unwrap();
+    assert_eq!(r.error, None);
+    assert_eq!(r.errors(), 0);
+    assert_eq!(r.completed, r.sent);
+    server.stop().unwrap();
+}
+
+#[test]
+fn constant_arrivals_are_evenly_spaced() {
+    let server = server();
+    let mut cfg = LoadConfig::new(server.addr, 200.0, Duration::from_secs(1));
+    cfg.arrival = ArrivalKind::Constant;
+    cfg.connections = 4;
+    let r = loadgen::run(cfg, &mut |_| {}).unwrap();
+    assert_eq!(r.error, None);
+    assert!((199..=201).contains(&r.sent), "sent {}", r.sent);
+    assert!(
+        r.ks_scheduled.p_value < 1e-6,
+        "constant gaps must fail the exponential test"
+    );
+    let cv = r.summary().interarrival.cv;
+    assert!(cv < 0.5, "cv {cv}");
+    server.stop().unwrap();
+}
+
+#[test]
+fn the_in_flight_cap_counts_overflow_instead_of_hiding_it() {
+    // One connection, one request in flight at a time, each taking 5 ms of server CPU, offered
+    // at 1000 rps: most sends find the connection busy and must show up as overflow.
+    let server = server();
+    let mut cfg = LoadConfig::new(server.addr, 1000.0, Duration::from_millis(500));
+    cfg.connections = 1;
+    cfg.max_in_flight = 1;
+    cfg.work = "fixed:5ms".parse().unwrap();
+    let r = loadgen::run(cfg, &mut |_| {}).unwrap();
+    assert_eq!(r.error, None);
+    assert!(r.overflow > 0, "no overflow counted");
+    assert_eq!(r.errors(), r.overflow + r.bad_replies + r.lost);
+    assert_eq!(r.summary().error_kinds.overflow, r.overflow);
+    server.stop().unwrap();
+}
