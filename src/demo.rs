@@ -86,10 +86,10 @@ pub fn table(rows: &[DemoRow]) -> String {
             r.engine.name(),
             rep.config.rate,
             rep.achieved_rps(),
-            fmt_us(rep.latency.value_at_quantile(0.5)),
-            fmt_us(rep.latency.value_at_quantile(0.99)),
-            fmt_us(rep.latency.value_at_quantile(0.999)),
-            fmt_us(rep.send_lag.value_at_quantile(0.99)),
+            fmt_us(rep.m.latency.value_at_quantile(0.5)),
+            fmt_us(rep.m.latency.value_at_quantile(0.99)),
+            fmt_us(rep.m.latency.value_at_quantile(0.999)),
+            fmt_us(rep.m.send_lag.value_at_quantile(0.99)),
             rep.errors()
         );
     }

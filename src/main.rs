@@ -59,12 +59,8 @@ struct ServeArgs {
     /// Pin the server's threads to these CPUs (taskset syntax: 0, 0,2, 0-3).
     #[arg(long, value_parser = parse_cpu_list)]
     pin: Option<Vec<usize>>,
-    /// Largest slice handed to one write (and the read buffer size of `threads`).
-    #[arg(long, default_value_t = Size(DEFAULT_CHUNK_SIZE as u64))]
-    chunk_size: Size,
-    /// Largest legal frame payload; a peer announcing more is disconnected.
-    #[arg(long, default_value_t = Size(DEFAULT_MAX_FRAME as u64))]
-    max_frame: Size,
+    #[command(flatten)]
+    frame: FrameArgs,
     /// Longest spin a request may ask for; a peer asking more is disconnected.
     #[arg(long, default_value = "1s")]
     max_spin: Dur,
@@ -74,6 +70,28 @@ struct ServeArgs {
     /// Do not log one line per connection closed for a protocol error (still counted).
     #[arg(long)]
     quiet: bool,
+}
+
+/// Frame sizes, the same for both ends of a connection.
+#[derive(Args, Debug)]
+struct FrameArgs {
+    /// Largest slice handed to one write (and the read buffer of the `threads` engine).
+    #[arg(long, default_value_t = Size(DEFAULT_CHUNK_SIZE as u64))]
+    chunk_size: Size,
+    /// Largest legal frame payload; a peer announcing more is disconnected.
+    #[arg(long, default_value_t = Size(DEFAULT_MAX_FRAME as u64))]
+    max_frame: Size,
+}
+
+impl FrameArgs {
+    fn sizes(&self) -> anyhow::Result<(usize, usize)> {
+        let to_usize =
+            |s: Size, what: &str| usize::try_from(s.0).map_err(|_| anyhow::anyhow!("{what} is too large"));
+        Ok((
+            to_usize(self.chunk_size, "--chunk-size")?,
+            to_usize(self.max_frame, "--max-frame")?,
+        ))
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,12 +155,8 @@ struct LoadArgs {
     /// Pin the driver threads to these CPUs (thread i on the i-th, round robin).
     #[arg(long, value_parser = parse_cpu_list)]
     pin: Option<Vec<usize>>,
-    /// Largest slice handed to one write.
-    #[arg(long, default_value_t = Size(DEFAULT_CHUNK_SIZE as u64))]
-    chunk_size: Size,
-    /// Largest legal frame payload.
-    #[arg(long, default_value_t = Size(DEFAULT_MAX_FRAME as u64))]
-    max_frame: Size,
+    #[command(flatten)]
+    frame: FrameArgs,
     /// The arrivals check (Kolmogorov-Smirnov against the exponential) judges gaps from this
     /// length up: one sender cannot make gaps shorter than its own cost per send. The strict
     /// test over every gap is reported beside it.
@@ -194,16 +208,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn usize_of(s: Size, what: &str) -> anyhow::Result<usize> {
-    usize::try_from(s.0).map_err(|_| anyhow::anyhow!("{what} is too large"))
-}
-
 fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = ServeConfig::new(a.engine, a.addr);
     cfg.pin = a.pin.unwrap_or_default();
+    let (chunk_size, max_frame) = a.frame.sizes()?;
     cfg.session = SessionConfig {
-        chunk_size: usize_of(a.chunk_size, "--chunk-size")?,
-        max_frame: usize_of(a.max_frame, "--max-frame")?,
+        chunk_size,
+        max_frame,
         max_spin: a.max_spin.0,
         ..SessionConfig::default()
     };
@@ -243,8 +254,7 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     cfg.connect = a.connect;
     cfg.drain_timeout = a.drain_timeout.0;
     cfg.pin = a.pin.unwrap_or_default();
-    cfg.chunk_size = usize_of(a.chunk_size, "--chunk-size")?;
-    cfg.max_frame = usize_of(a.max_frame, "--max-frame")?;
+    (cfg.chunk_size, cfg.max_frame) = a.frame.sizes()?;
     cfg.requests_log = a.requests_log.is_some();
     cfg.ks_resolution = a.ks_resolution.0;
     let print_intervals = a.log_interval.is_some();

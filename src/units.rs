@@ -15,22 +15,24 @@ pub struct Dur(pub Duration);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Size(pub u64);
 
-fn split_number(s: &str) -> (&str, &str) {
+/// Splits `12.5ms` into the number 12.5 and the unit `ms`; `what` names the examples shown
+/// when the number does not parse.
+fn number_and_unit<'a>(s: &'a str, what: &str) -> Result<(f64, &'a str), String> {
     let end = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
         .unwrap_or(s.len());
-    (&s[..end], s[end..].trim())
+    let value = s[..end]
+        .replace('_', "")
+        .parse()
+        .map_err(|_| format!("'{s}' is not {what}"))?;
+    Ok((value, s[end..].trim()))
 }
 
 impl FromStr for Dur {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let (num, unit) = split_number(s);
-        let value: f64 = num
-            .replace('_', "")
-            .parse()
-            .map_err(|_| format!("'{s}' is not a duration (examples: 10us, 2ms, 1.5s)"))?;
+        let (value, unit) = number_and_unit(s, "a duration (examples: 10us, 2ms, 1.5s)")?;
         let scale = match unit {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -56,11 +58,7 @@ impl FromStr for Size {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let (num, unit) = split_number(s);
-        let value: f64 = num
-            .replace('_', "")
-            .parse()
-            .map_err(|_| format!("'{s}' is not a size (examples: 64, 4KiB, 1MiB)"))?;
+        let (value, unit) = number_and_unit(s, "a size (examples: 64, 4KiB, 1MiB)")?;
         let scale: f64 = match unit {
             "" | "B" | "b" => 1.0,
             "K" | "k" | "KiB" | "kiB" => 1024.0,

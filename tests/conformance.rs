@@ -30,13 +30,17 @@ fn start(engine: EngineKind) -> RunningServer {
 }
 
 fn request(id: u64, len: usize, reply: ReplySize) -> Vec<u8> {
+    request_with_spin(id, len, reply, 0)
+}
+
+fn request_with_spin(id: u64, len: usize, reply: ReplySize, spin_ns: u64) -> Vec<u8> {
     let mut q = OutQueue::new(1 << 20);
     q.push(OutFrame::new(
         RequestHeader {
             payload_len: 0,
             id,
             send_ns: id * 10,
-            spin_ns: 0,
+            spin_ns,
             reply,
         },
         Body::Pattern { seed: id, len },
@@ -103,17 +107,17 @@ fn run_load(addr: SocketAddr, request_size: &str, reply: &str, rate: f64) -> loa
     cfg.seed = 42;
     let report = loadgen::run(cfg, &mut |_| {}).expect("load runs");
     assert_eq!(report.error, None);
-    assert!(report.sent > 0);
+    assert!(report.m.sent > 0);
     assert_eq!(
         report.errors(),
         0,
         "bad {} overflow {} lost {}",
-        report.bad_replies,
-        report.overflow,
-        report.lost
+        report.m.bad_replies,
+        report.m.overflow,
+        report.m.lost
     );
     assert_eq!(
-        report.completed, report.sent,
+        report.m.completed, report.m.sent,
         "every request answered and verified"
     );
     report
@@ -127,7 +131,7 @@ pub fn load_with_mixed_payloads(engine: EngineKind) {
     let echo = run_load(server.addr, "uniform:0-64KiB", "echo", 400.0);
     let big = run_load(server.addr, "uniform:0-64KiB", "uniform:0-1MiB", 150.0);
     let summary = server.stop().unwrap();
-    assert!(summary.requests >= echo.completed + big.completed);
+    assert!(summary.requests >= echo.m.completed + big.m.completed);
     assert_eq!(summary.protocol_errors, 0);
 }
 
@@ -271,22 +275,7 @@ pub fn sigterm_answers_requests_in_flight(engine: EngineKind) {
     // Each request spins 2 ms, so most are still queued or running when the signal lands.
     let mut all = Vec::new();
     for id in 0..50u64 {
-        let mut q = OutQueue::new(1 << 20);
-        q.push(OutFrame::new(
-            RequestHeader {
-                payload_len: 0,
-                id,
-                send_ns: id * 10,
-                spin_ns: 2_000_000,
-                reply: ReplySize::Echo,
-            },
-            Body::Pattern { seed: id, len: 100 },
-        ));
-        while let Some(b) = q.front() {
-            all.extend_from_slice(b);
-            let n = b.len();
-            q.advance(n);
-        }
+        all.extend(request_with_spin(id, 100, ReplySize::Echo, 2_000_000));
     }
     s.write_all(&all).unwrap();
     // SAFETY: signalling our own child process.

@@ -26,9 +26,12 @@ fn concurrent_connects_over_several_threads_and_intervals_add_up() {
     let r = loadgen::run(cfg, &mut |_| printed += 1).unwrap();
     assert_eq!(r.error, None);
     assert_eq!(r.errors(), 0);
-    assert!(r.sent > 0 && r.completed == r.sent);
+    assert!(r.m.sent > 0 && r.m.completed == r.m.sent);
     // Every measured completion lands in exactly one interval.
-    assert_eq!(r.intervals.iter().map(|i| i.completed).sum::<u64>(), r.completed);
+    assert_eq!(
+        r.intervals.iter().map(|i| i.completed).sum::<u64>(),
+        r.m.completed
+    );
     assert_eq!(printed, r.intervals.len());
     assert!(r.intervals.len() >= 4, "{} intervals", r.intervals.len());
     // The schedule itself is Poisson at the offered rate (deterministic for a seed).
@@ -46,7 +49,7 @@ fn a_rate_below_the_thread_count_still_runs() {
     let r = loadgen::run(cfg, &mut |_| {}).unwrap();
     assert_eq!(r.error, None);
     assert_eq!(r.errors(), 0);
-    assert_eq!(r.completed, r.sent);
+    assert_eq!(r.m.completed, r.m.sent);
     server.stop().unwrap();
 }
 
@@ -58,7 +61,7 @@ fn constant_arrivals_are_evenly_spaced() {
     cfg.connections = 4;
     let r = loadgen::run(cfg, &mut |_| {}).unwrap();
     assert_eq!(r.error, None);
-    assert!((199..=201).contains(&r.sent), "sent {}", r.sent);
+    assert!((199..=201).contains(&r.m.sent), "sent {}", r.m.sent);
     assert!(
         r.ks_scheduled.p_value < 1e-6,
         "constant gaps must fail the exponential test"
@@ -79,8 +82,8 @@ fn the_in_flight_cap_counts_overflow_instead_of_hiding_it() {
     cfg.work = "fixed:5ms".parse().unwrap();
     let r = loadgen::run(cfg, &mut |_| {}).unwrap();
     assert_eq!(r.error, None);
-    assert!(r.overflow > 0, "no overflow counted");
-    assert_eq!(r.errors(), r.overflow + r.bad_replies + r.lost);
-    assert_eq!(r.summary().error_kinds.overflow, r.overflow);
+    assert!(r.m.overflow > 0, "no overflow counted");
+    assert_eq!(r.errors(), r.m.overflow + r.m.bad_replies + r.m.lost);
+    assert_eq!(r.summary().error_kinds.overflow, r.m.overflow);
     server.stop().unwrap();
 }

@@ -27,7 +27,7 @@ use super::arrival::Arrivals;
 use super::client::{ClientConn, Completion, RequestSpec};
 use super::spec::ReplyDist;
 use super::stats::new_histogram;
-use super::{ConnectMode, LoadConfig, RequestRecord};
+use super::{ConnectMode, LoadConfig, Measured, RequestRecord};
 use crate::clock::now_ns;
 use crate::frame::ReplySize;
 use crate::sys::{interest, take_socket_error, tighten_timer_slack, Epoll};
@@ -91,16 +91,7 @@ pub struct ThreadPlan {
 /// What one driver thread measured.
 #[derive(Debug)]
 pub struct ThreadOutcome {
-    pub latency: Histogram<u64>,
-    pub uncorrected: Histogram<u64>,
-    pub send_lag: Histogram<u64>,
-    pub sent: u64,
-    pub completed: u64,
-    pub bad_replies: u64,
-    pub overflow: u64,
-    pub lost: u64,
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
+    pub m: Measured,
     /// Actual send times of measured requests (ns).
     pub send_times: Vec<u64>,
     /// Scheduled send times of measured requests (ns).
@@ -142,15 +133,16 @@ impl Tally {
         let r = c.request;
         if c.ok {
             let latency = c.done_ns.saturating_sub(r.scheduled_ns);
-            self.out.completed += 1;
-            self.out.latency.saturating_record(latency);
+            self.out.m.completed += 1;
+            self.out.m.latency.saturating_record(latency);
             self.out
+                .m
                 .uncorrected
                 .saturating_record(c.done_ns.saturating_sub(r.sent_ns));
             self.interval.saturating_record(latency);
             self.interval_completed += 1;
         } else {
-            self.out.bad_replies += 1;
+            self.out.m.bad_replies += 1;
             self.interval_errors += 1;
         }
         if self.keep_records {
@@ -172,16 +164,7 @@ pub fn run(plan: ThreadPlan) -> ThreadOutcome {
     let keep_records = plan.config.requests_log;
     let mut tally = Tally {
         out: ThreadOutcome {
-            latency: new_histogram(),
-            uncorrected: new_histogram(),
-            send_lag: new_histogram(),
-            sent: 0,
-            completed: 0,
-            bad_replies: 0,
-            overflow: 0,
-            lost: 0,
-            bytes_sent: 0,
-            bytes_received: 0,
+            m: Measured::new(),
             send_times: Vec::new(),
             scheduled_times: Vec::new(),
             records: Vec::new(),
@@ -313,7 +296,7 @@ impl Driver {
         let conn = &mut self.conns[slot];
         if !conn.client.can_send() {
             if measured {
-                self.tally.out.overflow += 1;
+                self.tally.out.m.overflow += 1;
                 self.tally.interval_errors += 1;
             }
             return Ok(());
@@ -322,8 +305,8 @@ impl Driver {
         conn.client.queue(id, at, now, spec, measured);
         if measured {
             let out = &mut self.tally.out;
-            out.sent += 1;
-            out.send_lag.saturating_record(now.saturating_sub(at));
+            out.m.sent += 1;
+            out.m.send_lag.saturating_record(now.saturating_sub(at));
             out.send_times.push(now);
             out.scheduled_times.push(at);
         }
@@ -365,7 +348,7 @@ impl Driver {
             }
             self.poll(Some(Duration::from_nanos(deadline - now).min(MAX_SLEEP)))?;
         }
-        self.tally.out.lost = self
+        self.tally.out.m.lost = self
             .conns
             .iter()
             .map(|c| c.client.measured_in_flight() as u64)
@@ -423,7 +406,7 @@ impl Driver {
                     ))
                 }
                 Ok(n) => {
-                    self.tally.out.bytes_received += n as u64;
+                    self.tally.out.m.bytes_received += n as u64;
                     let now = now_ns();
                     let tally = &mut self.tally;
                     conn.client
@@ -453,7 +436,7 @@ impl Driver {
             };
             match result {
                 Ok(n) => {
-                    self.tally.out.bytes_sent += n as u64;
+                    self.tally.out.m.bytes_sent += n as u64;
                     conn.client.wrote(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),

@@ -176,12 +176,14 @@ impl IntervalLine {
     }
 }
 
-/// Everything a run measured.
-#[derive(Debug)]
-pub struct LoadReport {
-    pub config: LoadConfig,
+/// The counters and histograms of a run, or of one thread of it: they add up.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    /// Scheduled send to full reply, ns.
     pub latency: Histogram<u64>,
+    /// Actual send to full reply, ns.
     pub uncorrected: Histogram<u64>,
+    /// Actual send minus scheduled send, ns: the generator's own error.
     pub send_lag: Histogram<u64>,
     pub sent: u64,
     pub completed: u64,
@@ -190,6 +192,50 @@ pub struct LoadReport {
     pub lost: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+}
+
+impl Measured {
+    pub fn new() -> Self {
+        Measured {
+            latency: new_histogram(),
+            uncorrected: new_histogram(),
+            send_lag: new_histogram(),
+            sent: 0,
+            completed: 0,
+            bad_replies: 0,
+            overflow: 0,
+            lost: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+        }
+    }
+
+    pub fn add(&mut self, o: &Measured) {
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.latency.add(&o.latency);
+        let _ = self.uncorrected.add(&o.uncorrected);
+        let _ = self.send_lag.add(&o.send_lag);
+        self.sent += o.sent;
+        self.completed += o.completed;
+        self.bad_replies += o.bad_replies;
+        self.overflow += o.overflow;
+        self.lost += o.lost;
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_received += o.bytes_received;
+    }
+}
+
+impl Default for Measured {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Everything a run measured.
+#[derive(Debug)]
+pub struct LoadReport {
+    pub config: LoadConfig,
+    pub m: Measured,
     /// Gaps between consecutive actual sends, in ns, in send order.
     pub interarrivals_ns: Vec<f64>,
     /// Actual sends against the exponential, above the resolution.
@@ -318,11 +364,11 @@ pub fn fmt_us(ns: u64) -> String {
 
 impl LoadReport {
     pub fn errors(&self) -> u64 {
-        self.bad_replies + self.overflow + self.lost
+        self.m.bad_replies + self.m.overflow + self.m.lost
     }
 
     pub fn achieved_rps(&self) -> f64 {
-        self.completed as f64 / self.config.duration.as_secs_f64()
+        self.m.completed as f64 / self.config.duration.as_secs_f64()
     }
 
     pub fn achieved_within_1pct(&self) -> bool {
@@ -331,7 +377,7 @@ impl LoadReport {
 
     /// Requests the schedule placed in the measured window (sent or skipped as overflow).
     pub fn scheduled(&self) -> u64 {
-        self.sent + self.overflow
+        self.m.sent + self.m.overflow
     }
 
     pub fn scheduled_rps(&self) -> f64 {
@@ -339,7 +385,7 @@ impl LoadReport {
     }
 
     pub fn achieved_within_1pct_of_scheduled(&self) -> bool {
-        self.scheduled() > 0 && self.completed as f64 >= 0.99 * self.scheduled() as f64
+        self.scheduled() > 0 && self.m.completed as f64 >= 0.99 * self.scheduled() as f64
     }
 
     pub fn summary(&self) -> Summary {
@@ -354,17 +400,17 @@ impl LoadReport {
             achieved_within_1pct_of_scheduled: self.achieved_within_1pct_of_scheduled(),
             duration_s: c.duration.as_secs_f64(),
             warmup_s: c.warmup.as_secs_f64(),
-            sent: self.sent,
-            completed: self.completed,
+            sent: self.m.sent,
+            completed: self.m.completed,
             errors: self.errors(),
             error_kinds: ErrorKinds {
-                bad_replies: self.bad_replies,
-                overflow: self.overflow,
-                lost: self.lost,
+                bad_replies: self.m.bad_replies,
+                overflow: self.m.overflow,
+                lost: self.m.lost,
             },
-            latency_us: latency_us(&self.latency),
-            latency_uncorrected_us: latency_us(&self.uncorrected),
-            send_lag_us: latency_us(&self.send_lag),
+            latency_us: latency_us(&self.m.latency),
+            latency_uncorrected_us: latency_us(&self.m.uncorrected),
+            send_lag_us: latency_us(&self.m.send_lag),
             interarrival: InterarrivalSummary {
                 mean_us,
                 offered_mean_us: 1e6 / c.rate,
@@ -382,8 +428,8 @@ impl LoadReport {
                     / 1e3,
                 scheduled_ks_p_value: self.ks_scheduled.p_value,
             },
-            bytes_sent: self.bytes_sent,
-            bytes_received: self.bytes_received,
+            bytes_sent: self.m.bytes_sent,
+            bytes_received: self.m.bytes_received,
             client_cpu_s: self.cpu.as_secs_f64(),
             config: ConfigSummary {
                 addr: c.addr.to_string(),
@@ -407,7 +453,7 @@ impl LoadReport {
         let c = &self.config;
         let s = self.summary();
         let mut t = String::new();
-        if self.sent == 0 {
+        if self.m.sent == 0 {
             if let Some(e) = &self.error {
                 let _ = writeln!(t, "load INCOMPLETE -> {}: nothing was sent: {e}", c.addr);
                 return t;
@@ -436,12 +482,12 @@ impl LoadReport {
         let _ = writeln!(
             t,
             "  requests      sent {}  completed {}  errors {} (bad replies {}, overflow {}, lost {})",
-            self.sent,
-            self.completed,
+            self.m.sent,
+            self.m.completed,
             self.errors(),
-            self.bad_replies,
-            self.overflow,
-            self.lost
+            self.m.bad_replies,
+            self.m.overflow,
+            self.m.lost
         );
         let noise = 100.0 / (c.rate * c.duration.as_secs_f64()).sqrt();
         let _ = writeln!(
@@ -470,9 +516,9 @@ impl LoadReport {
                 fmt_us(h.mean() as u64)
             )
         };
-        t.push_str(&row("latency", &self.latency));
-        t.push_str(&row("uncorrected", &self.uncorrected));
-        t.push_str(&row("send lag", &self.send_lag));
+        t.push_str(&row("latency", &self.m.latency));
+        t.push_str(&row("uncorrected", &self.m.uncorrected));
+        t.push_str(&row("send lag", &self.m.send_lag));
         let ia = &s.interarrival;
         if self.interarrivals_ns.is_empty() {
             let _ = writeln!(t, "  arrivals      (none measured)");
@@ -663,26 +709,13 @@ fn merge(
     wall: Duration,
     cpu: Duration,
 ) -> LoadReport {
-    let mut latency = new_histogram();
-    let mut uncorrected = new_histogram();
-    let mut send_lag = new_histogram();
-    let (mut sent, mut completed, mut bad, mut overflow, mut lost, mut bytes_sent, mut bytes_received) =
-        (0, 0, 0, 0, 0, 0, 0);
+    let mut m = Measured::new();
     let mut send_times = Vec::new();
     let mut scheduled_times = Vec::new();
     let mut records = Vec::new();
     let mut error = setup_error;
     for o in outcomes {
-        let _ = latency.add(&o.latency);
-        let _ = uncorrected.add(&o.uncorrected);
-        let _ = send_lag.add(&o.send_lag);
-        sent += o.sent;
-        completed += o.completed;
-        bad += o.bad_replies;
-        overflow += o.overflow;
-        lost += o.lost;
-        bytes_sent += o.bytes_sent;
-        bytes_received += o.bytes_received;
+        m.add(&o.m);
         send_times.extend(o.send_times);
         scheduled_times.extend(o.scheduled_times);
         records.extend(o.records);
@@ -705,16 +738,7 @@ fn merge(
     let ks_scheduled = ks_exponential(&gaps(scheduled_times), offered_gap_ns, 0.0);
     LoadReport {
         config,
-        latency,
-        uncorrected,
-        send_lag,
-        sent,
-        completed,
-        bad_replies: bad,
-        overflow,
-        lost,
-        bytes_sent,
-        bytes_received,
+        m,
         interarrivals_ns,
         ks_actual,
         ks_strict,
@@ -759,6 +783,6 @@ mod tests {
         let report = run(cfg, &mut |_| {}).unwrap();
         let err = report.error.expect("must fail");
         assert!(err.contains("cannot connect") && err.contains("refused"), "{err}");
-        assert_eq!(report.sent, 0);
+        assert_eq!(report.m.sent, 0);
     }
 }

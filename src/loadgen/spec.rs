@@ -13,6 +13,16 @@ use rand_distr::{Distribution, Exp, LogNormal};
 
 use crate::units::{Dur, Size};
 
+/// The shape parameter of a log-normal: a finite, non-negative number.
+fn parse_sigma(spec: &str, sigma: &str) -> Result<f64, String> {
+    match sigma.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "'{spec}': sigma must be a non-negative number, not '{sigma}'"
+        )),
+    }
+}
+
 /// A distribution of byte counts.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum SizeDist {
@@ -68,10 +78,7 @@ impl FromStr for SizeDist {
                 let (m, sg) = args
                     .split_once(',')
                     .ok_or_else(|| format!("'{s}': lognormal needs MEDIAN,SIGMA, e.g. lognormal:1KiB,1.0"))?;
-                let sigma: f64 = sg.parse().map_err(|_| format!("'{s}': bad sigma '{sg}'"))?;
-                if !(sigma.is_finite() && sigma >= 0.0) {
-                    return Err(format!("'{s}': sigma must be a non-negative number"));
-                }
+                let sigma = parse_sigma(s, sg)?;
                 Ok(SizeDist::LogNormal {
                     median: m.parse::<Size>()?.0,
                     sigma,
@@ -198,10 +205,7 @@ impl FromStr for WorkDist {
                 let (m, sg) = args
                     .split_once(',')
                     .ok_or_else(|| format!("'{s}': lognormal needs MEDIAN,SIGMA"))?;
-                let sigma: f64 = sg.parse().map_err(|_| format!("'{s}': bad sigma '{sg}'"))?;
-                if !(sigma.is_finite() && sigma >= 0.0) {
-                    return Err(format!("'{s}': sigma must be a non-negative number"));
-                }
+                let sigma = parse_sigma(s, sg)?;
                 Ok(WorkDist::LogNormal {
                     median: dur(m)?,
                     sigma,
