@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use iolab::demo;
-use iolab::engine::{self, parse_cpu_list, EngineKind, ServeConfig};
+use iolab::engine::{self, parse_cpu_list, EngineKind, EpollMode, ServeConfig};
 use iolab::frame::{DEFAULT_CHUNK_SIZE, DEFAULT_MAX_FRAME};
 use iolab::loadgen::spec::{ReplyDist, SizeDist, WorkDist};
 use iolab::loadgen::{self, ArrivalKind, ConnectMode, LoadConfig};
@@ -56,9 +56,22 @@ struct ServeArgs {
     /// Wire protocol.
     #[arg(long, value_enum, default_value_t = Protocol::Frame)]
     protocol: Protocol,
-    /// Pin the server's threads to these CPUs (taskset syntax: 0, 0,2, 0-3).
+    /// Share-nothing event loops (select, poll, epoll): each has its own SO_REUSEPORT
+    /// listener and CPU, and a connection stays on the loop that accepted it.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Pin to these CPUs (taskset syntax: 0, 0,2, 0-3). Event loop i runs on the i-th;
+    /// thread-per-connection engines run all their threads on the set.
+    /// Default: none, or 0..N-1 with --threads N > 1.
     #[arg(long, value_parser = parse_cpu_list)]
     pin: Option<Vec<usize>>,
+    /// epoll: `edge` registers interest once and reads until EAGAIN; `level` keeps interest
+    /// exact with epoll_ctl and may read less per wake-up.
+    #[arg(long, value_enum, default_value_t = EpollMode::Edge)]
+    epoll_mode: EpollMode,
+    /// pool: worker threads that run the requests (the loop thread only does I/O).
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
     #[command(flatten)]
     frame: FrameArgs,
     /// Longest spin a request may ask for; a peer asking more is disconnected.
@@ -211,6 +224,12 @@ fn main() -> ExitCode {
 fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = ServeConfig::new(a.engine, a.addr);
     cfg.pin = a.pin.unwrap_or_default();
+    cfg.threads = a.threads;
+    cfg.workers = a.workers;
+    cfg.epoll_mode = a.epoll_mode;
+    if a.workers == 0 {
+        anyhow::bail!("--workers must be at least 1");
+    }
     let (chunk_size, max_frame) = a.frame.sizes()?;
     cfg.session = SessionConfig {
         chunk_size,

@@ -96,6 +96,42 @@ impl Epoll {
     }
 }
 
+/// A counter the kernel can wait on: one thread `notify`s, a loop polling the descriptor wakes.
+#[derive(Debug)]
+pub struct EventFd {
+    fd: OwnedFd,
+}
+
+impl EventFd {
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: no pointers involved.
+        let fd = unsafe { syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK)) }?;
+        // SAFETY: a fresh descriptor we own.
+        Ok(EventFd {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Makes the descriptor readable (until [`EventFd::drain`]).
+    pub fn notify(&self) {
+        let one: u64 = 1;
+        // A full counter (EAGAIN) is just as readable, so the result does not matter.
+        // SAFETY: writes 8 bytes from a valid u64.
+        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Resets the counter: the descriptor is not readable until the next notify.
+    pub fn drain(&self) {
+        let mut count: u64 = 0;
+        // SAFETY: reads 8 bytes into a valid u64; EAGAIN means it was already zero.
+        unsafe { libc::read(self.fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 /// Lets this thread's timed sleeps end when asked instead of up to 50 us later (the default
 /// timer slack), which matters to a generator that wakes just before each send.
 pub fn tighten_timer_slack() {

@@ -12,7 +12,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use iolab::engine::{self, EngineKind, RunningServer, ServeConfig};
+use iolab::engine::{self, EngineKind, EpollMode, RunningServer, ServeConfig};
 use iolab::frame::{
     pattern_matches, Body, Frame, FrameDecoder, Header, OutFrame, OutQueue, ReplyHeader, ReplySize,
     RequestHeader, DEFAULT_CHUNK_SIZE,
@@ -23,8 +23,54 @@ use iolab::loadgen::{self, LoadConfig};
 const BOUND: Duration = Duration::from_secs(20);
 const CHUNK: usize = DEFAULT_CHUNK_SIZE;
 
-fn start(engine: EngineKind) -> RunningServer {
-    let mut cfg = ServeConfig::new(engine, "127.0.0.1:0".parse().unwrap());
+/// An engine as the suite runs it: which one, and with which options.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup {
+    kind: EngineKind,
+    epoll_mode: EpollMode,
+    threads: usize,
+}
+
+const fn setup(kind: EngineKind) -> Setup {
+    Setup {
+        kind,
+        epoll_mode: EpollMode::Edge,
+        threads: 1,
+    }
+}
+
+impl Setup {
+    const fn level(mut self) -> Self {
+        self.epoll_mode = EpollMode::Level;
+        self
+    }
+    const fn threads(mut self, n: usize) -> Self {
+        self.threads = n;
+        self
+    }
+    /// The same options as `iolab serve` arguments.
+    fn args(&self) -> Vec<String> {
+        let mode = match self.epoll_mode {
+            EpollMode::Edge => "edge",
+            EpollMode::Level => "level",
+        };
+        [
+            "--engine",
+            self.kind.name(),
+            "--epoll-mode",
+            mode,
+            "--threads",
+            &self.threads.to_string(),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+}
+
+fn start(s: Setup) -> RunningServer {
+    let mut cfg = ServeConfig::new(s.kind, "127.0.0.1:0".parse().unwrap());
+    cfg.epoll_mode = s.epoll_mode;
+    cfg.threads = s.threads;
     cfg.log_errors = false;
     engine::start(cfg).expect("server starts")
 }
@@ -126,7 +172,7 @@ fn run_load(addr: SocketAddr, request_size: &str, reply: &str, rate: f64) -> loa
 // ---------------------------------------------------------------------------------------------
 // The cases
 
-pub fn load_with_mixed_payloads(engine: EngineKind) {
+pub fn load_with_mixed_payloads(engine: Setup) {
     let server = start(engine);
     let echo = run_load(server.addr, "uniform:0-64KiB", "echo", 400.0);
     let big = run_load(server.addr, "uniform:0-64KiB", "uniform:0-1MiB", 150.0);
@@ -135,7 +181,7 @@ pub fn load_with_mixed_payloads(engine: EngineKind) {
     assert_eq!(summary.protocol_errors, 0);
 }
 
-pub fn echo_at_the_edges(engine: EngineKind) {
+pub fn echo_at_the_edges(engine: Setup) {
     let server = start(engine);
     let mut s = connect(server.addr);
     for (id, len) in [
@@ -154,12 +200,19 @@ pub fn echo_at_the_edges(engine: EngineKind) {
     server.stop().unwrap();
 }
 
-pub fn pipelined_replies_stay_in_order(engine: EngineKind) {
+pub fn pipelined_replies_stay_in_order(engine: Setup) {
     let server = start(engine);
     let mut s = connect(server.addr);
     let mut all = Vec::new();
     for id in 0..100u64 {
-        all.extend(request(id, (id as usize * 37) % 5000, ReplySize::Echo));
+        // Varied work, so that engines running requests in parallel finish them out of order.
+        let spin_ns = (id % 5) * 50_000;
+        all.extend(request_with_spin(
+            id,
+            (id as usize * 37) % 5000,
+            ReplySize::Echo,
+            spin_ns,
+        ));
     }
     s.write_all(&all).unwrap();
     let replies = read_replies(&mut s, 100);
@@ -170,7 +223,7 @@ pub fn pipelined_replies_stay_in_order(engine: EngineKind) {
     server.stop().unwrap();
 }
 
-pub fn one_byte_at_a_time(engine: EngineKind) {
+pub fn one_byte_at_a_time(engine: Setup) {
     let server = start(engine);
     let mut s = connect(server.addr);
     s.set_nodelay(true).unwrap();
@@ -190,7 +243,7 @@ pub fn one_byte_at_a_time(engine: EngineKind) {
     server.stop().unwrap();
 }
 
-pub fn half_close_after_last_request(engine: EngineKind) {
+pub fn half_close_after_last_request(engine: Setup) {
     let server = start(engine);
     let mut s = connect(server.addr);
     s.write_all(
@@ -209,7 +262,7 @@ pub fn half_close_after_last_request(engine: EngineKind) {
     server.stop().unwrap();
 }
 
-pub fn a_client_that_never_reads_does_not_stall_others(engine: EngineKind) {
+pub fn a_client_that_never_reads_does_not_stall_others(engine: Setup) {
     let server = start(engine);
     // Ask for far more reply bytes than the socket buffers hold, and never read them.
     let mut lazy = connect(server.addr);
@@ -226,7 +279,7 @@ pub fn a_client_that_never_reads_does_not_stall_others(engine: EngineKind) {
     server.stop().unwrap();
 }
 
-pub fn bad_frames_close_only_their_connection(engine: EngineKind) {
+pub fn bad_frames_close_only_their_connection(engine: Setup) {
     let server = start(engine);
     let mut good = connect(server.addr);
     good.write_all(&request(1, 100, ReplySize::Echo)).unwrap();
@@ -254,9 +307,10 @@ pub fn bad_frames_close_only_their_connection(engine: EngineKind) {
 }
 
 /// The real binary: `listening on` first, SIGTERM answers what is in flight, a summary, exit 0.
-pub fn sigterm_answers_requests_in_flight(engine: EngineKind) {
+pub fn sigterm_answers_requests_in_flight(engine: Setup) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_iolab"))
-        .args(["serve", "--engine", engine.name(), "--addr", "127.0.0.1:0"])
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .args(engine.args())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -323,6 +377,12 @@ macro_rules! conformance {
 }
 
 conformance! {
-    threads => EngineKind::Threads,
-    iovec => EngineKind::Iovec,
+    threads => setup(EngineKind::Threads),
+    iovec => setup(EngineKind::Iovec),
+    select => setup(EngineKind::Select),
+    poll => setup(EngineKind::Poll),
+    epoll_edge => setup(EngineKind::Epoll),
+    epoll_level => setup(EngineKind::Epoll).level(),
+    epoll_threads2 => setup(EngineKind::Epoll).threads(2),
+    pool => setup(EngineKind::Pool),
 }

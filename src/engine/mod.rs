@@ -10,15 +10,28 @@
 //! |-----------|-----------------------------------------------------------------------|
 //! | `threads` | thread per connection, blocking read/write of one chunk per syscall   |
 //! | `iovec`   | thread per connection, blocking readv/writev of many chunks per call  |
+//! | `select`  | one thread, select(2) over bitmaps rebuilt every turn (O(n))           |
+//! | `poll`    | one thread, poll(2) over an array rebuilt every turn (O(n))            |
+//! | `epoll`   | one thread, kernel-kept interest list, level- or edge-triggered        |
+//! | `pool`    | one epoll I/O thread handing requests to a fixed pool of workers      |
+//!
+//! Event engines (`select`, `poll`, `epoll`) scale out share-nothing: `--threads N` runs N
+//! independent loops, each with its own SO_REUSEPORT listener and pinned to its own CPU, and a
+//! connection never leaves the loop that accepted it.
 
 mod blocking;
+mod epoll;
 mod iovec;
+mod nonblocking;
+mod poll;
+mod pool;
+mod select;
 mod threads;
 
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -27,6 +40,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::session::{SessionConfig, SessionCounters, SessionError};
+use crate::sys::EventFd;
 
 /// The engines this build has, by their command-line names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -35,17 +49,50 @@ pub enum EngineKind {
     Threads,
     /// Thread per connection; blocking readv/writev, header and payload gathered in one call.
     Iovec,
+    /// One thread, select(2); at most FD_SETSIZE (1024) descriptors.
+    Select,
+    /// One thread, poll(2).
+    Poll,
+    /// One thread, epoll; see --epoll-mode.
+    Epoll,
+    /// An epoll I/O thread plus --workers threads that run the requests.
+    Pool,
 }
 
 impl EngineKind {
-    pub const ALL: &'static [EngineKind] = &[EngineKind::Threads, EngineKind::Iovec];
+    pub const ALL: &'static [EngineKind] = &[
+        EngineKind::Threads,
+        EngineKind::Iovec,
+        EngineKind::Select,
+        EngineKind::Poll,
+        EngineKind::Epoll,
+        EngineKind::Pool,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             EngineKind::Threads => "threads",
             EngineKind::Iovec => "iovec",
+            EngineKind::Select => "select",
+            EngineKind::Poll => "poll",
+            EngineKind::Epoll => "epoll",
+            EngineKind::Pool => "pool",
         }
     }
+
+    /// Engines that run share-nothing event loops and so take `--threads N`.
+    pub fn is_event_loop(self) -> bool {
+        matches!(self, EngineKind::Select | EngineKind::Poll | EngineKind::Epoll)
+    }
+}
+
+/// How epoll reports readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EpollMode {
+    /// Reported while ready; interest kept exact with epoll_ctl.
+    Level,
+    /// Reported when it becomes ready; interest registered once.
+    Edge,
 }
 
 impl fmt::Display for EngineKind {
@@ -59,7 +106,13 @@ impl fmt::Display for EngineKind {
 pub struct ServeConfig {
     pub engine: EngineKind,
     pub addr: SocketAddr,
-    /// CPUs to pin the server's threads to (empty: no pinning).
+    /// Share-nothing event loops (event engines only).
+    pub threads: usize,
+    /// Worker threads of the `pool` engine.
+    pub workers: usize,
+    pub epoll_mode: EpollMode,
+    /// CPUs to pin to. Thread-per-connection engines run all their threads on this set; event
+    /// loop i runs on `pin[i % len]`. Empty: no pinning (or 0..N-1 for N > 1 loops).
     pub pin: Vec<usize>,
     pub session: SessionConfig,
     /// After shutdown begins, how long connections get to flush their replies before they are
@@ -74,6 +127,9 @@ impl ServeConfig {
         ServeConfig {
             engine,
             addr,
+            threads: 1,
+            workers: 4,
+            epoll_mode: EpollMode::Edge,
             pin: Vec::new(),
             session: SessionConfig::default(),
             drain_timeout: Duration::from_secs(5),
@@ -170,32 +226,23 @@ pub struct Shutdown {
 #[derive(Debug)]
 struct ShutdownInner {
     triggered: AtomicBool,
-    event: OwnedFd,
+    // Never drained: once notified it stays readable for every waiter, now and later.
+    event: EventFd,
 }
 
 impl Shutdown {
     pub fn new() -> io::Result<Self> {
-        // SAFETY: eventfd has no memory-safety preconditions; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(Shutdown {
             inner: Arc::new(ShutdownInner {
                 triggered: AtomicBool::new(false),
-                // SAFETY: fd is a fresh descriptor we own.
-                event: unsafe { OwnedFd::from_raw_fd(fd) },
+                event: EventFd::new()?,
             }),
         })
     }
 
     pub fn trigger(&self) {
         self.inner.triggered.store(true, Ordering::SeqCst);
-        let one: u64 = 1;
-        // The counter stays non-zero (nobody reads it), so the fd stays readable for every
-        // waiter, now and later. A full counter (EAGAIN) is just as readable.
-        // SAFETY: writes 8 bytes from a valid u64 to a descriptor we own.
-        unsafe { libc::write(self.fd(), (&one as *const u64).cast(), 8) };
+        self.inner.event.notify();
     }
 
     pub fn is_triggered(&self) -> bool {
@@ -204,7 +251,7 @@ impl Shutdown {
 
     /// Readable once the shutdown is triggered.
     pub fn fd(&self) -> RawFd {
-        self.inner.event.as_raw_fd()
+        self.inner.event.fd()
     }
 }
 
@@ -296,10 +343,28 @@ pub fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     if config.session.max_frame > u32::MAX as usize {
         anyhow::bail!("--max-frame must be below 4 GiB (the length field is 32 bits)");
     }
+    if config.threads == 0 {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    if config.threads > 1 && !config.engine.is_event_loop() {
+        anyhow::bail!(
+            "--threads {} applies to the event-loop engines (select, poll, epoll); {} has its own threading",
+            config.threads,
+            config.engine
+        );
+    }
     raise_fd_limit();
-    let listener =
-        bind_listener(config.addr, false).with_context(|| format!("cannot listen on {}", config.addr))?;
-    let addr = listener.local_addr()?;
+    // N loops, N listeners on one port: the first picks the port (when 0 was asked), the rest
+    // join it through SO_REUSEPORT and the kernel spreads new connections over them.
+    let reuse_port = config.threads > 1;
+    let first = bind_listener(config.addr, reuse_port)
+        .with_context(|| format!("cannot listen on {}", config.addr))?;
+    let addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..config.threads {
+        listeners
+            .push(bind_listener(addr, true).with_context(|| format!("cannot add a listener on {addr}"))?);
+    }
     let ctx = Arc::new(EngineCtx {
         config,
         stats: ServerStats::default(),
@@ -308,19 +373,69 @@ pub fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let engine_ctx = ctx.clone();
     let thread = std::thread::Builder::new()
         .name(format!("iolab-{}", ctx.config.engine))
-        .spawn(move || {
-            pin_current_thread(&engine_ctx.config.pin)?;
-            match engine_ctx.config.engine {
-                EngineKind::Threads => blocking::serve(engine_ctx, listener, threads::serve_connection),
-                EngineKind::Iovec => blocking::serve(engine_ctx, listener, iovec::serve_connection),
-            }
-        })?;
+        .spawn(move || run_engine(engine_ctx, listeners))?;
     Ok(RunningServer {
         addr,
         ctx,
         started: Instant::now(),
         thread: Some(thread),
     })
+}
+
+fn run_engine(ctx: Arc<EngineCtx>, mut listeners: Vec<TcpListener>) -> anyhow::Result<()> {
+    let kind = ctx.config.engine;
+    let Some(listener) = listeners
+        .pop()
+        .filter(|_| listeners.is_empty() || kind.is_event_loop())
+    else {
+        anyhow::bail!("internal: no listener for the {kind} engine");
+    };
+    if !kind.is_event_loop() {
+        pin_current_thread(&ctx.config.pin)?;
+        return match kind {
+            EngineKind::Threads => blocking::serve(ctx, listener, threads::serve_connection),
+            EngineKind::Iovec => blocking::serve(ctx, listener, iovec::serve_connection),
+            _ => pool::serve(ctx, listener),
+        };
+    }
+    listeners.push(listener);
+    let event_loop = match kind {
+        EngineKind::Select => select::serve,
+        EngineKind::Poll => poll::serve,
+        _ => epoll::serve,
+    };
+    let n = listeners.len();
+    let cpus: Vec<usize> = match ctx.config.pin.as_slice() {
+        [] if n > 1 => (0..n).collect(),
+        pins => pins.to_vec(),
+    };
+    let mut loops = Vec::with_capacity(n);
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let ctx = ctx.clone();
+        let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
+        loops.push(
+            std::thread::Builder::new()
+                .name(format!("{kind}-loop-{i}"))
+                .spawn(move || -> anyhow::Result<()> {
+                    if let Some(cpu) = cpu {
+                        pin_current_thread(&[cpu])?;
+                    }
+                    event_loop(ctx, listener)
+                })?,
+        );
+    }
+    let mut first_error = None;
+    for l in loops {
+        let result = l
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("an event loop panicked")));
+        if let Err(e) = result {
+            // One loop failing takes the server down: the others stop and drain too.
+            ctx.shutdown.trigger();
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// A TCP listener with the options every engine wants. `reuse_port` lets share-nothing loops

@@ -1,0 +1,444 @@
+//! What every readiness loop shares: the non-blocking connection and the loop's bookkeeping.
+//!
+//! A readiness engine (`select`, `poll`, `epoll`, `pool`) differs from the others only in how
+//! it learns that a socket is ready. Once it knows, the work is the same: move bytes both
+//! ways until the socket would block. [`Conn::drive`] does that, within a budget so that one
+//! busy client cannot hold the loop. [`LoopCore`] keeps the connections, accepts, and runs the
+//! graceful shutdown, so an engine file holds only its waiting.
+//!
+//! Shutdown, as in the blocking engines: stop accepting, half-close every connection for
+//! reading (`SHUT_RD`) so that what is already buffered is read and answered, then end of
+//! file; the loop ends when every connection has flushed and closed, or at the drain timeout.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{ConnError, EngineCtx};
+use crate::session::{ServerSession, SessionError};
+
+/// One read buffer per loop, shared by all its connections: an idle connection costs no buffer.
+pub const READ_BUFFER: usize = 64 * 1024;
+/// Reads (and writes) one connection may do per turn before the loop moves on.
+const DRIVE_BUDGET: usize = 16;
+/// Slices offered to one writev.
+const WRITE_SLICES: usize = 64;
+/// Requests one connection may have out with other threads before the loop stops reading it.
+const MAX_OUTSTANDING: usize = 1024;
+
+/// A connection's index in its loop.
+pub type Token = usize;
+
+/// What one turn of [`Conn::drive`] ended with.
+#[derive(Debug)]
+pub enum Drive {
+    /// Nothing more to do until the socket is ready again.
+    Blocked,
+    /// The budget ran out with work left: come back without waiting.
+    MoreWork,
+    /// The connection is finished (cleanly or not) and must be closed.
+    Close(Result<(), ConnError>),
+}
+
+/// Turns received bytes into replies. Returns how many requests it handed elsewhere (to be
+/// answered later through [`ServerSession::queue_reply`]).
+pub type Dispatch<'a> = dyn FnMut(Token, &mut Conn, &[u8]) -> Result<usize, SessionError> + 'a;
+
+/// Runs each request at once, on the loop's own thread.
+pub fn inline(_: Token, conn: &mut Conn, data: &[u8]) -> Result<usize, SessionError> {
+    conn.session.receive(data).map(|_| 0)
+}
+
+#[derive(Debug)]
+pub struct Conn {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub session: ServerSession,
+    /// Tells a reply meant for an earlier occupant of this token from one meant for this one.
+    pub generation: u64,
+    /// Requests handed elsewhere whose replies are not queued yet.
+    pub outstanding: usize,
+    /// What the engine last registered for this socket (engines that need to remember).
+    pub registered: u32,
+    read_closed: bool,
+    eof_error: Option<SessionError>,
+}
+
+impl Conn {
+    fn new(stream: TcpStream, peer: SocketAddr, ctx: &EngineCtx) -> io::Result<Self> {
+        stream.set_nonblocking(true)?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            peer,
+            session: ServerSession::new(&ctx.config.session),
+            generation: 0,
+            outstanding: 0,
+            registered: 0,
+            read_closed: false,
+            eof_error: None,
+        })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// Whether the loop should wait for this socket to become readable.
+    pub fn wants_read(&self) -> bool {
+        !self.read_closed && self.has_room()
+    }
+
+    /// Back-pressure: replies waiting to be written, or requests waiting on other threads.
+    fn has_room(&self) -> bool {
+        self.session.wants_read() && self.outstanding < MAX_OUTSTANDING
+    }
+
+    /// Whether the loop should wait for this socket to become writable.
+    pub fn wants_write(&self) -> bool {
+        !self.session.out().is_empty()
+    }
+
+    /// Writes and reads until the socket would block, the budget runs out, or it is finished.
+    pub fn drive(&mut self, token: Token, buf: &mut [u8], dispatch: &mut Dispatch<'_>) -> Drive {
+        for _ in 0..DRIVE_BUDGET {
+            // Write first: it makes room for the replies the next read may produce.
+            if let Err(e) = self.flush() {
+                return Drive::Close(Err(e.into()));
+            }
+            if self.read_closed {
+                return self.after_eof();
+            }
+            if !self.has_room() {
+                return Drive::Blocked; // back-pressure: wait for the peer, or the workers
+            }
+            match self.stream.read(buf) {
+                Ok(0) => {
+                    self.read_closed = true;
+                    self.eof_error = self.session.peer_closed().err();
+                }
+                Ok(n) => match dispatch(token, self, &buf[..n]) {
+                    Ok(handed_out) => self.outstanding += handed_out,
+                    Err(e) => {
+                        // Replies to the requests before the bad frame still go out.
+                        let _ = self.flush();
+                        return Drive::Close(Err(e.into()));
+                    }
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return match self.flush() {
+                        Ok(()) => Drive::Blocked,
+                        Err(e) => Drive::Close(Err(e.into())),
+                    };
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Drive::Close(Err(e.into())),
+            }
+        }
+        Drive::MoreWork
+    }
+
+    /// The peer will send nothing more: close once every reply it is owed has left.
+    fn after_eof(&mut self) -> Drive {
+        if self.wants_write() || self.outstanding > 0 {
+            return Drive::Blocked;
+        }
+        match self.eof_error.take() {
+            Some(e) => Drive::Close(Err(e.into())),
+            None => Drive::Close(Ok(())),
+        }
+    }
+
+    /// Writes queued replies until done or the socket is full.
+    fn flush(&mut self) -> io::Result<()> {
+        loop {
+            let result = {
+                let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+                let n = self.session.out().fill(&mut slices);
+                if n == 0 {
+                    return Ok(());
+                }
+                self.stream.write_vectored(&slices[..n])
+            };
+            match result {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.session.wrote(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Connections by token, tokens reused.
+#[derive(Debug, Default)]
+pub struct Conns {
+    slots: Vec<Option<Conn>>,
+    free: Vec<Token>,
+    next_generation: u64,
+    len: usize,
+}
+
+impl Conns {
+    fn insert(&mut self, mut conn: Conn) -> Token {
+        self.next_generation += 1;
+        conn.generation = self.next_generation;
+        self.len += 1;
+        match self.free.pop() {
+            Some(t) => {
+                self.slots[t] = Some(conn);
+                t
+            }
+            None => {
+                self.slots.push(Some(conn));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn remove(&mut self, t: Token) -> Option<Conn> {
+        let conn = self.slots.get_mut(t)?.take()?;
+        self.free.push(t);
+        self.len -= 1;
+        Some(conn)
+    }
+
+    pub fn get(&self, t: Token) -> Option<&Conn> {
+        self.slots.get(t)?.as_ref()
+    }
+
+    pub fn get_mut(&mut self, t: Token) -> Option<&mut Conn> {
+        self.slots.get_mut(t)?.as_mut()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every open connection with its token.
+    pub fn iter(&self) -> impl Iterator<Item = (Token, &Conn)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(t, c)| c.as_ref().map(|c| (t, c)))
+    }
+}
+
+/// The state of one readiness loop, less its way of waiting.
+#[derive(Debug)]
+pub struct LoopCore {
+    pub ctx: Arc<EngineCtx>,
+    pub listener: Option<TcpListener>,
+    pub conns: Conns,
+    buf: Vec<u8>,
+    more_work: Vec<Token>,
+    drain_deadline: Option<Instant>,
+    /// Held open so that, out of descriptors, the loop can still accept and close a connection
+    /// instead of leaving it in the backlog to wake the loop again and again.
+    spare_fd: Option<OwnedFd>,
+    warned_fd_limit: bool,
+}
+
+/// What became of a connection after a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driven {
+    Open,
+    Closed,
+}
+
+impl LoopCore {
+    pub fn new(ctx: Arc<EngineCtx>, listener: TcpListener) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Ok(LoopCore {
+            ctx,
+            listener: Some(listener),
+            conns: Conns::default(),
+            buf: vec![0; READ_BUFFER],
+            more_work: Vec::new(),
+            drain_deadline: None,
+            spare_fd: open_spare(),
+            warned_fd_limit: false,
+        })
+    }
+
+    pub fn listener_fd(&self) -> Option<RawFd> {
+        self.listener.as_ref().map(|l| l.as_raw_fd())
+    }
+
+    pub fn shutdown_fd(&self) -> RawFd {
+        self.ctx.shutdown.fd()
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.drain_deadline.is_some()
+    }
+
+    /// Accepts every waiting connection. `admit` may refuse one by its descriptor (select
+    /// cannot watch descriptors from FD_SETSIZE up). Returns the tokens of the new ones.
+    pub fn accept(&mut self, mut admit: impl FnMut(RawFd) -> Result<(), String>) -> Vec<Token> {
+        let mut added = Vec::new();
+        loop {
+            let Some(listener) = self.listener.as_ref() else {
+                return added;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    self.ctx
+                        .stats
+                        .accepted
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if let Err(why) = admit(stream.as_raw_fd()) {
+                        self.ctx
+                            .stats
+                            .accept_errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        eprintln!("iolab: refusing connection from {peer}: {why}");
+                        continue;
+                    }
+                    match Conn::new(stream, peer, &self.ctx) {
+                        Ok(conn) => added.push(self.conns.insert(conn)),
+                        Err(e) => eprintln!("iolab: cannot set up connection from {peer}: {e}"),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EMFILE) || e.raw_os_error() == Some(libc::ENFILE) =>
+                {
+                    self.refuse_for_lack_of_fds();
+                    if self.spare_fd.is_none() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    self.ctx
+                        .stats
+                        .accept_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    eprintln!("iolab: accept failed: {e}");
+                    break;
+                }
+            }
+        }
+        added
+    }
+
+    fn refuse_for_lack_of_fds(&mut self) {
+        self.ctx
+            .stats
+            .accept_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !self.warned_fd_limit {
+            self.warned_fd_limit = true;
+            eprintln!(
+                "iolab: out of file descriptors at {} connections (open-file limit {}): refusing new \
+                 connections; raise the hard limit (ulimit -Hn, or LimitNOFILE=) to serve more",
+                self.conns.len(),
+                super::raise_fd_limit()
+            );
+        }
+        // Free the spare, accept the connection into it and close it at once, then take the
+        // spare back: the peer sees a clean close instead of a hang.
+        self.spare_fd = None;
+        if let Some(l) = self.listener.as_ref() {
+            drop(l.accept());
+        }
+        self.spare_fd = open_spare();
+    }
+
+    /// One turn of the connection at `token`, with requests run inline.
+    pub fn drive(&mut self, token: Token) -> Driven {
+        self.drive_with(token, &mut inline)
+    }
+
+    /// One turn of the connection at `token`; closes and accounts for it if it is finished.
+    pub fn drive_with(&mut self, token: Token, dispatch: &mut Dispatch<'_>) -> Driven {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return Driven::Closed;
+        };
+        match conn.drive(token, &mut self.buf, dispatch) {
+            Drive::Blocked => Driven::Open,
+            Drive::MoreWork => {
+                self.more_work.push(token);
+                Driven::Open
+            }
+            Drive::Close(result) => {
+                self.close(token, result);
+                Driven::Closed
+            }
+        }
+    }
+
+    fn close(&mut self, token: Token, result: Result<(), ConnError>) {
+        if let Some(conn) = self.conns.remove(token) {
+            self.ctx
+                .connection_closed(conn.peer, result, conn.session.counters());
+        }
+    }
+
+    /// Connections whose budget ran out last turn: drive them before waiting again.
+    pub fn take_more_work(&mut self) -> Vec<Token> {
+        std::mem::take(&mut self.more_work)
+    }
+
+    /// How long the engine may wait for readiness: not at all while work is pending, and no
+    /// longer than the drain deadline during shutdown.
+    pub fn timeout(&self) -> Option<Duration> {
+        if !self.more_work.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        self.drain_deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Stops accepting and half-closes every connection for reading. Returns the tokens to
+    /// drive now, so each reads what is buffered and meets end of file.
+    pub fn begin_shutdown(&mut self) -> Vec<Token> {
+        if self.shutting_down() {
+            return Vec::new();
+        }
+        self.listener = None;
+        self.drain_deadline = Some(Instant::now() + self.ctx.config.drain_timeout);
+        let tokens: Vec<Token> = self.conns.iter().map(|(t, _)| t).collect();
+        for (_, conn) in self.conns.iter() {
+            let _ = conn.stream.shutdown(std::net::Shutdown::Read);
+        }
+        tokens
+    }
+
+    /// Whether the loop is done: shutting down and every connection closed, or out of time
+    /// (then the stragglers are cut off here).
+    pub fn finished(&mut self) -> bool {
+        let Some(deadline) = self.drain_deadline else {
+            return false;
+        };
+        if self.conns.is_empty() {
+            return true;
+        }
+        if Instant::now() < deadline {
+            return false;
+        }
+        let left: Vec<Token> = self.conns.iter().map(|(t, _)| t).collect();
+        eprintln!(
+            "iolab: {} connection(s) still writing after {:?}; cutting them off",
+            left.len(),
+            self.ctx.config.drain_timeout
+        );
+        for t in left {
+            let err = io::Error::new(io::ErrorKind::TimedOut, "cut off at shutdown");
+            self.close(t, Err(err.into()));
+        }
+        true
+    }
+}
+
+fn open_spare() -> Option<OwnedFd> {
+    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
+}
