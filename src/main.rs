@@ -156,6 +156,10 @@ struct LoadArgs {
     /// Requests in flight per connection; a send beyond it is skipped and counted as overflow.
     #[arg(long, default_value_t = 1024)]
     max_in_flight: usize,
+    /// Extra connections opened before the run and held silent until its end (the cost of
+    /// idle connections to the server's I/O model).
+    #[arg(long, default_value_t = 0)]
+    idle_connections: usize,
     /// Open connections one by one before starting, or all at once as the load starts.
     #[arg(long, value_enum, default_value_t = ConnectMode::Sequential)]
     connect: ConnectMode,
@@ -271,6 +275,7 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     cfg.seed = a.seed;
     cfg.max_in_flight = a.max_in_flight;
     cfg.connect = a.connect;
+    cfg.idle_connections = a.idle_connections;
     cfg.drain_timeout = a.drain_timeout.0;
     cfg.pin = a.pin.unwrap_or_default();
     (cfg.chunk_size, cfg.max_frame) = a.frame.sizes()?;

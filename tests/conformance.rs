@@ -7,20 +7,19 @@
 //! Every blocking read here has a timeout, as a bound on a broken engine, never as a way to
 //! wait for something to happen.
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+mod common;
+
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr};
 use std::time::Duration;
 
+use common::*;
+
 use iolab::engine::{self, EngineKind, EpollMode, RunningServer, ServeConfig};
-use iolab::frame::{
-    pattern_matches, Body, Frame, FrameDecoder, Header, OutFrame, OutQueue, ReplyHeader, ReplySize,
-    RequestHeader, DEFAULT_CHUNK_SIZE,
-};
+use iolab::frame::{pattern_matches, Header, ReplySize, RequestHeader, DEFAULT_CHUNK_SIZE};
 use iolab::loadgen::spec::{ReplyDist, SizeDist};
 use iolab::loadgen::{self, LoadConfig};
 
-const BOUND: Duration = Duration::from_secs(20);
 const CHUNK: usize = DEFAULT_CHUNK_SIZE;
 
 /// An engine as the suite runs it: which one, and with which options.
@@ -73,76 +72,6 @@ fn start(s: Setup) -> RunningServer {
     cfg.threads = s.threads;
     cfg.log_errors = false;
     engine::start(cfg).expect("server starts")
-}
-
-fn request(id: u64, len: usize, reply: ReplySize) -> Vec<u8> {
-    request_with_spin(id, len, reply, 0)
-}
-
-fn request_with_spin(id: u64, len: usize, reply: ReplySize, spin_ns: u64) -> Vec<u8> {
-    let mut q = OutQueue::new(1 << 20);
-    q.push(OutFrame::new(
-        RequestHeader {
-            payload_len: 0,
-            id,
-            send_ns: id * 10,
-            spin_ns,
-            reply,
-        },
-        Body::Pattern { seed: id, len },
-    ));
-    let mut bytes = Vec::with_capacity(q.queued_bytes());
-    while let Some(s) = q.front() {
-        bytes.extend_from_slice(s);
-        let n = s.len();
-        q.advance(n);
-    }
-    bytes
-}
-
-fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(BOUND)).unwrap();
-    s.set_write_timeout(Some(BOUND)).unwrap();
-    s
-}
-
-/// Reads replies until `count` have arrived (or the bound expires, which fails the test).
-fn read_replies(s: &mut TcpStream, count: usize) -> Vec<Frame<ReplyHeader>> {
-    let mut dec = FrameDecoder::<ReplyHeader>::new(64 << 20);
-    let mut frames = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    while frames.len() < count {
-        let n = s.read(&mut buf).expect("reply within the bound");
-        assert!(n > 0, "server closed after {} of {count} replies", frames.len());
-        let mut rest = &buf[..n];
-        while !rest.is_empty() {
-            let (used, f) = dec.decode(rest).expect("valid reply stream");
-            rest = &rest[used..];
-            frames.extend(f);
-        }
-    }
-    frames
-}
-
-fn check_echo(f: &Frame<ReplyHeader>, id: u64, len: usize) {
-    assert_eq!(f.header.id, id);
-    assert_eq!(f.header.send_ns, id * 10, "send time echoed");
-    assert_eq!(f.payload.len(), len, "reply {id} length");
-    assert!(pattern_matches(id, 0, &f.payload), "reply {id} content");
-}
-
-/// The peer closed (or reset) the connection, within the bound.
-fn assert_closed_by_server(s: &mut TcpStream) {
-    let mut buf = [0u8; 256];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
-            Err(e) => panic!("expected the server to close the connection, got {e}"),
-        }
-    }
 }
 
 fn run_load(addr: SocketAddr, request_size: &str, reply: &str, rate: f64) -> loadgen::LoadReport {
@@ -308,20 +237,7 @@ pub fn bad_frames_close_only_their_connection(engine: Setup) {
 
 /// The real binary: `listening on` first, SIGTERM answers what is in flight, a summary, exit 0.
 pub fn sigterm_answers_requests_in_flight(engine: Setup) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iolab"))
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .args(engine.args())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn iolab serve");
-    let mut stdout = child.stdout.take().unwrap();
-    let first = read_line(&mut stdout);
-    let addr: SocketAddr = first
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("first line was {first:?}"))
-        .parse()
-        .unwrap();
+    let (child, addr, stdout) = spawn_server(&engine.args());
     let mut s = connect(addr);
     // One round trip first: the connection is then accepted and served, not in the backlog.
     s.write_all(&request(1000, 1, ReplySize::Echo)).unwrap();
@@ -332,32 +248,19 @@ pub fn sigterm_answers_requests_in_flight(engine: Setup) {
         all.extend(request_with_spin(id, 100, ReplySize::Echo, 2_000_000));
     }
     s.write_all(&all).unwrap();
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let replies = read_replies(&mut s, 50);
-    for (i, r) in replies.iter().enumerate() {
-        check_echo(r, i as u64, 100);
-    }
-    let status = child.wait().unwrap();
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
+    let (status, rest) = std::thread::scope(|scope| {
+        let replies = scope.spawn(|| read_replies(&mut s, 50));
+        let (status, rest) = terminate(child, stdout);
+        for (i, r) in replies.join().unwrap().iter().enumerate() {
+            check_echo(r, i as u64, 100);
+        }
+        (status, rest)
+    });
     assert!(status.success(), "exit status {status}");
     assert!(
         rest.contains("summary: engine=") && rest.contains("requests=51"),
         "{rest}"
     );
-}
-
-fn read_line(r: &mut impl Read) -> String {
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while line.len() < 200 {
-        if r.read(&mut b).unwrap() == 0 || b[0] == b'\n' {
-            break;
-        }
-        line.push(b[0]);
-    }
-    String::from_utf8(line).unwrap()
 }
 
 macro_rules! conformance {

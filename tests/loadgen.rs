@@ -87,3 +87,21 @@ fn the_in_flight_cap_counts_overflow_instead_of_hiding_it() {
     assert_eq!(r.summary().error_kinds.overflow, r.m.overflow);
     server.stop().unwrap();
 }
+
+#[test]
+fn idle_connections_are_held_open_for_the_whole_run() {
+    let server = engine::start(ServeConfig::new(EngineKind::Poll, "127.0.0.1:0".parse().unwrap())).unwrap();
+    let mut cfg = LoadConfig::new(server.addr, 500.0, Duration::from_millis(500));
+    cfg.connections = 4;
+    cfg.idle_connections = 200;
+    let r = loadgen::run(cfg, &mut |_| {}).unwrap();
+    assert_eq!(r.error, None);
+    assert_eq!(r.errors(), 0);
+    assert_eq!(r.summary().config.idle_connections, 200);
+    let summary = server.stop().unwrap();
+    assert_eq!(summary.connections, 204);
+    assert_eq!(
+        summary.protocol_errors, 0,
+        "idle connections closing between frames are clean"
+    );
+}

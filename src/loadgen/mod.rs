@@ -75,6 +75,9 @@ pub struct LoadConfig {
     pub requests_log: bool,
     /// Shortest gap whose frequency the arrivals check judges (see [`stats`]).
     pub ks_resolution: Duration,
+    /// Extra connections opened before the run and held, silent, until its end: they cost
+    /// the server whatever an idle connection costs its I/O model.
+    pub idle_connections: usize,
 }
 
 impl LoadConfig {
@@ -100,6 +103,7 @@ impl LoadConfig {
             pin: Vec::new(),
             requests_log: false,
             ks_resolution: Duration::from_micros(20),
+            idle_connections: 0,
         }
     }
 
@@ -332,6 +336,7 @@ pub struct ConfigSummary {
     pub max_in_flight: usize,
     pub chunk_size: usize,
     pub connect: ConnectMode,
+    pub idle_connections: usize,
 }
 
 fn latency_us(h: &Histogram<u64>) -> LatencyUs {
@@ -363,6 +368,18 @@ pub fn fmt_us(ns: u64) -> String {
 }
 
 impl LoadReport {
+    /// A run that could not start: nothing measured, only the reason.
+    fn failed_before_start(config: LoadConfig, error: String) -> Self {
+        merge(
+            config,
+            Vec::new(),
+            Vec::new(),
+            Some(error),
+            Duration::ZERO,
+            Duration::ZERO,
+        )
+    }
+
     pub fn errors(&self) -> u64 {
         self.m.bad_replies + self.m.overflow + self.m.lost
     }
@@ -443,6 +460,7 @@ impl LoadReport {
                 max_in_flight: c.max_in_flight,
                 chunk_size: c.chunk_size,
                 connect: c.connect,
+                idle_connections: c.idle_connections,
             },
             error: self.error.clone(),
         }
@@ -604,6 +622,10 @@ impl LoadReport {
 pub fn run(config: LoadConfig, on_interval: &mut dyn FnMut(&IntervalLine)) -> anyhow::Result<LoadReport> {
     config.validate().map_err(anyhow::Error::msg)?;
     crate::engine::raise_fd_limit();
+    let idle = match open_idle(&config) {
+        Ok(idle) => idle,
+        Err(e) => return Ok(LoadReport::failed_before_start(config, e)),
+    };
     let started = Instant::now();
     let cpu_before = crate::sys::process_cpu_time();
     let threads = config.threads.min(config.connections);
@@ -691,6 +713,7 @@ pub fn run(config: LoadConfig, on_interval: &mut dyn FnMut(&IntervalLine)) -> an
             Err(_) => setup_error = Some("a load thread panicked".into()),
         }
     }
+    drop(idle);
     Ok(merge(
         config,
         outcomes,
@@ -699,6 +722,16 @@ pub fn run(config: LoadConfig, on_interval: &mut dyn FnMut(&IntervalLine)) -> an
         started.elapsed(),
         crate::sys::process_cpu_time() - cpu_before,
     ))
+}
+
+/// Opens the `--idle-connections`, one by one, before the run.
+fn open_idle(config: &LoadConfig) -> Result<Vec<std::net::TcpStream>, String> {
+    (0..config.idle_connections)
+        .map(|i| {
+            std::net::TcpStream::connect_timeout(&config.addr, Duration::from_secs(5))
+                .map_err(|e| format!("cannot open idle connection {i} to {}: {e}", config.addr))
+        })
+        .collect()
 }
 
 fn merge(

@@ -1,0 +1,125 @@
+//! Helpers the socket-level test suites share: building request frames, reading and checking
+//! replies with a bound on every wait, and running the real `iolab serve` binary.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use iolab::frame::{
+    pattern_matches, Body, Frame, FrameDecoder, OutFrame, OutQueue, ReplyHeader, ReplySize, RequestHeader,
+};
+
+/// The longest any single wait may take: a bound on a broken engine, never a way to wait.
+pub const BOUND: Duration = Duration::from_secs(20);
+
+pub fn request(id: u64, len: usize, reply: ReplySize) -> Vec<u8> {
+    request_with_spin(id, len, reply, 0)
+}
+
+pub fn request_with_spin(id: u64, len: usize, reply: ReplySize, spin_ns: u64) -> Vec<u8> {
+    let mut q = OutQueue::new(1 << 20);
+    q.push(OutFrame::new(
+        RequestHeader {
+            payload_len: 0,
+            id,
+            send_ns: id * 10,
+            spin_ns,
+            reply,
+        },
+        Body::Pattern { seed: id, len },
+    ));
+    let mut bytes = Vec::with_capacity(q.queued_bytes());
+    while let Some(s) = q.front() {
+        bytes.extend_from_slice(s);
+        let n = s.len();
+        q.advance(n);
+    }
+    bytes
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(BOUND)).unwrap();
+    s.set_write_timeout(Some(BOUND)).unwrap();
+    s
+}
+
+/// Reads replies until `count` have arrived (or the bound expires, which fails the test).
+pub fn read_replies(s: &mut TcpStream, count: usize) -> Vec<Frame<ReplyHeader>> {
+    let mut dec = FrameDecoder::<ReplyHeader>::new(64 << 20);
+    let mut frames = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while frames.len() < count {
+        let n = s.read(&mut buf).expect("reply within the bound");
+        assert!(n > 0, "server closed after {} of {count} replies", frames.len());
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let (used, f) = dec.decode(rest).expect("valid reply stream");
+            rest = &rest[used..];
+            frames.extend(f);
+        }
+    }
+    frames
+}
+
+pub fn check_echo(f: &Frame<ReplyHeader>, id: u64, len: usize) {
+    assert_eq!(f.header.id, id);
+    assert_eq!(f.header.send_ns, id * 10, "send time echoed");
+    assert_eq!(f.payload.len(), len, "reply {id} length");
+    assert!(pattern_matches(id, 0, &f.payload), "reply {id} content");
+}
+
+/// The peer closed (or reset) the connection, within the bound.
+pub fn assert_closed_by_server(s: &mut TcpStream) {
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("expected the server to close the connection, got {e}"),
+        }
+    }
+}
+
+pub fn read_line(r: &mut impl Read) -> String {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.len() < 200 {
+        if r.read(&mut b).unwrap() == 0 || b[0] == b'\n' {
+            break;
+        }
+        line.push(b[0]);
+    }
+    String::from_utf8(line).unwrap()
+}
+
+/// `iolab serve ARGS --addr 127.0.0.1:0` as a child process, once it is listening.
+pub fn spawn_server(args: &[String]) -> (Child, SocketAddr, ChildStdout) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iolab"))
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn iolab serve");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let first = read_line(&mut stdout);
+    let addr = first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("first line was {first:?}"))
+        .parse()
+        .expect("an address");
+    (child, addr, stdout)
+}
+
+/// Sends SIGTERM and returns the exit status and the rest of stdout (the summary line).
+pub fn terminate(mut child: Child, mut stdout: ChildStdout) -> (std::process::ExitStatus, String) {
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).expect("read stdout");
+    (child.wait().expect("wait for the server"), rest)
+}

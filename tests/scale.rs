@@ -1,0 +1,86 @@
+//! Many connections at once: select's hard limit, and C10K on poll and epoll.
+//!
+//! The server runs as its own process, so its descriptors and the client's do not share one
+//! table (or one open-file limit). C10K needs an open-file hard limit above 10,100 on both
+//! sides (20,000 on the project's machines); it takes a few seconds and runs with the rest:
+//!
+//!     cargo test --release --test scale
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+
+use common::*;
+use iolab::frame::ReplySize;
+
+/// Opens `n` connections, sends one request on each, then reads every reply. Returns the
+/// connections that were answered and those the server closed without an answer.
+fn one_request_each(addr: std::net::SocketAddr, n: usize) -> (usize, usize) {
+    let mut conns: Vec<TcpStream> = (0..n).map(|_| connect(addr)).collect();
+    for (i, s) in conns.iter_mut().enumerate() {
+        // A refused connection may already be closed: a failed write is counted below.
+        let _ = s.write_all(&request(i as u64, 32, ReplySize::Echo));
+    }
+    let (mut answered, mut refused) = (0, 0);
+    let mut buf = [0u8; 256];
+    for (i, s) in conns.iter_mut().enumerate() {
+        match s.peek(&mut buf) {
+            Ok(0) | Err(_) => refused += 1,
+            Ok(_) => {
+                check_echo(&read_replies(s, 1)[0], i as u64, 32);
+                answered += 1;
+            }
+        }
+    }
+    (answered, refused)
+}
+
+#[test]
+fn select_refuses_what_it_cannot_watch_and_keeps_serving() {
+    iolab::engine::raise_fd_limit();
+    let (child, addr, stdout) = spawn_server(&["--engine".into(), "select".into()]);
+    let mut early = connect(addr);
+    early.write_all(&request(1, 10, ReplySize::Echo)).unwrap();
+    check_echo(&read_replies(&mut early, 1)[0], 1, 10);
+
+    let (answered, refused) = one_request_each(addr, 1100);
+    // Descriptors 0..1023 fit FD_SETSIZE; a few are taken by the server's own files.
+    assert!(answered >= 1000, "answered {answered}");
+    assert!(refused >= 70, "refused {refused}");
+    assert_eq!(answered + refused, 1100);
+
+    // The loop survived: the first connection is still served.
+    early.write_all(&request(2, 5000, ReplySize::Echo)).unwrap();
+    check_echo(&read_replies(&mut early, 1)[0], 2, 5000);
+    drop(early);
+    let (status, summary) = terminate(child, stdout);
+    assert!(status.success());
+    assert!(summary.contains(&format!("accept_errors={refused}")), "{summary}");
+}
+
+fn c10k(engine: &str) {
+    let limit = iolab::engine::raise_fd_limit();
+    assert!(
+        limit > 10_100,
+        "this test needs an open-file limit above 10100 (have {limit}): ulimit -Hn"
+    );
+    let (child, addr, stdout) = spawn_server(&["--engine".into(), engine.into()]);
+    let (answered, refused) = one_request_each(addr, 10_000);
+    assert_eq!((answered, refused), (10_000, 0));
+    let (status, summary) = terminate(child, stdout);
+    assert!(status.success());
+    assert!(
+        summary.contains("connections=10000") && summary.contains("requests=10000"),
+        "{summary}"
+    );
+}
+
+/// One test, engines in turn: 10,000 client sockets at a time fit the test's own limit,
+/// 20,000 would not.
+#[test]
+fn c10k_on_poll_and_epoll() {
+    for engine in ["poll", "epoll"] {
+        c10k(engine);
+    }
+}
