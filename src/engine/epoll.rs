@@ -17,58 +17,28 @@
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use super::nonblocking::{Driven, LoopCore, Token};
+use super::nonblocking::{Driven, EpollWaiter, LoopCore, Token};
 use super::{EngineCtx, EpollMode};
 use crate::sys::{interest, Epoll};
-
-const SHUTDOWN: u64 = u64::MAX;
-const LISTENER: u64 = u64::MAX - 1;
 
 pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
     let mode = ctx.config.epoll_mode;
     let mut core = LoopCore::new(ctx, listener)?;
-    let epoll = Epoll::new()?;
-    epoll.add(core.shutdown_fd(), SHUTDOWN, interest::READ)?;
-    if let Some(fd) = core.listener_fd() {
-        // The listener stays level-triggered in both modes: accept() drains it anyway.
-        epoll.add(fd, LISTENER, interest::READ)?;
-    }
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let mut waiter = EpollWaiter::new(&core)?;
+    // Edge: ask for everything once and never again. Level: start with reads only and keep
+    // the interest exact after every turn.
+    let initial = match mode {
+        EpollMode::Edge => interest::READ | interest::WRITE | interest::EDGE,
+        EpollMode::Level => interest::READ,
+    };
     let mut ready: Vec<Token> = Vec::new();
     loop {
-        let n = epoll.wait(&mut events, core.timeout())?;
         ready.clear();
-        for ev in &events[..n] {
-            match ev.u64 {
-                SHUTDOWN => {
-                    if let Some(fd) = core.listener_fd() {
-                        let _ = epoll.delete(fd);
-                    }
-                    ready.extend(core.begin_shutdown());
-                }
-                LISTENER => {
-                    for t in core.accept(|_| Ok(())) {
-                        let Some(conn) = core.conns.get_mut(t) else {
-                            continue;
-                        };
-                        let wanted = match mode {
-                            EpollMode::Edge => interest::READ | interest::WRITE | interest::EDGE,
-                            EpollMode::Level => interest::READ,
-                        };
-                        conn.registered = wanted;
-                        epoll.add(conn.fd(), t as u64, wanted)?;
-                        // Data may have arrived before registration; with edges it would
-                        // never be announced.
-                        ready.push(t);
-                    }
-                }
-                t => ready.push(t as usize),
-            }
-        }
+        waiter.wait(&mut core, initial, &mut ready, |_| {})?;
         ready.extend(core.take_more_work());
         for &t in &ready {
             if core.drive(t) == Driven::Open && mode == EpollMode::Level {
-                update_level_interest(&mut core, &epoll, t)?;
+                update_level_interest(&mut core, &waiter.epoll, t)?;
             }
         }
         if core.finished() {
@@ -76,7 +46,6 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
         }
     }
 }
-
 /// Level-triggered: register exactly what the connection waits for, or the loop would be
 /// woken again and again for readiness it cannot use.
 fn update_level_interest(core: &mut LoopCore, epoll: &Epoll, t: Token) -> std::io::Result<()> {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::{ConnError, EngineCtx};
 use crate::session::{ServerSession, SessionError};
+use crate::sys::{interest, Epoll};
 
 /// One read buffer per loop, shared by all its connections: an idle connection costs no buffer.
 pub const READ_BUFFER: usize = 64 * 1024;
@@ -204,10 +205,6 @@ impl Conns {
         self.free.push(t);
         self.len -= 1;
         Some(conn)
-    }
-
-    pub fn get(&self, t: Token) -> Option<&Conn> {
-        self.slots.get(t)?.as_ref()
     }
 
     pub fn get_mut(&mut self, t: Token) -> Option<&mut Conn> {
@@ -441,4 +438,72 @@ impl LoopCore {
 
 fn open_spare() -> Option<OwnedFd> {
     std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
+}
+
+/// The epoll side of a loop that waits with epoll (`epoll`, `pool`): the loop's own
+/// descriptors registered once, and the events that are not connections handled the same way.
+#[derive(Debug)]
+pub struct EpollWaiter {
+    pub epoll: Epoll,
+    events: Vec<libc::epoll_event>,
+}
+
+const SHUTDOWN_EVENT: u64 = u64::MAX;
+const LISTENER_EVENT: u64 = u64::MAX - 1;
+/// Tokens from here up are free for an engine's own descriptors.
+pub const FIRST_ENGINE_EVENT: u64 = u64::MAX - 16;
+
+impl EpollWaiter {
+    pub fn new(core: &LoopCore) -> io::Result<Self> {
+        let epoll = Epoll::new()?;
+        epoll.add(core.shutdown_fd(), SHUTDOWN_EVENT, interest::READ)?;
+        if let Some(fd) = core.listener_fd() {
+            // The listener is level-triggered whatever the connections are: accept() drains it.
+            epoll.add(fd, LISTENER_EVENT, interest::READ)?;
+        }
+        Ok(EpollWaiter {
+            epoll,
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
+        })
+    }
+
+    /// Waits for events. Shutdown and new connections (registered with `conn_interest`) are
+    /// handled here; connections to drive are added to `ready`, and the engine's own tokens
+    /// (at or above [`FIRST_ENGINE_EVENT`]) go to `other`.
+    pub fn wait(
+        &mut self,
+        core: &mut LoopCore,
+        conn_interest: u32,
+        ready: &mut Vec<Token>,
+        mut other: impl FnMut(u64),
+    ) -> io::Result<()> {
+        let n = self.epoll.wait(&mut self.events, core.timeout())?;
+        for i in 0..n {
+            // Copied out: epoll_event is packed, its fields cannot be borrowed.
+            let token = self.events[i].u64;
+            match token {
+                SHUTDOWN_EVENT => {
+                    if let Some(fd) = core.listener_fd() {
+                        let _ = self.epoll.delete(fd);
+                    }
+                    ready.extend(core.begin_shutdown());
+                }
+                LISTENER_EVENT => {
+                    for t in core.accept(|_| Ok(())) {
+                        let Some(conn) = core.conns.get_mut(t) else {
+                            continue;
+                        };
+                        conn.registered = conn_interest;
+                        self.epoll.add(conn.fd(), t as u64, conn_interest)?;
+                        // Bytes may have arrived before registration; with edge-triggered
+                        // interest they would never be announced.
+                        ready.push(t);
+                    }
+                }
+                t if t >= FIRST_ENGINE_EVENT => other(t),
+                t => ready.push(t as usize),
+            }
+        }
+        Ok(())
+    }
 }

@@ -13,16 +13,14 @@ use std::net::TcpListener;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
-use super::nonblocking::{Conn, LoopCore, Token};
+use super::nonblocking::{Conn, EpollWaiter, LoopCore, Token, FIRST_ENGINE_EVENT};
 use super::EngineCtx;
 use crate::frame::OutFrame;
 use crate::session::{Request, SessionError};
-use crate::sys::{interest, Epoll, EventFd};
+use crate::sys::{interest, EventFd};
 use crate::workload;
 
-const SHUTDOWN: u64 = u64::MAX;
-const LISTENER: u64 = u64::MAX - 1;
-const COMPLETIONS: u64 = u64::MAX - 2;
+const COMPLETIONS: u64 = FIRST_ENGINE_EVENT;
 
 struct Job {
     token: Token,
@@ -101,50 +99,24 @@ fn event_loop(
     completions: &EventFd,
 ) -> anyhow::Result<()> {
     let mut core = LoopCore::new(ctx, listener)?;
-    let epoll = Epoll::new()?;
-    epoll.add(core.shutdown_fd(), SHUTDOWN, interest::READ)?;
-    epoll.add(completions.fd(), COMPLETIONS, interest::READ)?;
-    if let Some(fd) = core.listener_fd() {
-        epoll.add(fd, LISTENER, interest::READ)?;
-    }
+    let mut waiter = EpollWaiter::new(&core)?;
+    waiter.epoll.add(completions.fd(), COMPLETIONS, interest::READ)?;
     let mut dispatcher = Dispatcher {
         jobs,
         orders: Vec::new(),
         decoded: Vec::new(),
     };
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
     let mut ready: Vec<Token> = Vec::new();
     let mut finished: Vec<Done> = Vec::new();
+    let conn_interest = interest::READ | interest::WRITE | interest::EDGE;
     loop {
-        let n = epoll.wait(&mut events, core.timeout())?;
         ready.clear();
-        for ev in &events[..n] {
-            match ev.u64 {
-                SHUTDOWN => {
-                    if let Some(fd) = core.listener_fd() {
-                        let _ = epoll.delete(fd);
-                    }
-                    ready.extend(core.begin_shutdown());
-                }
-                LISTENER => {
-                    for t in core.accept(|_| Ok(())) {
-                        if let Some(conn) = core.conns.get(t) {
-                            epoll.add(
-                                conn.fd(),
-                                t as u64,
-                                interest::READ | interest::WRITE | interest::EDGE,
-                            )?;
-                            ready.push(t);
-                        }
-                    }
-                }
-                COMPLETIONS => {
-                    completions.drain();
-                    finished.extend(done.try_iter());
-                }
-                t => ready.push(t as usize),
-            }
-        }
+        waiter.wait(&mut core, conn_interest, &mut ready, |_| {
+            // The only engine event here: workers finished something.
+            completions.drain();
+            finished.extend(done.try_iter());
+        })?;
+        // Queue finished replies in request order; the connection then has something to write.
         for d in finished.drain(..) {
             let t = d.token;
             if dispatcher.complete(&mut core, d) {
