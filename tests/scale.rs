@@ -84,3 +84,58 @@ fn c10k_on_poll_and_epoll() {
         c10k(engine);
     }
 }
+
+/// Out of descriptors, the server says so once, closes the connections it cannot hold (no
+/// hang, no busy loop), and keeps serving the ones it has.
+#[test]
+fn running_out_of_descriptors_is_reported_and_survived() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_iolab"));
+    cmd.args(["serve", "--engine", "epoll", "--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe; it only lowers this child's own limit.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn iolab serve");
+    let mut stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let first = read_line(&mut stdout);
+    let addr: std::net::SocketAddr = first
+        .strip_prefix("listening on ")
+        .expect(&first)
+        .parse()
+        .unwrap();
+
+    let (answered, refused) = one_request_each(addr, 100);
+    assert!(
+        answered >= 30 && refused >= 30,
+        "answered {answered}, refused {refused}"
+    );
+    assert_eq!(answered + refused, 100);
+
+    let (status, summary) = terminate(child, stdout);
+    assert!(status.success());
+    assert!(summary.contains(&format!("connections={answered} ")), "{summary}");
+    assert!(summary.contains(&format!("accept_errors={refused}")), "{summary}");
+    let warnings: Vec<String> = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .filter(|l| l.contains("out of file descriptors"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "said once, not per connection: {warnings:?}");
+    assert!(warnings[0].contains("ulimit -Hn"), "{}", warnings[0]);
+}

@@ -309,8 +309,7 @@ impl LoopCore {
                 Err(e)
                     if e.raw_os_error() == Some(libc::EMFILE) || e.raw_os_error() == Some(libc::ENFILE) =>
                 {
-                    self.refuse_for_lack_of_fds();
-                    if self.spare_fd.is_none() {
+                    if !self.refuse_one_for_lack_of_fds() {
                         break;
                     }
                 }
@@ -327,11 +326,11 @@ impl LoopCore {
         added
     }
 
-    fn refuse_for_lack_of_fds(&mut self) {
-        self.ctx
-            .stats
-            .accept_errors
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// Out of descriptors: accept one waiting connection into the spare descriptor and close
+    /// it, so the peer sees a clean close instead of a hang. Returns whether one was refused.
+    /// At the limit, accept fails with EMFILE even when nobody is waiting (the kernel takes
+    /// the descriptor before it looks at the queue), so "nothing refused" ends the accepting.
+    fn refuse_one_for_lack_of_fds(&mut self) -> bool {
         if !self.warned_fd_limit {
             self.warned_fd_limit = true;
             eprintln!(
@@ -341,13 +340,16 @@ impl LoopCore {
                 super::raise_fd_limit()
             );
         }
-        // Free the spare, accept the connection into it and close it at once, then take the
-        // spare back: the peer sees a clean close instead of a hang.
         self.spare_fd = None;
-        if let Some(l) = self.listener.as_ref() {
-            drop(l.accept());
-        }
+        let refused = self.listener.as_ref().is_some_and(|l| l.accept().is_ok());
         self.spare_fd = open_spare();
+        if refused {
+            self.ctx
+                .stats
+                .accept_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        refused && self.spare_fd.is_some()
     }
 
     /// One turn of the connection at `token`, with requests run inline.
