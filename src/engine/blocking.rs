@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{wait_readable, ConnError, EngineCtx};
+use super::{out_of_fds_message, wait_readable, ConnError, EngineCtx};
 use crate::session::ServerSession;
 
 /// Serves one connection until the peer closes it or it fails.
@@ -34,6 +34,7 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, serve_conn: ConnFn) -> 
     let (done_tx, done_rx) = mpsc::channel::<u64>();
     let mut threads = HashMap::new();
     let mut next_id = 0u64;
+    let mut warned_fd_limit = false;
 
     while !ctx.shutdown.is_triggered() {
         let ready = wait_readable(&[listener.as_raw_fd(), ctx.shutdown.fd()], None)?;
@@ -90,11 +91,17 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, serve_conn: ConnFn) -> 
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: the connection waits in the backlog; do not spin.
-                    ctx.stats
-                        .accept_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    eprintln!("iolab: accept failed: {e}");
+                    // EMFILE and friends: the connection waits in the backlog until a
+                    // connection closes; back off rather than spin, and say so once.
+                    let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                    if !(out_of_fds && warned_fd_limit) {
+                        if out_of_fds {
+                            eprintln!("iolab: {}", out_of_fds_message(threads.len()));
+                            warned_fd_limit = true;
+                        } else {
+                            eprintln!("iolab: accept failed: {e}");
+                        }
+                    }
                     wait_readable(&[ctx.shutdown.fd()], Some(Duration::from_millis(10)))?;
                     break;
                 }

@@ -528,6 +528,15 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
+/// What a server says, once, when it runs out of descriptors.
+pub(crate) fn out_of_fds_message(connections: usize) -> String {
+    format!(
+        "out of file descriptors at {connections} connections (open-file limit {}); raise the hard \
+         limit (ulimit -Hn, or LimitNOFILE=) to serve more",
+        raise_fd_limit()
+    )
+}
+
 /// Waits until `fd` is readable or `timeout` passes (None: forever); retries on EINTR.
 pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
     let mut pfds: Vec<libc::pollfd> = fds

@@ -334,10 +334,8 @@ impl LoopCore {
         if !self.warned_fd_limit {
             self.warned_fd_limit = true;
             eprintln!(
-                "iolab: out of file descriptors at {} connections (open-file limit {}): refusing new \
-                 connections; raise the hard limit (ulimit -Hn, or LimitNOFILE=) to serve more",
-                self.conns.len(),
-                super::raise_fd_limit()
+                "iolab: {}; refusing new connections",
+                super::out_of_fds_message(self.conns.len())
             );
         }
         self.spare_fd = None;
