@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{out_of_fds_message, wait_readable, ConnError, EngineCtx};
+use super::{out_of_fds_message, wait_readable, ConnError, EngineCtx, ServerStats};
 use crate::session::ServerSession;
 
 /// Serves one connection until the peer closes it or it fails.
@@ -52,9 +52,7 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, serve_conn: ConnFn) -> 
                 Ok((stream, peer)) => {
                     let id = next_id;
                     next_id += 1;
-                    ctx.stats
-                        .accepted
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    ServerStats::bump(&ctx.stats.accepted);
                     registry
                         .lock()
                         .map_err(|_| anyhow::anyhow!("registry poisoned"))?
@@ -81,9 +79,7 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, serve_conn: ConnFn) -> 
                                 .lock()
                                 .map_err(|_| anyhow::anyhow!("registry poisoned"))?
                                 .remove(&id);
-                            ctx.stats
-                                .accept_errors
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            ServerStats::bump(&ctx.stats.accept_errors);
                             eprintln!("iolab: cannot start a thread for {peer}: {e}");
                         }
                     }

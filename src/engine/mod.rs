@@ -152,6 +152,11 @@ pub struct ServerStats {
 }
 
 impl ServerStats {
+    /// Counts one event in `counter` (one of this struct's fields).
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn absorb(&self, c: SessionCounters) {
         self.requests.fetch_add(c.requests, Ordering::Relaxed);
         self.bytes_in.fetch_add(c.bytes_in, Ordering::Relaxed);

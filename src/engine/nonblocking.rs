@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{ConnError, EngineCtx};
+use super::{ConnError, EngineCtx, ServerStats};
 use crate::session::{ServerSession, SessionError};
 use crate::sys::{interest, Epoll};
 
@@ -287,15 +287,9 @@ impl LoopCore {
             };
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    self.ctx
-                        .stats
-                        .accepted
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    ServerStats::bump(&self.ctx.stats.accepted);
                     if let Err(why) = admit(stream.as_raw_fd()) {
-                        self.ctx
-                            .stats
-                            .accept_errors
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        ServerStats::bump(&self.ctx.stats.accept_errors);
                         eprintln!("iolab: refusing connection from {peer}: {why}");
                         continue;
                     }
@@ -314,10 +308,7 @@ impl LoopCore {
                     }
                 }
                 Err(e) => {
-                    self.ctx
-                        .stats
-                        .accept_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    ServerStats::bump(&self.ctx.stats.accept_errors);
                     eprintln!("iolab: accept failed: {e}");
                     break;
                 }
@@ -342,10 +333,7 @@ impl LoopCore {
         let refused = self.listener.as_ref().is_some_and(|l| l.accept().is_ok());
         self.spare_fd = open_spare();
         if refused {
-            self.ctx
-                .stats
-                .accept_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ServerStats::bump(&self.ctx.stats.accept_errors);
         }
         refused && self.spare_fd.is_some()
     }
