@@ -405,9 +405,17 @@ impl OutFrame {
 }
 
 /// Frames waiting to be written, handed out as slices of at most `chunk_size` bytes.
+///
+/// An engine whose writes complete later (io_uring) gives the kernel the slices' addresses,
+/// not a copy, so those bytes must not move until the write completes. [`OutQueue::hold`]
+/// promises that: until the next [`OutQueue::advance`], frames pushed meanwhile wait aside
+/// instead of growing (and perhaps moving) the queue the slices point into.
 #[derive(Debug)]
 pub struct OutQueue {
     frames: VecDeque<OutFrame>,
+    /// Frames pushed while held, appended at the next advance.
+    waiting: Vec<OutFrame>,
+    held: bool,
     /// Bytes of the front frame already written.
     offset: usize,
     queued_bytes: usize,
@@ -418,6 +426,8 @@ impl OutQueue {
     pub fn new(chunk_size: usize) -> Self {
         OutQueue {
             frames: VecDeque::new(),
+            waiting: Vec::new(),
+            held: false,
             offset: 0,
             queued_bytes: 0,
             chunk_size: chunk_size.max(1),
@@ -426,11 +436,26 @@ impl OutQueue {
 
     pub fn push(&mut self, frame: OutFrame) {
         self.queued_bytes += frame.len();
-        self.frames.push_back(frame);
+        if self.held {
+            self.waiting.push(frame);
+        } else {
+            self.frames.push_back(frame);
+        }
+    }
+
+    /// Pins what is queued now in memory until the next [`OutQueue::advance`]: slices that
+    /// [`OutQueue::fill`] hands out meanwhile keep their addresses whatever is pushed. Frames
+    /// pushed while held are not offered by `fill` until then.
+    pub fn hold(&mut self) {
+        self.held = true;
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.held
     }
 
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.frames.is_empty() && self.waiting.is_empty()
     }
 
     /// Bytes not yet written.
@@ -440,7 +465,7 @@ impl OutQueue {
 
     /// Frames not yet completely written.
     pub fn queued_frames(&self) -> usize {
-        self.frames.len()
+        self.frames.len() + self.waiting.len()
     }
 
     pub fn chunk_size(&self) -> usize {
@@ -474,9 +499,15 @@ impl OutQueue {
         n
     }
 
-    /// Marks `n` bytes as written; returns how many frames that completed.
+    /// Marks `n` bytes as written and releases a [`OutQueue::hold`]; returns how many frames
+    /// that completed.
     pub fn advance(&mut self, mut n: usize) -> usize {
         debug_assert!(n <= self.queued_bytes);
+        if self.held {
+            // Nothing is lent out any more: the frames that waited aside join the queue.
+            self.held = false;
+            self.frames.extend(self.waiting.drain(..));
+        }
         self.queued_bytes -= n.min(self.queued_bytes);
         let mut completed = 0;
         while n > 0 {
@@ -587,6 +618,46 @@ mod tests {
             assert_eq!(frames[1].header.reply, ReplySize::Bytes(77));
             assert_eq!(frames[1].payload, pattern_vec(9, size));
         }
+    }
+
+    #[test]
+    fn held_slices_keep_their_addresses_while_frames_are_pushed() {
+        let mut q = OutQueue::new(16);
+        let reply = |id: u64, len: usize| {
+            OutFrame::new(
+                ReplyHeader {
+                    payload_len: 0,
+                    id,
+                    send_ns: 0,
+                },
+                Body::Owned(pattern_vec(id, len)),
+            )
+        };
+        q.push(reply(0, 40));
+        q.hold();
+        let lent: Vec<(usize, Vec<u8>)> = {
+            let mut slices = [IoSlice::new(&[]); 64];
+            let n = q.fill(&mut slices);
+            slices[..n].iter().map(|s| (s.as_ptr() as usize, s.to_vec())).collect()
+        };
+        // Enough pushes to grow any VecDeque several times over.
+        for id in 1..200 {
+            q.push(reply(id, 3));
+        }
+        let mut slices = [IoSlice::new(&[]); 64];
+        let n = q.fill(&mut slices);
+        assert_eq!(n, lent.len(), "frames pushed while held are not offered yet");
+        for (s, (addr, bytes)) in slices[..n].iter().zip(&lent) {
+            assert_eq!(s.as_ptr() as usize, *addr);
+            assert_eq!(&s[..], &bytes[..]);
+        }
+        // A partial write releases the hold; the waiting frames follow in order.
+        q.advance(5);
+        assert!(!q.is_held());
+        let bytes = drain(&mut q);
+        let frames = decode_all::<ReplyHeader>(&bytes[ReplyHeader::LEN + 40 - 5..], &[7], DEFAULT_MAX_FRAME);
+        let ids: Vec<u64> = frames.iter().map(|f| f.header.id).collect();
+        assert_eq!(ids, (1..200).collect::<Vec<_>>());
     }
 
     #[test]

@@ -13,27 +13,23 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::conns::{out_of_fds, Registry};
 use super::{out_of_fds_message, wait_readable, ConnError, EngineCtx, ServerStats};
 use crate::session::ServerSession;
 
 /// Serves one connection until the peer closes it or it fails.
 pub type ConnFn = fn(&mut TcpStream, &mut ServerSession) -> Result<(), ConnError>;
 
-/// Open connections by id, so shutdown can reach their sockets. A connection removes itself
-/// *before* its socket closes, so a descriptor found here is never a reused one.
-type Registry = Arc<Mutex<HashMap<u64, RawFd>>>;
-
 pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, serve_conn: ConnFn) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
-    let registry: Registry = Arc::default();
+    let registry = Arc::new(Registry::default());
     let (done_tx, done_rx) = mpsc::channel::<u64>();
     let mut threads = HashMap::new();
-    let mut next_id = 0u64;
     let mut warned_fd_limit = false;
 
     while !ctx.shutdown.is_triggered() {
@@ -50,22 +46,15 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, serve_conn: ConnFn) -> 
         loop {
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    let id = next_id;
-                    next_id += 1;
                     ServerStats::bump(&ctx.stats.accepted);
-                    registry
-                        .lock()
-                        .map_err(|_| anyhow::anyhow!("registry poisoned"))?
-                        .insert(id, stream.as_raw_fd());
+                    let id = registry.add(stream.as_raw_fd());
                     let (conn_ctx, conn_registry, done) = (ctx.clone(), registry.clone(), done_tx.clone());
                     let spawned = std::thread::Builder::new()
                         .name(format!("conn-{id}"))
                         .spawn(move || {
                             let mut stream = stream;
                             run_connection(&conn_ctx, &mut stream, peer, serve_conn);
-                            if let Ok(mut r) = conn_registry.lock() {
-                                r.remove(&id);
-                            }
+                            conn_registry.remove(id);
                             drop(stream); // closed only now that shutdown cannot reach it
                             let _ = done.send(id);
                         });
@@ -75,10 +64,7 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, serve_conn: ConnFn) -> 
                         }
                         Err(e) => {
                             // The closure (and the stream) is dropped: the connection closes.
-                            registry
-                                .lock()
-                                .map_err(|_| anyhow::anyhow!("registry poisoned"))?
-                                .remove(&id);
+                            registry.remove(id);
                             ServerStats::bump(&ctx.stats.accept_errors);
                             eprintln!("iolab: cannot start a thread for {peer}: {e}");
                         }
@@ -89,7 +75,7 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, serve_conn: ConnFn) -> 
                 Err(e) => {
                     // EMFILE and friends: the connection waits in the backlog until a
                     // connection closes; back off rather than spin, and say so once.
-                    let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                    let out_of_fds = out_of_fds(&e);
                     if !(out_of_fds && warned_fd_limit) {
                         if out_of_fds {
                             eprintln!("iolab: {}", out_of_fds_message(threads.len()));
@@ -106,7 +92,7 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, serve_conn: ConnFn) -> 
     }
     drop(listener);
 
-    half_close_all(&registry, libc::SHUT_RD);
+    registry.shutdown_all(libc::SHUT_RD);
     let deadline = Instant::now() + ctx.config.drain_timeout;
     let mut cut_off = false;
     while !threads.is_empty() {
@@ -123,22 +109,13 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, serve_conn: ConnFn) -> 
                     threads.len(),
                     ctx.config.drain_timeout
                 );
-                half_close_all(&registry, libc::SHUT_RDWR);
+                registry.shutdown_all(libc::SHUT_RDWR);
                 cut_off = true;
             }
             Err(_) => break,
         }
     }
     Ok(())
-}
-
-fn half_close_all(registry: &Registry, how: libc::c_int) {
-    if let Ok(r) = registry.lock() {
-        for &fd in r.values() {
-            // SAFETY: the registry only holds descriptors of sockets still open (see Registry).
-            unsafe { libc::shutdown(fd, how) };
-        }
-    }
 }
 
 fn run_connection(ctx: &EngineCtx, stream: &mut TcpStream, peer: SocketAddr, serve_conn: ConnFn) {

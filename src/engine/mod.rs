@@ -20,6 +20,7 @@
 //! connection never leaves the loop that accepted it.
 
 mod blocking;
+mod conns;
 mod epoll;
 mod iovec;
 mod nonblocking;

@@ -12,10 +12,12 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use super::conns::Token;
+use super::conns::{out_of_fds, FdReserve, Slab};
 use super::{ConnError, EngineCtx, ServerStats};
 use crate::session::{ServerSession, SessionError};
 use crate::sys::{interest, Epoll};
@@ -28,9 +30,6 @@ const DRIVE_BUDGET: usize = 16;
 const WRITE_SLICES: usize = 64;
 /// Requests one connection may have out with other threads before the loop stops reading it.
 const MAX_OUTSTANDING: usize = 1024;
-
-/// A connection's index in its loop.
-pub type Token = usize;
 
 /// What one turn of [`Conn::drive`] ended with.
 #[derive(Debug)]
@@ -174,59 +173,8 @@ impl Conn {
     }
 }
 
-/// Connections by token, tokens reused.
-#[derive(Debug, Default)]
-pub struct Conns {
-    slots: Vec<Option<Conn>>,
-    free: Vec<Token>,
-    next_generation: u64,
-    len: usize,
-}
-
-impl Conns {
-    fn insert(&mut self, mut conn: Conn) -> Token {
-        self.next_generation += 1;
-        conn.generation = self.next_generation;
-        self.len += 1;
-        match self.free.pop() {
-            Some(t) => {
-                self.slots[t] = Some(conn);
-                t
-            }
-            None => {
-                self.slots.push(Some(conn));
-                self.slots.len() - 1
-            }
-        }
-    }
-
-    fn remove(&mut self, t: Token) -> Option<Conn> {
-        let conn = self.slots.get_mut(t)?.take()?;
-        self.free.push(t);
-        self.len -= 1;
-        Some(conn)
-    }
-
-    pub fn get_mut(&mut self, t: Token) -> Option<&mut Conn> {
-        self.slots.get_mut(t)?.as_mut()
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Every open connection with its token.
-    pub fn iter(&self) -> impl Iterator<Item = (Token, &Conn)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(t, c)| c.as_ref().map(|c| (t, c)))
-    }
-}
+/// A loop's connections by token.
+pub type Conns = Slab<Conn>;
 
 /// The state of one readiness loop, less its way of waiting.
 #[derive(Debug)]
@@ -237,10 +185,7 @@ pub struct LoopCore {
     buf: Vec<u8>,
     more_work: Vec<Token>,
     drain_deadline: Option<Instant>,
-    /// Held open so that, out of descriptors, the loop can still accept and close a connection
-    /// instead of leaving it in the backlog to wake the loop again and again.
-    spare_fd: Option<OwnedFd>,
-    warned_fd_limit: bool,
+    fd_reserve: FdReserve,
 }
 
 /// What became of a connection after a turn.
@@ -260,8 +205,7 @@ impl LoopCore {
             buf: vec![0; READ_BUFFER],
             more_work: Vec::new(),
             drain_deadline: None,
-            spare_fd: open_spare(),
-            warned_fd_limit: false,
+            fd_reserve: FdReserve::default(),
         })
     }
 
@@ -294,16 +238,21 @@ impl LoopCore {
                         continue;
                     }
                     match Conn::new(stream, peer, &self.ctx) {
-                        Ok(conn) => added.push(self.conns.insert(conn)),
+                        Ok(conn) => {
+                            let (token, generation) = self.conns.insert(conn);
+                            if let Some(c) = self.conns.get_mut(token) {
+                                c.generation = generation;
+                            }
+                            added.push(token);
+                        }
                         Err(e) => eprintln!("iolab: cannot set up connection from {peer}: {e}"),
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EMFILE) || e.raw_os_error() == Some(libc::ENFILE) =>
-                {
-                    if !self.refuse_one_for_lack_of_fds() {
+                Err(e) if out_of_fds(&e) => {
+                    let open = self.conns.len();
+                    if !self.fd_reserve.refuse_one(listener, &self.ctx.stats, open) {
                         break;
                     }
                 }
@@ -315,27 +264,6 @@ impl LoopCore {
             }
         }
         added
-    }
-
-    /// Out of descriptors: accept one waiting connection into the spare descriptor and close
-    /// it, so the peer sees a clean close instead of a hang. Returns whether one was refused.
-    /// At the limit, accept fails with EMFILE even when nobody is waiting (the kernel takes
-    /// the descriptor before it looks at the queue), so "nothing refused" ends the accepting.
-    fn refuse_one_for_lack_of_fds(&mut self) -> bool {
-        if !self.warned_fd_limit {
-            self.warned_fd_limit = true;
-            eprintln!(
-                "iolab: {}; refusing new connections",
-                super::out_of_fds_message(self.conns.len())
-            );
-        }
-        self.spare_fd = None;
-        let refused = self.listener.as_ref().is_some_and(|l| l.accept().is_ok());
-        self.spare_fd = open_spare();
-        if refused {
-            ServerStats::bump(&self.ctx.stats.accept_errors);
-        }
-        refused && self.spare_fd.is_some()
     }
 
     /// One turn of the connection at `token`, with requests run inline.
@@ -391,7 +319,7 @@ impl LoopCore {
         }
         self.listener = None;
         self.drain_deadline = Some(Instant::now() + self.ctx.config.drain_timeout);
-        let tokens: Vec<Token> = self.conns.iter().map(|(t, _)| t).collect();
+        let tokens = self.conns.tokens();
         for (_, conn) in self.conns.iter() {
             let _ = conn.stream.shutdown(std::net::Shutdown::Read);
         }
@@ -410,7 +338,7 @@ impl LoopCore {
         if Instant::now() < deadline {
             return false;
         }
-        let left: Vec<Token> = self.conns.iter().map(|(t, _)| t).collect();
+        let left = self.conns.tokens();
         eprintln!(
             "iolab: {} connection(s) still writing after {:?}; cutting them off",
             left.len(),
@@ -422,10 +350,6 @@ impl LoopCore {
         }
         true
     }
-}
-
-fn open_spare() -> Option<OwnedFd> {
-    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
 }
 
 /// The epoll side of a loop that waits with epoll (`epoll`, `pool`): the loop's own
