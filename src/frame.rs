@@ -638,7 +638,10 @@ mod tests {
         let lent: Vec<(usize, Vec<u8>)> = {
             let mut slices = [IoSlice::new(&[]); 64];
             let n = q.fill(&mut slices);
-            slices[..n].iter().map(|s| (s.as_ptr() as usize, s.to_vec())).collect()
+            slices[..n]
+                .iter()
+                .map(|s| (s.as_ptr() as usize, s.to_vec()))
+                .collect()
         };
         // Enough pushes to grow any VecDeque several times over.
         for id in 1..200 {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use iolab::demo;
-use iolab::engine::{self, parse_cpu_list, EngineKind, EpollMode, ServeConfig};
+use iolab::engine::{self, parse_cpu_list, EngineKind, EpollMode, RecvMode, ServeConfig, UringOptions};
 use iolab::frame::{DEFAULT_CHUNK_SIZE, DEFAULT_MAX_FRAME};
 use iolab::loadgen::spec::{ReplyDist, SizeDist, WorkDist};
 use iolab::loadgen::{self, ArrivalKind, ConnectMode, LoadConfig};
@@ -56,7 +56,7 @@ struct ServeArgs {
     /// Wire protocol.
     #[arg(long, value_enum, default_value_t = Protocol::Frame)]
     protocol: Protocol,
-    /// Share-nothing event loops (select, poll, epoll): each has its own SO_REUSEPORT
+    /// Share-nothing event loops (select, poll, epoll, uring, tokio, monoio): each has its own SO_REUSEPORT
     /// listener and CPU, and a connection stays on the loop that accepted it.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -74,6 +74,8 @@ struct ServeArgs {
     workers: usize,
     #[command(flatten)]
     frame: FrameArgs,
+    #[command(flatten)]
+    uring: UringArgs,
     /// Longest spin a request may ask for; a peer asking more is disconnected.
     #[arg(long, default_value = "1s")]
     max_spin: Dur,
@@ -83,6 +85,76 @@ struct ServeArgs {
     /// Do not log one line per connection closed for a protocol error (still counted).
     #[arg(long)]
     quiet: bool,
+}
+
+/// Options of the `uring` engine.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "io_uring (--engine uring)")]
+struct UringArgs {
+    /// Submission queue entries per ring (a power of two). More lets one submit carry more
+    /// operations: raise it when thousands of connections are busy at once.
+    #[arg(long, default_value_t = 256)]
+    ring_entries: u32,
+    /// A kernel thread polls the submission queue, so submitting costs no syscall. Helps when
+    /// the loop submits constantly and a spare core can run that thread; on a busy or
+    /// single-core machine it competes with the loop instead.
+    #[arg(long)]
+    sqpoll: bool,
+    /// How long the --sqpoll thread keeps polling an idle ring before it sleeps, in ms.
+    #[arg(long, default_value_t = 1000, requires = "sqpoll")]
+    sqpoll_idle: u32,
+    /// Send replies of at least this many bytes with SEND_ZC: the kernel reads the pages in
+    /// place instead of copying them, and they stay held until it says it is done. Pays off
+    /// for large replies (tens of KiB and up); below that the notification costs more than
+    /// the copy it saves.
+    #[arg(long)]
+    zero_copy_threshold: Option<Size>,
+    /// Register each connection in the ring's fixed file table, so operations skip the
+    /// per-call file lookup and reference count. Helps at high operation rates.
+    #[arg(long)]
+    register_files: bool,
+    /// How the loop receives: multishot recv into a provided-buffer ring shared by all its
+    /// connections (kernel ≥ 6.0), or one recv at a time into a buffer per connection.
+    #[arg(long, value_enum, default_value_t = RecvMode::Auto)]
+    recv: RecvMode,
+    /// Buffers in the provided-buffer ring (a power of two). Raise it if the server reports
+    /// that the ring ran empty.
+    #[arg(long, default_value_t = 1024)]
+    recv_buffers: u16,
+    /// Size of each receive buffer.
+    #[arg(long, default_value_t = Size(16 * 1024))]
+    recv_buffer_size: Size,
+}
+
+impl UringArgs {
+    fn options(&self) -> anyhow::Result<UringOptions> {
+        if !self.ring_entries.is_power_of_two() || self.ring_entries > 32768 {
+            anyhow::bail!(
+                "--ring-entries must be a power of two up to 32768, not {}",
+                self.ring_entries
+            );
+        }
+        if !self.recv_buffers.is_power_of_two() || self.recv_buffers > 32768 {
+            anyhow::bail!(
+                "--recv-buffers must be a power of two up to 32768, not {}",
+                self.recv_buffers
+            );
+        }
+        let size = self.recv_buffer_size.0;
+        if !(64..=(1 << 24)).contains(&size) {
+            anyhow::bail!("--recv-buffer-size must be between 64 B and 16 MiB");
+        }
+        Ok(UringOptions {
+            ring_entries: self.ring_entries,
+            sqpoll: self.sqpoll,
+            sqpoll_idle_ms: self.sqpoll_idle,
+            zero_copy_threshold: self.zero_copy_threshold.map(|s| s.0 as usize),
+            register_files: self.register_files,
+            recv: self.recv,
+            recv_buffers: self.recv_buffers,
+            recv_buffer_size: size as usize,
+        })
+    }
 }
 
 /// Frame sizes, the same for both ends of a connection.
@@ -243,6 +315,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     cfg.drain_timeout = a.drain_timeout.0;
     cfg.log_errors = !a.quiet;
+    cfg.uring = a.uring.options()?;
     // Signals are routed to a thread of their own before any engine thread exists.
     let mut signals =
         signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;

@@ -152,7 +152,16 @@ impl ServerSession {
         &self.out
     }
 
-    /// The socket accepted `n` bytes of what [`ServerSession::out`] offered.
+    /// What is waiting to be written, held in place until the next [`ServerSession::wrote`]:
+    /// for engines that hand the kernel the slices' addresses and learn later how much it
+    /// took (see [`OutQueue::hold`]).
+    pub fn hold_out(&mut self) -> &OutQueue {
+        self.out.hold();
+        &self.out
+    }
+
+    /// The socket accepted `n` bytes of what [`ServerSession::out`] offered (and releases a
+    /// hold).
     pub fn wrote(&mut self, n: usize) {
         self.counters.bytes_out += n as u64;
         self.out.advance(n);

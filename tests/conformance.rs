@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::*;
 
-use iolab::engine::{self, EngineKind, EpollMode, RunningServer, ServeConfig};
+use iolab::engine::{self, EngineKind, EpollMode, RecvMode, RunningServer, ServeConfig};
 use iolab::frame::{pattern_matches, Header, ReplySize, RequestHeader, DEFAULT_CHUNK_SIZE};
 use iolab::loadgen::spec::{ReplyDist, SizeDist};
 use iolab::loadgen::{self, LoadConfig};
@@ -28,6 +28,10 @@ pub struct Setup {
     kind: EngineKind,
     epoll_mode: EpollMode,
     threads: usize,
+    recv: RecvMode,
+    register_files: bool,
+    zero_copy_threshold: Option<usize>,
+    sqpoll: bool,
 }
 
 const fn setup(kind: EngineKind) -> Setup {
@@ -35,6 +39,10 @@ const fn setup(kind: EngineKind) -> Setup {
         kind,
         epoll_mode: EpollMode::Edge,
         threads: 1,
+        recv: RecvMode::Auto,
+        register_files: false,
+        zero_copy_threshold: None,
+        sqpoll: false,
     }
 }
 
@@ -47,30 +55,72 @@ impl Setup {
         self.threads = n;
         self
     }
+    const fn recv(mut self, mode: RecvMode) -> Self {
+        self.recv = mode;
+        self
+    }
+    const fn register_files(mut self) -> Self {
+        self.register_files = true;
+        self
+    }
+    const fn zero_copy_from(mut self, bytes: usize) -> Self {
+        self.zero_copy_threshold = Some(bytes);
+        self
+    }
+    const fn sqpoll(mut self) -> Self {
+        self.sqpoll = true;
+        self
+    }
     /// The same options as `iolab serve` arguments.
     fn args(&self) -> Vec<String> {
         let mode = match self.epoll_mode {
             EpollMode::Edge => "edge",
             EpollMode::Level => "level",
         };
-        [
+        let recv = match self.recv {
+            RecvMode::Auto => "auto",
+            RecvMode::Multishot => "multishot",
+            RecvMode::Single => "single",
+        };
+        let mut args = [
             "--engine",
             self.kind.name(),
             "--epoll-mode",
             mode,
             "--threads",
             &self.threads.to_string(),
+            "--recv",
+            recv,
         ]
         .map(String::from)
-        .to_vec()
+        .to_vec();
+        if self.register_files {
+            args.push("--register-files".into());
+        }
+        if self.sqpoll {
+            args.push("--sqpoll".into());
+        }
+        if let Some(t) = self.zero_copy_threshold {
+            args.extend(["--zero-copy-threshold".into(), t.to_string()]);
+        }
+        args
+    }
+
+    fn config(&self) -> ServeConfig {
+        let mut cfg = ServeConfig::new(self.kind, "127.0.0.1:0".parse().unwrap());
+        cfg.epoll_mode = self.epoll_mode;
+        cfg.threads = self.threads;
+        cfg.uring.recv = self.recv;
+        cfg.uring.register_files = self.register_files;
+        cfg.uring.zero_copy_threshold = self.zero_copy_threshold;
+        cfg.uring.sqpoll = self.sqpoll;
+        cfg
     }
 }
 
 fn start(s: Setup) -> RunningServer {
-    let mut cfg = ServeConfig::new(s.kind, "127.0.0.1:0".parse().unwrap());
-    cfg.epoll_mode = s.epoll_mode;
-    cfg.threads = s.threads;
-    cfg.log_errors = false;
+    let mut cfg = s.config();
+    cfg.log_errors = std::env::var_os("IOLAB_TEST_LOG").is_some();
     engine::start(cfg).expect("server starts")
 }
 
@@ -288,4 +338,10 @@ conformance! {
     epoll_level => setup(EngineKind::Epoll).level(),
     epoll_threads2 => setup(EngineKind::Epoll).threads(2),
     pool => setup(EngineKind::Pool),
+    uring => setup(EngineKind::Uring),
+    uring_single_recv => setup(EngineKind::Uring).recv(RecvMode::Single),
+    uring_registered_files => setup(EngineKind::Uring).register_files(),
+    uring_zero_copy => setup(EngineKind::Uring).zero_copy_from(1),
+    uring_sqpoll => setup(EngineKind::Uring).sqpoll(),
+    uring_threads2 => setup(EngineKind::Uring).threads(2),
 }

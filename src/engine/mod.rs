@@ -14,8 +14,11 @@
 //! | `poll`    | one thread, poll(2) over an array rebuilt every turn (O(n))            |
 //! | `epoll`   | one thread, kernel-kept interest list, level- or edge-triggered        |
 //! | `pool`    | one epoll I/O thread handing requests to a fixed pool of workers      |
+//! | `uring`   | one io_uring per loop: completions, multishot accept and recv          |
+//! | `tokio`   | baseline: a tokio current-thread runtime per loop, a task per connection |
+//! | `monoio`  | baseline: monoio's io_uring runtime per loop, a task per connection    |
 //!
-//! Event engines (`select`, `poll`, `epoll`) scale out share-nothing: `--threads N` runs N
+//! Event engines (`select`, `poll`, `epoll`, `uring`, `tokio`, `monoio`) scale out share-nothing: `--threads N` runs N
 //! independent loops, each with its own SO_REUSEPORT listener and pinned to its own CPU, and a
 //! connection never leaves the loop that accepted it.
 
@@ -28,6 +31,7 @@ mod poll;
 mod pool;
 mod select;
 mod threads;
+mod uring;
 
 use std::fmt;
 use std::io;
@@ -58,6 +62,12 @@ pub enum EngineKind {
     Epoll,
     /// An epoll I/O thread plus --workers threads that run the requests.
     Pool,
+    /// One io_uring per loop: multishot accept and recv, batched vectored sends.
+    Uring,
+    /// Baseline: tokio's current-thread runtime per loop, one task per connection.
+    Tokio,
+    /// Baseline: monoio's io_uring runtime per loop, one task per connection.
+    Monoio,
 }
 
 impl EngineKind {
@@ -68,6 +78,9 @@ impl EngineKind {
         EngineKind::Poll,
         EngineKind::Epoll,
         EngineKind::Pool,
+        EngineKind::Uring,
+        EngineKind::Tokio,
+        EngineKind::Monoio,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,12 +91,15 @@ impl EngineKind {
             EngineKind::Poll => "poll",
             EngineKind::Epoll => "epoll",
             EngineKind::Pool => "pool",
+            EngineKind::Uring => "uring",
+            EngineKind::Tokio => "tokio",
+            EngineKind::Monoio => "monoio",
         }
     }
 
     /// Engines that run share-nothing event loops and so take `--threads N`.
     pub fn is_event_loop(self) -> bool {
-        matches!(self, EngineKind::Select | EngineKind::Poll | EngineKind::Epoll)
+        !matches!(self, EngineKind::Threads | EngineKind::Iovec | EngineKind::Pool)
     }
 }
 
@@ -94,6 +110,47 @@ pub enum EpollMode {
     Level,
     /// Reported when it becomes ready; interest registered once.
     Edge,
+}
+
+/// How the `uring` engine receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecvMode {
+    /// Multishot recv with a provided-buffer ring where the kernel has it (≥ 6.0), else single.
+    Auto,
+    /// Multishot recv into a provided-buffer ring shared by the loop's connections.
+    Multishot,
+    /// One recv at a time into a buffer per connection (what kernels before 6.0 get).
+    Single,
+}
+
+/// Options of the `uring` engine.
+#[derive(Debug, Clone)]
+pub struct UringOptions {
+    pub ring_entries: u32,
+    pub sqpoll: bool,
+    pub sqpoll_idle_ms: u32,
+    /// Replies of at least this many bytes go out with SEND_ZC.
+    pub zero_copy_threshold: Option<usize>,
+    pub register_files: bool,
+    pub recv: RecvMode,
+    /// Buffers in the provided-buffer ring (a power of two).
+    pub recv_buffers: u16,
+    pub recv_buffer_size: usize,
+}
+
+impl Default for UringOptions {
+    fn default() -> Self {
+        UringOptions {
+            ring_entries: 256,
+            sqpoll: false,
+            sqpoll_idle_ms: 1000,
+            zero_copy_threshold: None,
+            register_files: false,
+            recv: RecvMode::Auto,
+            recv_buffers: 1024,
+            recv_buffer_size: 16 * 1024,
+        }
+    }
 }
 
 impl fmt::Display for EngineKind {
@@ -121,6 +178,7 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     /// Print one line per connection closed for a protocol error (the counter counts always).
     pub log_errors: bool,
+    pub uring: UringOptions,
 }
 
 impl ServeConfig {
@@ -135,6 +193,7 @@ impl ServeConfig {
             session: SessionConfig::default(),
             drain_timeout: Duration::from_secs(5),
             log_errors: true,
+            uring: UringOptions::default(),
         }
     }
 }
@@ -267,9 +326,15 @@ pub struct EngineCtx {
     pub config: ServeConfig,
     pub stats: ServerStats,
     pub shutdown: Shutdown,
+    announced: std::sync::Once,
 }
 
 impl EngineCtx {
+    /// Says once per server (not once per loop) what an engine chose at start.
+    pub fn announce(&self, line: &str) {
+        self.announced.call_once(|| eprintln!("iolab: {line}"));
+    }
+
     /// Accounts for a closed connection and logs why it ended, if it ended badly.
     fn connection_closed(&self, peer: SocketAddr, result: Result<(), ConnError>, c: SessionCounters) {
         self.stats.absorb(c);
@@ -354,10 +419,14 @@ pub fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     }
     if config.threads > 1 && !config.engine.is_event_loop() {
         anyhow::bail!(
-            "--threads {} applies to the event-loop engines (select, poll, epoll); {} has its own threading",
+            "--threads {} applies to the event-loop engines (select, poll, epoll, uring, tokio, monoio); {} has its own threading",
             config.threads,
             config.engine
         );
+    }
+    if matches!(config.engine, EngineKind::Uring | EngineKind::Monoio) {
+        // Fail before listening, with the reason, where io_uring cannot run.
+        uring::preflight(&config.uring)?;
     }
     raise_fd_limit();
     // N loops, N listeners on one port: the first picks the port (when 0 was asked), the rest
@@ -375,6 +444,7 @@ pub fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         config,
         stats: ServerStats::default(),
         shutdown: Shutdown::new().context("cannot create the shutdown eventfd")?,
+        announced: std::sync::Once::new(),
     });
     let engine_ctx = ctx.clone();
     let thread = std::thread::Builder::new()
@@ -408,6 +478,7 @@ fn run_engine(ctx: Arc<EngineCtx>, mut listeners: Vec<TcpListener>) -> anyhow::R
     let event_loop = match kind {
         EngineKind::Select => select::serve,
         EngineKind::Poll => poll::serve,
+        EngineKind::Uring => uring::serve,
         _ => epoll::serve,
     };
     let n = listeners.len();

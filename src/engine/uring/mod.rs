@@ -1,0 +1,737 @@
+//! `uring`: one io_uring per loop; the loop asks for operations and is told when they are done.
+//!
+//! Readiness engines ask "which sockets could I read now?" and then make the syscalls
+//! themselves. A completion engine hands the kernel the whole operation (accept, receive into
+//! this buffer, send these slices) through a shared submission queue, and later reads the
+//! results from a completion queue. One `io_uring_enter` both submits everything the loop
+//! prepared and waits for what finished, so a turn costs one syscall however many
+//! connections it serves. How this loop uses that:
+//!
+//! - **Multishot accept**: one submission accepts every connection that ever arrives.
+//! - **Multishot recv with a provided-buffer ring** ([`bufring`]): one submission per
+//!   connection receives until the connection ends, into buffers the kernel takes from a
+//!   pool shared by the loop. Kernels without it (before 6.0) get single-shot receives into a
+//!   buffer per connection; the loop probes at start and says which it uses.
+//! - **Batched sends**: after a batch of completions, every connection with replies gets one
+//!   send (one slice) or sendmsg (the session's slices, gathered) in the same submission.
+//!   The slices point into the session's queue, which [`OutQueue::hold`] keeps in place until
+//!   the kernel is done with them: no copy.
+//! - Options: `--sqpoll` (a kernel thread polls the submission queue: no syscall to submit),
+//!   `--zero-copy-threshold` (SEND_ZC: the NIC, or loopback, reads the pages in place; the
+//!   buffers stay held until the kernel's notification), `--register-files` (a fixed file
+//!   table spares each operation the file lookup), `--ring-entries`.
+//!
+//! [`OutQueue::hold`]: crate::frame::OutQueue::hold
+
+mod bufring;
+mod setup;
+
+use std::io::{self, IoSlice};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use super::conns::{out_of_fds, FdReserve, Slab, Token};
+use super::{ConnError, EngineCtx, RecvMode, ServerStats};
+use crate::session::{ServerSession, SessionError};
+use bufring::BufRing;
+
+/// Slices gathered into one sendmsg.
+const SEND_SLICES: usize = 64;
+
+// What a completion is about: the top byte of its user_data; the rest is the token.
+const ACCEPT: u64 = 1;
+const LISTEN_POLL: u64 = 2;
+const SHUTDOWN: u64 = 3;
+const DRAIN_TIMER: u64 = 4;
+const RECV: u64 = 5;
+const SEND: u64 = 6;
+const CANCEL: u64 = 7;
+
+fn user_data(kind: u64, token: Token) -> u64 {
+    kind << 56 | token as u64
+}
+
+fn kind_of(user_data: u64) -> (u64, Token) {
+    (user_data >> 56, (user_data & ((1 << 56) - 1)) as Token)
+}
+
+/// How operations name a connection's socket: its descriptor, or its slot in the ring's
+/// registered file table.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Fd(RawFd),
+    Fixed(u32),
+}
+
+/// Builds `opcode::$op::new(target, args..)` for either kind of target.
+macro_rules! on_target {
+    ($target:expr, $op:ident ( $($arg:expr),* ) $(. $m:ident ( $($a:expr),* ))* ) => {
+        match $target {
+            Target::Fd(fd) => opcode::$op::new(types::Fd(fd) $(, $arg)*) $(. $m($($a),*))* .build(),
+            Target::Fixed(i) => opcode::$op::new(types::Fixed(i) $(, $arg)*) $(. $m($($a),*))* .build(),
+        }
+    };
+}
+
+/// What a send in flight points at. Boxed, so its address holds while the slab moves.
+struct SendState {
+    iov: [libc::iovec; SEND_SLICES],
+    msg: libc::msghdr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sending {
+    Idle,
+    InFlight {
+        zero_copy: bool,
+    },
+    /// Zero-copy: the result is in, the buffers are the kernel's until the notification.
+    AwaitingNotification {
+        sent: i32,
+    },
+}
+
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    target: Target,
+    session: ServerSession,
+    /// Operations submitted and not yet completed for good; the slot is freed only at zero.
+    ops: u32,
+    recv_armed: bool,
+    /// A cancel was sent for the multishot receive (back-pressure); it ends soon.
+    recv_cancelling: bool,
+    /// Single-shot receives land here (no buffer ring).
+    recv_buf: Vec<u8>,
+    send: Box<SendState>,
+    sending: Sending,
+    read_closed: bool,
+    eof_error: Option<SessionError>,
+    /// A protocol error: one more send for the replies before it, then close.
+    close_after_send: bool,
+    final_send_done: bool,
+    closing: Option<Result<(), ConnError>>,
+    shut: bool,
+}
+
+struct Loop {
+    // Dropped first: the kernel lets go of the buffers below before they are freed.
+    ring: IoUring,
+    bufs: Option<BufRing>,
+    ctx: Arc<EngineCtx>,
+    listener: Option<TcpListener>,
+    accept_armed: bool,
+    conns: Slab<Conn>,
+    fd_reserve: FdReserve,
+    zero_copy_threshold: Option<usize>,
+    registered_files: u32,
+    recv_buffer_size: usize,
+    /// Connections touched by this batch of completions: settled before the next submit.
+    dirty: Vec<Token>,
+    drain_deadline: Option<Instant>,
+    drain_timer: Box<types::Timespec>,
+    cut_off: bool,
+    enobufs: u64,
+}
+
+pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
+    let opts = ctx.config.uring.clone();
+    let ring = setup::build_ring(&opts)?;
+    let features = setup::probe(&ring);
+    let multishot = match opts.recv {
+        RecvMode::Auto => features.multishot_recv,
+        RecvMode::Multishot if !features.multishot_recv => {
+            anyhow::bail!("--recv multishot needs Linux ≥ 6.0 (multishot recv); use --recv auto or single")
+        }
+        RecvMode::Multishot => true,
+        RecvMode::Single => false,
+    };
+    let mut fallback = (opts.recv == RecvMode::Auto && !multishot)
+        .then(|| "this kernel has no multishot recv (Linux < 6.0)".to_string());
+    let bufs = if multishot {
+        match BufRing::register(&ring.submitter(), opts.recv_buffers, opts.recv_buffer_size) {
+            Ok(b) => Some(b),
+            Err(e) if opts.recv == RecvMode::Auto && e.kind() != io::ErrorKind::InvalidInput => {
+                fallback = Some(format!("cannot register a provided-buffer ring: {e}"));
+                None
+            }
+            Err(e) => anyhow::bail!("cannot register the receive buffer ring: {e}"),
+        }
+    } else {
+        None
+    };
+    if let Some(t) = opts.zero_copy_threshold {
+        if !features.send_zc || !features.sendmsg_zc {
+            anyhow::bail!(
+                "--zero-copy-threshold {t} needs SEND_ZC and SENDMSG_ZC (Linux ≥ 6.1); this kernel lacks them"
+            );
+        }
+    }
+    let registered_files = if opts.register_files {
+        let n = super::raise_fd_limit().min(65_536) as u32;
+        ring.submitter()
+            .register_files_sparse(n)
+            .map_err(|e| anyhow::anyhow!("cannot register a file table of {n} slots: {e}"))?;
+        n
+    } else {
+        0
+    };
+    ctx.announce(&describe(&opts, bufs.as_ref(), fallback.as_deref()));
+    listener.set_nonblocking(true)?;
+    let mut lp = Loop {
+        ring,
+        bufs,
+        ctx,
+        listener: Some(listener),
+        accept_armed: false,
+        conns: Slab::default(),
+        fd_reserve: FdReserve::default(),
+        zero_copy_threshold: opts.zero_copy_threshold,
+        registered_files,
+        recv_buffer_size: opts.recv_buffer_size,
+        dirty: Vec::new(),
+        drain_deadline: None,
+        drain_timer: Box::new(types::Timespec::new()),
+        cut_off: false,
+        enobufs: 0,
+    };
+    let result = lp.run();
+    if lp.enobufs > 0 {
+        eprintln!(
+            "iolab: uring: the receive buffer ring ran empty {} time(s); more --recv-buffers would help",
+            lp.enobufs
+        );
+    }
+    lp.release_buffers();
+    result
+}
+
+/// Builds (and drops) one ring as this engine would, so a server that cannot use io_uring
+/// says why before it starts listening.
+///
+/// On a thread of its own: tearing a ring down may post task work to the thread that made it,
+/// which interrupts that thread's next blocking socket call that has a timeout (EINTR), and
+/// the caller may be an application thread doing exactly that.
+pub fn preflight(opts: &super::UringOptions) -> anyhow::Result<()> {
+    let opts = opts.clone();
+    std::thread::Builder::new()
+        .name("uring-preflight".into())
+        .spawn(move || setup::build_ring(&opts).map(drop))?
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the io_uring preflight panicked")))
+}
+
+fn describe(opts: &super::UringOptions, bufs: Option<&BufRing>, fallback: Option<&str>) -> String {
+    let recv = match bufs {
+        Some(b) => format!(
+            "multishot recv into a provided-buffer ring ({} × {} KiB)",
+            b.count(),
+            b.buffer_size() / 1024
+        ),
+        None => format!(
+            "single-shot recv into a {} KiB buffer per connection{}",
+            opts.recv_buffer_size / 1024,
+            fallback.map_or(String::new(), |why| format!(" ({why})"))
+        ),
+    };
+    let mut extras = Vec::new();
+    if opts.sqpoll {
+        extras.push(format!("sqpoll (idle {} ms)", opts.sqpoll_idle_ms));
+    }
+    if let Some(t) = opts.zero_copy_threshold {
+        extras.push(format!("SEND_ZC from {t} B"));
+    }
+    if opts.register_files {
+        extras.push("registered files".to_string());
+    }
+    let extras = if extras.is_empty() {
+        String::new()
+    } else {
+        format!(", {}", extras.join(", "))
+    };
+    format!(
+        "uring: {} entries, multishot accept, {recv}{extras}",
+        opts.ring_entries
+    )
+}
+
+impl Loop {
+    fn run(&mut self) -> anyhow::Result<()> {
+        self.arm_accept()?;
+        let shutdown_fd = self.ctx.shutdown.fd();
+        let poll = opcode::PollAdd::new(types::Fd(shutdown_fd), libc::POLLIN as u32)
+            .build()
+            .user_data(user_data(SHUTDOWN, 0));
+        self.push(poll)?;
+        let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
+        loop {
+            self.settle_dirty()?;
+            if self.finished() {
+                return Ok(());
+            }
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {} // CQ full: reap first
+                Err(e) => return Err(anyhow::anyhow!("io_uring_enter failed: {e}")),
+            }
+            completions.clear();
+            completions.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            for &(data, result, flags) in &completions {
+                self.complete(data, result, flags)?;
+            }
+        }
+    }
+
+    /// Queues one submission, submitting what is queued first if the queue is full.
+    fn push(&mut self, entry: squeue::Entry) -> anyhow::Result<()> {
+        for _ in 0..2 {
+            // SAFETY: every pointer an entry carries (buffers, iovecs, msghdr, timespec)
+            // points into memory this loop keeps in place until the operation completes.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return Ok(());
+            }
+            self.ring
+                .submit()
+                .map_err(|e| anyhow::anyhow!("io_uring_enter failed: {e}"))?;
+        }
+        anyhow::bail!("the submission queue stays full (--ring-entries too small?)")
+    }
+
+    fn arm_accept(&mut self) -> anyhow::Result<()> {
+        let Some(fd) = self.listener.as_ref().map(|l| l.as_raw_fd()) else {
+            return Ok(());
+        };
+        let accept = opcode::AcceptMulti::new(types::Fd(fd))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data(ACCEPT, 0));
+        self.push(accept)?;
+        self.accept_armed = true;
+        Ok(())
+    }
+
+    fn complete(&mut self, data: u64, result: i32, flags: u32) -> anyhow::Result<()> {
+        let (kind, token) = kind_of(data);
+        match kind {
+            ACCEPT => self.accepted(result, flags),
+            LISTEN_POLL => self.arm_accept(),
+            SHUTDOWN => self.begin_shutdown(),
+            DRAIN_TIMER => {
+                self.cut_off_stragglers();
+                Ok(())
+            }
+            RECV => {
+                self.received(token, result, flags);
+                Ok(())
+            }
+            SEND => {
+                self.sent(token, result, flags);
+                Ok(())
+            }
+            _ => Ok(()), // cancellations report nothing we need
+        }
+    }
+
+    fn accepted(&mut self, result: i32, flags: u32) -> anyhow::Result<()> {
+        let more = cqueue::more(flags);
+        if !more {
+            self.accept_armed = false;
+            if self.drain_deadline.is_some() {
+                self.listener = None; // shutting down: the port can close now
+            }
+        }
+        if result >= 0 {
+            // SAFETY: the kernel just installed this descriptor for us; nothing else owns it.
+            let stream = unsafe { TcpStream::from_raw_fd(result) };
+            ServerStats::bump(&self.ctx.stats.accepted);
+            self.add_conn(stream);
+        } else {
+            let e = io::Error::from_raw_os_error(-result);
+            if self.drain_deadline.is_some() || result == -libc::ECANCELED {
+                return Ok(());
+            }
+            if out_of_fds(&e) {
+                let refused = match self.listener.as_ref() {
+                    Some(l) => self.fd_reserve.refuse_one(l, &self.ctx.stats, self.conns.len()),
+                    None => false,
+                };
+                if !more && !refused {
+                    // Nobody was waiting: come back when somebody is.
+                    if let Some(fd) = self.listener.as_ref().map(|l| l.as_raw_fd()) {
+                        let poll = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+                            .build()
+                            .user_data(user_data(LISTEN_POLL, 0));
+                        self.push(poll)?;
+                    }
+                    return Ok(());
+                }
+            } else {
+                ServerStats::bump(&self.ctx.stats.accept_errors);
+                eprintln!("iolab: accept failed: {e}");
+            }
+        }
+        if !self.accept_armed && self.drain_deadline.is_none() {
+            self.arm_accept()?;
+        }
+        Ok(())
+    }
+
+    fn add_conn(&mut self, stream: TcpStream) {
+        let peer = match stream
+            .peer_addr()
+            .and_then(|p| stream.set_nodelay(true).map(|()| p))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                // Reset before we looked at it: nothing to serve.
+                ServerStats::bump(&self.ctx.stats.accept_errors);
+                if e.kind() != io::ErrorKind::NotConnected {
+                    eprintln!("iolab: cannot set up an accepted connection: {e}");
+                }
+                return;
+            }
+        };
+        let fd = stream.as_raw_fd();
+        let conn = Conn {
+            stream,
+            peer,
+            target: Target::Fd(fd),
+            session: ServerSession::new(&self.ctx.config.session),
+            ops: 0,
+            recv_armed: false,
+            recv_cancelling: false,
+            recv_buf: Vec::new(),
+            // SAFETY: iovec and msghdr are plain C structs for which all-zero is valid.
+            send: Box::new(unsafe { std::mem::zeroed() }),
+            sending: Sending::Idle,
+            read_closed: false,
+            eof_error: None,
+            close_after_send: false,
+            final_send_done: false,
+            closing: None,
+            shut: false,
+        };
+        let (token, _) = self.conns.insert(conn);
+        if (token as u32) < self.registered_files {
+            if let Ok(1) = self.ring.submitter().register_files_update(token as u32, &[fd]) {
+                if let Some(c) = self.conns.get_mut(token) {
+                    c.target = Target::Fixed(token as u32);
+                }
+            }
+        }
+        if self.drain_deadline.is_some() {
+            if let Some(c) = self.conns.get_mut(token) {
+                let _ = c.stream.shutdown(std::net::Shutdown::Read);
+            }
+        }
+        self.dirty.push(token);
+    }
+
+    fn received(&mut self, token: Token, result: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        let buffer = cqueue::buffer_select(flags);
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        if !more {
+            conn.ops -= 1;
+            conn.recv_armed = false;
+            conn.recv_cancelling = false;
+        }
+        self.dirty.push(token);
+        match result {
+            n if n > 0 => {
+                let n = n as usize;
+                let outcome = if conn.closing.is_some() || conn.read_closed {
+                    Ok(0) // bytes after we decided to stop reading: dropped
+                } else {
+                    match (buffer, self.bufs.as_ref()) {
+                        (Some(bid), Some(bufs)) => conn.session.receive(bufs.filled(bid, n)),
+                        _ => conn.session.receive(&conn.recv_buf[..n.min(conn.recv_buf.len())]),
+                    }
+                };
+                if let (Some(bid), Some(bufs)) = (buffer, self.bufs.as_mut()) {
+                    bufs.recycle(bid);
+                }
+                if let Err(e) = outcome {
+                    conn.eof_error = Some(e);
+                    conn.read_closed = true;
+                    conn.close_after_send = true;
+                    // Ends a multishot receive: the peer's further bytes are not ours to read.
+                    let _ = conn.stream.shutdown(std::net::Shutdown::Read);
+                }
+            }
+            0 => {
+                if !conn.read_closed {
+                    conn.read_closed = true;
+                    conn.eof_error = conn.session.peer_closed().err();
+                }
+            }
+            e if e == -libc::ENOBUFS => self.enobufs += 1, // re-armed when settled
+            e if e == -libc::ECANCELED || e == -libc::EINTR || e == -libc::EAGAIN => {}
+            e => {
+                if conn.closing.is_none() {
+                    conn.closing = Some(Err(io::Error::from_raw_os_error(-e).into()));
+                }
+            }
+        }
+    }
+
+    fn sent(&mut self, token: Token, result: i32, flags: u32) {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        self.dirty.push(token);
+        let done = match conn.sending {
+            Sending::InFlight { zero_copy: true } if cqueue::more(flags) => {
+                // The bytes are queued; the pages are still the kernel's until the notification.
+                conn.sending = Sending::AwaitingNotification { sent: result };
+                return;
+            }
+            Sending::AwaitingNotification { sent } if cqueue::notif(flags) => sent,
+            Sending::AwaitingNotification { .. } => return,
+            _ => result,
+        };
+        conn.ops -= 1;
+        conn.sending = Sending::Idle;
+        match done {
+            n if n > 0 => conn.session.wrote(n as usize),
+            e => {
+                conn.session.wrote(0); // releases the hold
+                if conn.closing.is_none() {
+                    let err = if e == 0 {
+                        io::ErrorKind::WriteZero.into()
+                    } else {
+                        io::Error::from_raw_os_error(-e)
+                    };
+                    conn.closing = Some(Err(err.into()));
+                }
+            }
+        }
+    }
+
+    /// Decides, for every connection this batch touched, what it needs next: a send, a
+    /// receive, a pause for back-pressure, or closing. Everything goes out in the next submit.
+    fn settle_dirty(&mut self) -> anyhow::Result<()> {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for &t in &dirty {
+            self.settle(t)?;
+        }
+        dirty.clear();
+        self.dirty = dirty;
+        Ok(())
+    }
+
+    fn settle(&mut self, t: Token) -> anyhow::Result<()> {
+        let multishot = self.bufs.is_some();
+        let Some(conn) = self.conns.get_mut(t) else {
+            return Ok(());
+        };
+        let idle = conn.sending == Sending::Idle;
+        let nothing_queued = conn.session.out().is_empty();
+        if conn.closing.is_none() && idle {
+            if conn.close_after_send {
+                // A protocol error: the replies before the bad frame get one more send.
+                if nothing_queued || conn.final_send_done {
+                    let e = conn.eof_error.take().unwrap_or(SessionError::Truncated);
+                    conn.closing = Some(Err(e.into()));
+                }
+            } else if conn.read_closed && nothing_queued {
+                conn.closing = Some(conn.eof_error.take().map_or(Ok(()), |e| Err(e.into())));
+            }
+        }
+        if conn.closing.is_some() {
+            if !conn.shut {
+                conn.shut = true;
+                // Ends whatever is in flight: a receive sees end of file, a send an error.
+                let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+            }
+            if conn.ops == 0 {
+                self.close(t);
+            }
+            return Ok(());
+        }
+        if idle && !nothing_queued {
+            conn.final_send_done = conn.close_after_send;
+            let entry = self.prepare_send(t);
+            self.push(entry)?;
+        }
+        let Some(conn) = self.conns.get_mut(t) else {
+            return Ok(());
+        };
+        let wants_read = conn.session.wants_read();
+        if !conn.read_closed && !conn.recv_armed && wants_read {
+            let target = conn.target;
+            let entry = if multishot {
+                on_target!(target, RecvMulti(bufring::GROUP))
+            } else {
+                if conn.recv_buf.is_empty() {
+                    conn.recv_buf = vec![0; self.recv_buffer_size];
+                }
+                let (ptr, len) = (conn.recv_buf.as_mut_ptr(), conn.recv_buf.len() as u32);
+                on_target!(target, Recv(ptr, len))
+            };
+            conn.recv_armed = true;
+            conn.ops += 1;
+            self.push(entry.user_data(user_data(RECV, t)))?;
+        } else if conn.recv_armed && multishot && !wants_read && !conn.recv_cancelling {
+            // Back-pressure: the peer is not reading its replies. Stop the multishot receive;
+            // what it already holds is kept, the rest waits in the socket.
+            conn.recv_cancelling = true;
+            let cancel = opcode::AsyncCancel::new(user_data(RECV, t))
+                .build()
+                .user_data(user_data(CANCEL, t));
+            self.push(cancel)?;
+        }
+        Ok(())
+    }
+
+    /// A send of the connection's queued slices, pointing into its session (held in place).
+    fn prepare_send(&mut self, t: Token) -> squeue::Entry {
+        let threshold = self.zero_copy_threshold;
+        let conn = self.conns.get_mut(t).expect("settle checked the token");
+        let queue = conn.session.hold_out();
+        let mut slices = [IoSlice::new(&[]); SEND_SLICES];
+        let n = queue.fill(&mut slices);
+        let mut total = 0usize;
+        for (iov, s) in conn.send.iov.iter_mut().zip(&slices[..n]) {
+            iov.iov_base = s.as_ptr() as *mut libc::c_void;
+            iov.iov_len = s.len();
+            total += s.len();
+        }
+        let zero_copy = threshold.is_some_and(|t| total >= t);
+        conn.sending = Sending::InFlight { zero_copy };
+        conn.ops += 1;
+        let target = conn.target;
+        let flags = libc::MSG_NOSIGNAL;
+        let entry = if n == 1 {
+            let (ptr, len) = (
+                conn.send.iov[0].iov_base as *const u8,
+                conn.send.iov[0].iov_len as u32,
+            );
+            if zero_copy {
+                on_target!(target, SendZc(ptr, len).flags(flags))
+            } else {
+                on_target!(target, Send(ptr, len).flags(flags))
+            }
+        } else {
+            let send = &mut *conn.send;
+            send.msg.msg_iov = send.iov.as_mut_ptr();
+            send.msg.msg_iovlen = n;
+            let msg = &send.msg as *const libc::msghdr;
+            if zero_copy {
+                on_target!(target, SendMsgZc(msg).flags(flags as u32))
+            } else {
+                on_target!(target, SendMsg(msg).flags(flags as u32))
+            }
+        };
+        entry.user_data(user_data(SEND, t))
+    }
+
+    fn close(&mut self, t: Token) {
+        let Some(mut conn) = self.conns.remove(t) else {
+            return;
+        };
+        if let Target::Fixed(slot) = conn.target {
+            let _ = self.ring.submitter().register_files_update(slot, &[-1]);
+        }
+        let result = conn.closing.take().unwrap_or(Ok(()));
+        self.ctx
+            .connection_closed(conn.peer, result, conn.session.counters());
+    }
+
+    /// Stops accepting and half-closes every connection for reading: buffered requests are
+    /// still received and answered, then each receive sees end of file.
+    fn begin_shutdown(&mut self) -> anyhow::Result<()> {
+        if self.drain_deadline.is_some() {
+            return Ok(());
+        }
+        let timeout = self.ctx.config.drain_timeout;
+        self.drain_deadline = Some(Instant::now() + timeout);
+        if self.accept_armed {
+            let cancel = opcode::AsyncCancel::new(user_data(ACCEPT, 0))
+                .build()
+                .user_data(user_data(CANCEL, 0));
+            self.push(cancel)?;
+        } else {
+            self.listener = None;
+        }
+        for t in self.conns.tokens() {
+            if let Some(c) = self.conns.get_mut(t) {
+                let _ = c.stream.shutdown(std::net::Shutdown::Read);
+            }
+        }
+        self.arm_drain_timer(timeout)
+    }
+
+    fn arm_drain_timer(&mut self, after: Duration) -> anyhow::Result<()> {
+        *self.drain_timer = after.into();
+        let timer = opcode::Timeout::new(&*self.drain_timer as *const types::Timespec)
+            .build()
+            .user_data(user_data(DRAIN_TIMER, 0));
+        self.push(timer)
+    }
+
+    /// The drain timeout passed: whoever is still writing (a peer that never reads) is cut off.
+    fn cut_off_stragglers(&mut self) {
+        if self.cut_off || self.conns.is_empty() {
+            return;
+        }
+        self.cut_off = true;
+        eprintln!(
+            "iolab: {} connection(s) still writing after {:?}; cutting them off",
+            self.conns.len(),
+            self.ctx.config.drain_timeout
+        );
+        for t in self.conns.tokens() {
+            if let Some(c) = self.conns.get_mut(t) {
+                if c.closing.is_none() {
+                    let err = io::Error::new(io::ErrorKind::TimedOut, "cut off at shutdown");
+                    c.closing = Some(Err(err.into()));
+                }
+                self.dirty.push(t);
+            }
+        }
+        // Sends blocked on a full socket end with the shutdown; if something still hangs,
+        // the loop gives up a second later.
+        let _ = self.arm_drain_timer(Duration::from_secs(1));
+    }
+
+    fn finished(&self) -> bool {
+        let Some(deadline) = self.drain_deadline else {
+            return false;
+        };
+        let drained = self.conns.is_empty() && self.listener.is_none();
+        drained || (self.cut_off && Instant::now() > deadline + Duration::from_secs(1))
+    }
+
+    /// Unregisters the receive buffers if nothing can still write into them; otherwise
+    /// leaks them rather than free memory the kernel may yet fill.
+    fn release_buffers(&mut self) {
+        let busy = self.conns.iter().any(|(_, c)| c.ops > 0);
+        if let Some(bufs) = self.bufs.take() {
+            if busy || self.ring.submitter().unregister_buf_ring(bufring::GROUP).is_err() {
+                std::mem::forget(bufs);
+            }
+        }
+        if busy {
+            // Receives into per-connection buffers, too, may still be in the kernel's hands.
+            for t in self.conns.tokens() {
+                if let Some(c) = self.conns.remove(t) {
+                    std::mem::forget(c);
+                }
+            }
+        }
+    }
+}
