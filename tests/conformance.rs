@@ -344,4 +344,8 @@ conformance! {
     uring_zero_copy => setup(EngineKind::Uring).zero_copy_from(1),
     uring_sqpoll => setup(EngineKind::Uring).sqpoll(),
     uring_threads2 => setup(EngineKind::Uring).threads(2),
+    tokio => setup(EngineKind::Tokio),
+    tokio_threads2 => setup(EngineKind::Tokio).threads(2),
+    monoio => setup(EngineKind::Monoio),
+    monoio_threads2 => setup(EngineKind::Monoio).threads(2),
 }

@@ -2,10 +2,14 @@
 //! token, the registry through which shutdown reaches every socket, and the spare descriptor
 //! that lets a server refuse a connection cleanly when it has run out of descriptors.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::TcpListener;
 use std::os::fd::{OwnedFd, RawFd};
+use std::rc::Rc;
 use std::sync::Mutex;
+use std::task::{Poll, Waker};
 
 use super::{out_of_fds_message, ServerStats};
 
@@ -165,6 +169,79 @@ impl Registry {
         for &fd in guard.1.values() {
             // SAFETY: the registry only holds descriptors of sockets still open (see above).
             unsafe { libc::shutdown(fd, how) };
+        }
+    }
+}
+
+/// The connection tasks of one single-threaded async loop (`tokio`, `monoio`): their sockets,
+/// for shutdown to half-close, and a way to wait until the last one has finished.
+#[derive(Debug, Clone, Default)]
+pub struct TaskTracker {
+    inner: Rc<RefCell<TrackerInner>>,
+}
+
+#[derive(Debug, Default)]
+struct TrackerInner {
+    next: u64,
+    fds: HashMap<u64, RawFd>,
+    idle: Option<Waker>,
+}
+
+/// Removes its task's socket from the tracker when dropped. Declare it *after* the socket,
+/// so it is dropped first and the tracker never holds a closed (and perhaps reused) descriptor.
+#[derive(Debug)]
+pub struct Tracked {
+    tracker: TaskTracker,
+    id: u64,
+}
+
+impl TaskTracker {
+    pub fn track(&self, fd: RawFd) -> Tracked {
+        let mut inner = self.inner.borrow_mut();
+        inner.next += 1;
+        let id = inner.next;
+        inner.fds.insert(id, fd);
+        Tracked {
+            tracker: self.clone(),
+            id,
+        }
+    }
+
+    /// How many connection tasks are running.
+    pub fn open(&self) -> usize {
+        self.inner.borrow().fds.len()
+    }
+
+    /// `shutdown(how)` on every tracked socket (see [`Registry::shutdown_all`]).
+    pub fn shutdown_all(&self, how: libc::c_int) {
+        for &fd in self.inner.borrow().fds.values() {
+            // SAFETY: a task's socket leaves the tracker before it closes (see `Tracked`).
+            unsafe { libc::shutdown(fd, how) };
+        }
+    }
+
+    /// Resolves once no task is tracked.
+    pub fn all_done(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            let mut inner = self.inner.borrow_mut();
+            if inner.fds.is_empty() {
+                Poll::Ready(())
+            } else {
+                inner.idle = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let mut inner = self.tracker.inner.borrow_mut();
+        inner.fds.remove(&self.id);
+        if inner.fds.is_empty() {
+            if let Some(w) = inner.idle.take() {
+                w.wake();
+            }
         }
     }
 }

@@ -26,11 +26,13 @@ mod blocking;
 mod conns;
 mod epoll;
 mod iovec;
+mod monoio_engine;
 mod nonblocking;
 mod poll;
 mod pool;
 mod select;
 mod threads;
+mod tokio_engine;
 mod uring;
 
 use std::fmt;
@@ -318,6 +320,23 @@ impl Shutdown {
     pub fn fd(&self) -> RawFd {
         self.inner.event.fd()
     }
+
+    /// A socket that becomes readable once the shutdown is triggered, for runtimes that wait
+    /// on sockets only (a helper thread watches the eventfd and writes one byte).
+    pub fn notify_socket(&self) -> io::Result<std::os::unix::net::UnixStream> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let fd = self.fd();
+        std::thread::Builder::new()
+            .name("shutdown-notify".into())
+            .spawn(move || {
+                let mut ours = ours;
+                if wait_readable(&[fd], None).is_ok() {
+                    let _ = std::io::Write::write_all(&mut ours, b"x");
+                }
+            })?;
+        theirs.set_nonblocking(true)?;
+        Ok(theirs)
+    }
 }
 
 /// What every engine gets: its configuration, the shared counters and the shutdown signal.
@@ -479,6 +498,8 @@ fn run_engine(ctx: Arc<EngineCtx>, mut listeners: Vec<TcpListener>) -> anyhow::R
         EngineKind::Select => select::serve,
         EngineKind::Poll => poll::serve,
         EngineKind::Uring => uring::serve,
+        EngineKind::Tokio => tokio_engine::serve,
+        EngineKind::Monoio => monoio_engine::serve,
         _ => epoll::serve,
     };
     let n = listeners.len();

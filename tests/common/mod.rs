@@ -98,11 +98,20 @@ pub fn read_line(r: &mut impl Read) -> String {
 
 /// `iolab serve ARGS --addr 127.0.0.1:0` as a child process, once it is listening.
 pub fn spawn_server(args: &[String]) -> (Child, SocketAddr, ChildStdout) {
+    spawn(args, Stdio::null())
+}
+
+/// As [`spawn_server`], keeping the server's stderr for [`terminate_with_stderr`].
+pub fn spawn_server_with_stderr(args: &[String]) -> (Child, SocketAddr, ChildStdout) {
+    spawn(args, Stdio::piped())
+}
+
+fn spawn(args: &[String], stderr: Stdio) -> (Child, SocketAddr, ChildStdout) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_iolab"))
         .args(["serve", "--addr", "127.0.0.1:0"])
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("spawn iolab serve");
     let mut stdout = child.stdout.take().expect("piped stdout");
@@ -122,4 +131,16 @@ pub fn terminate(mut child: Child, mut stdout: ChildStdout) -> (std::process::Ex
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).expect("read stdout");
     (child.wait().expect("wait for the server"), rest)
+}
+
+/// As [`terminate`], and the server's stderr too (spawned with [`spawn_server_with_stderr`]).
+pub fn terminate_with_stderr(
+    mut child: Child,
+    stdout: ChildStdout,
+) -> (std::process::ExitStatus, String, String) {
+    let mut stderr = child.stderr.take().expect("spawned with a piped stderr");
+    let (status, rest) = terminate(child, stdout);
+    let mut err = String::new();
+    stderr.read_to_string(&mut err).expect("read stderr");
+    (status, rest, err)
 }

@@ -11,6 +11,9 @@ use io_uring::{opcode, IoUring, Probe};
 
 use crate::engine::UringOptions;
 
+/// The kernel's limit on completion queue entries (IORING_MAX_CQ_ENTRIES).
+const MAX_CQ_ENTRIES: u32 = 65_536;
+
 /// What this kernel lets the engine use, probed once per ring.
 #[derive(Debug, Clone, Copy)]
 pub struct Features {
@@ -28,7 +31,7 @@ pub fn build_ring(opts: &UringOptions) -> anyhow::Result<IoUring> {
     let attempt = |fast: bool| {
         let mut b = IoUring::builder();
         // Multishot operations post many completions per submission: room for them.
-        b.setup_cqsize(entries.saturating_mul(4));
+        b.setup_cqsize(entries.saturating_mul(4).min(MAX_CQ_ENTRIES));
         if opts.sqpoll {
             b.setup_sqpoll(opts.sqpoll_idle_ms);
         } else if fast {

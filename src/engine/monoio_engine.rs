@@ -1,0 +1,148 @@
+//! `monoio`: the thread-per-core baseline on io_uring: a task per connection, owned buffers.
+//!
+//! monoio is the runtime a user would pick for io_uring without writing the ring by hand.
+//! Each loop is a monoio runtime on its io_uring driver, pinned to its core; tasks never
+//! move. Its I/O API follows from completions: a read or write *takes ownership* of its
+//! buffer for the duration of the operation and gives it back with the result, because the
+//! kernel holds the pointer until then. So replies are gathered into an owned buffer and
+//! written with `write_all`, which is what idiomatic monoio code does; our `uring` engine
+//! instead lends the kernel the session's own slices and keeps them in place itself.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+
+use super::conns::{out_of_fds, TaskTracker};
+use super::{out_of_fds_message, ConnError, EngineCtx, ServerStats};
+use crate::session::ServerSession;
+
+/// Bytes one read may bring in.
+const READ_BUFFER: usize = 16 * 1024;
+/// The most reply bytes gathered into one write.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
+    let mut runtime = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .with_entries(ctx.config.uring.ring_entries)
+        .enable_timer()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the monoio runtime: {e}"))?;
+    runtime.block_on(run(ctx, listener))
+}
+
+async fn run(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = monoio::net::TcpListener::from_std(listener)?;
+    let stop = monoio::net::UnixStream::from_std(ctx.shutdown.notify_socket()?)?;
+    let stopped = async move {
+        let mut stop = stop;
+        let _ = stop.read(vec![0u8; 1]).await;
+    };
+    let mut stopped = std::pin::pin!(stopped);
+    let tracker = TaskTracker::default();
+    let mut warned_fd_limit = false;
+    loop {
+        monoio::select! {
+            _ = &mut stopped => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    ServerStats::bump(&ctx.stats.accepted);
+                    monoio::spawn(connection(ctx.clone(), tracker.clone(), stream, peer));
+                }
+                Err(e) if out_of_fds(&e) => {
+                    if !std::mem::replace(&mut warned_fd_limit, true) {
+                        eprintln!("iolab: {}", out_of_fds_message(tracker.open()));
+                    }
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => {
+                    ServerStats::bump(&ctx.stats.accept_errors);
+                    eprintln!("iolab: accept failed: {e}");
+                }
+            }
+        }
+    }
+    drop(listener);
+    // Graceful drain: buffered requests are read and answered, then each read sees EOF.
+    tracker.shutdown_all(libc::SHUT_RD);
+    if monoio::time::timeout(ctx.config.drain_timeout, tracker.all_done())
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "iolab: {} connection(s) still writing after {:?}; cutting them off",
+            tracker.open(),
+            ctx.config.drain_timeout
+        );
+        tracker.shutdown_all(libc::SHUT_RDWR);
+        let _ = monoio::time::timeout(Duration::from_secs(1), tracker.all_done()).await;
+    }
+    Ok(())
+}
+
+async fn connection(
+    ctx: Arc<EngineCtx>,
+    tracker: TaskTracker,
+    mut stream: monoio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let _tracked = tracker.track(stream.as_raw_fd());
+    let mut session = ServerSession::new(&ctx.config.session);
+    let result = match stream.set_nodelay(true) {
+        Ok(()) => serve_connection(&mut stream, &mut session).await,
+        Err(e) => Err(e.into()),
+    };
+    ctx.connection_closed(peer, result, session.counters());
+}
+
+async fn serve_connection(
+    stream: &mut monoio::net::TcpStream,
+    session: &mut ServerSession,
+) -> Result<(), ConnError> {
+    let mut buf = Vec::with_capacity(READ_BUFFER);
+    let mut out = Vec::with_capacity(WRITE_BUFFER);
+    loop {
+        let (result, read) = stream.read(buf).await;
+        buf = read;
+        let n = result?;
+        if n == 0 {
+            return Ok(session.peer_closed()?);
+        }
+        if let Err(e) = session.receive(&buf[..n]) {
+            // The replies to the requests before the bad frame still go out, if they can.
+            let _ = monoio::time::timeout(Duration::from_secs(1), flush(stream, session, &mut out)).await;
+            return Err(e.into());
+        }
+        flush(stream, session, &mut out).await?;
+    }
+}
+
+/// Writes every queued reply, gathered into the owned buffer `out` that each write borrows.
+async fn flush(
+    stream: &mut monoio::net::TcpStream,
+    session: &mut ServerSession,
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    while let Some(first) = session.out().front() {
+        let mut gathered = std::mem::take(out);
+        gathered.clear();
+        gathered.extend_from_slice(first);
+        let mut slices = [std::io::IoSlice::new(&[]); 64];
+        let count = session.out().fill(&mut slices);
+        for s in slices[..count].iter().skip(1) {
+            if gathered.len() + s.len() > WRITE_BUFFER {
+                break;
+            }
+            gathered.extend_from_slice(s);
+        }
+        let (result, buffer) = stream.write_all(gathered).await;
+        let written = buffer.len();
+        *out = buffer;
+        result?;
+        session.wrote(written);
+    }
+    Ok(())
+}

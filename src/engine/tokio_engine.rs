@@ -1,0 +1,129 @@
+//! `tokio`: the baseline most Rust servers are: a task per connection on an async runtime.
+//!
+//! Each loop is a current-thread tokio runtime (its reactor is epoll, edge-triggered, like
+//! our `epoll` engine) with a `LocalSet`, so connection tasks never leave the loop's thread:
+//! the same share-nothing shape as the other event engines under `--threads N`. The code is
+//! what a tokio user would write: `accept().await`, `spawn_local`, `read(&mut buf).await`,
+//! `write_vectored(..).await`. The cost of the model (a future state machine, a waker, a
+//! task per connection) is what this engine measures against hand-driven `epoll`.
+
+use std::io::IoSlice;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::conns::{out_of_fds, TaskTracker};
+use super::{out_of_fds_message, ConnError, EngineCtx, ServerStats};
+use crate::session::ServerSession;
+
+/// Bytes one read may bring in.
+const READ_BUFFER: usize = 16 * 1024;
+/// Slices offered to one writev.
+const WRITE_SLICES: usize = 64;
+
+pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, run(ctx, listener))
+}
+
+async fn run(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let stop = tokio::net::UnixStream::from_std(ctx.shutdown.notify_socket()?)?;
+    let tracker = TaskTracker::default();
+    let mut warned_fd_limit = false;
+    loop {
+        tokio::select! {
+            _ = stop.readable() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    ServerStats::bump(&ctx.stats.accepted);
+                    tokio::task::spawn_local(connection(ctx.clone(), tracker.clone(), stream, peer));
+                }
+                Err(e) if out_of_fds(&e) => {
+                    // What tokio servers do (hyper, axum): say so, back off, try again.
+                    if !std::mem::replace(&mut warned_fd_limit, true) {
+                        eprintln!("iolab: {}", out_of_fds_message(tracker.open()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => {
+                    ServerStats::bump(&ctx.stats.accept_errors);
+                    eprintln!("iolab: accept failed: {e}");
+                }
+            }
+        }
+    }
+    drop(listener);
+    // Graceful drain: buffered requests are read and answered, then each read sees EOF.
+    tracker.shutdown_all(libc::SHUT_RD);
+    if tokio::time::timeout(ctx.config.drain_timeout, tracker.all_done())
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "iolab: {} connection(s) still writing after {:?}; cutting them off",
+            tracker.open(),
+            ctx.config.drain_timeout
+        );
+        tracker.shutdown_all(libc::SHUT_RDWR);
+        let _ = tokio::time::timeout(Duration::from_secs(1), tracker.all_done()).await;
+    }
+    Ok(())
+}
+
+async fn connection(
+    ctx: Arc<EngineCtx>,
+    tracker: TaskTracker,
+    mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let _tracked = tracker.track(stream.as_raw_fd());
+    let mut session = ServerSession::new(&ctx.config.session);
+    let result = match stream.set_nodelay(true) {
+        Ok(()) => serve_connection(&mut stream, &mut session).await,
+        Err(e) => Err(e.into()),
+    };
+    ctx.connection_closed(peer, result, session.counters());
+}
+
+async fn serve_connection(
+    stream: &mut tokio::net::TcpStream,
+    session: &mut ServerSession,
+) -> Result<(), ConnError> {
+    let mut buf = vec![0u8; READ_BUFFER];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(session.peer_closed()?);
+        }
+        if let Err(e) = session.receive(&buf[..n]) {
+            // The replies to the requests before the bad frame still go out, if they can.
+            let _ = tokio::time::timeout(Duration::from_secs(1), flush(stream, session)).await;
+            return Err(e.into());
+        }
+        flush(stream, session).await?;
+    }
+}
+
+async fn flush(stream: &mut tokio::net::TcpStream, session: &mut ServerSession) -> std::io::Result<()> {
+    while !session.out().is_empty() {
+        let written = {
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+            let count = session.out().fill(&mut slices);
+            stream.write_vectored(&slices[..count]).await?
+        };
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        session.wrote(written);
+    }
+    Ok(())
+}
