@@ -55,7 +55,15 @@ pub fn run(cfg: &DemoConfig, mut progress: impl FnMut(&str)) -> anyhow::Result<V
         if pinned {
             serve.pin = vec![0];
         }
-        let server = engine::start(serve)?;
+        let server = match engine::start(serve) {
+            Ok(s) => s,
+            // An engine this machine cannot run (io_uring denied, say) is skipped, with why.
+            Err(e) if cfg.engines.len() > 1 => {
+                progress(&format!("  {kind:<8} skipped: {e:#}"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let mut load = LoadConfig::new(server.addr, cfg.rate, cfg.duration);
         load.warmup = cfg.warmup;
         load.connections = cfg.connections;

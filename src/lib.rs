@@ -14,6 +14,8 @@
 //!   sits in `engine/mod.rs`.
 //! - [`loadgen`]: the open-loop generator: arrival processes, an absolute send schedule,
 //!   event-driven connection drivers, histograms and its own accuracy checks.
+//! - [`uring`]: io_uring plumbing the `uring` engine and the generator's io_uring driver
+//!   share (ring set-up and its failures, the provided-buffer ring, gathered sends).
 //! - [`demo`]: the main job: every engine, the same load, one comparison table.
 //!
 //! Dependency rule: `frame`, `session` and `workload` import no syscall crate and no other
@@ -27,4 +29,5 @@ pub mod loadgen;
 pub mod session;
 pub mod sys;
 pub mod units;
+pub mod uring;
 pub mod workload;

@@ -12,7 +12,7 @@ use iolab::demo;
 use iolab::engine::{self, parse_cpu_list, EngineKind, EpollMode, RecvMode, ServeConfig, UringOptions};
 use iolab::frame::{DEFAULT_CHUNK_SIZE, DEFAULT_MAX_FRAME};
 use iolab::loadgen::spec::{ReplyDist, SizeDist, WorkDist};
-use iolab::loadgen::{self, ArrivalKind, ConnectMode, LoadConfig};
+use iolab::loadgen::{self, ArrivalKind, ConnectMode, DriverKind, LoadConfig};
 use iolab::session::SessionConfig;
 use iolab::units::{Dur, Size};
 
@@ -235,6 +235,11 @@ struct LoadArgs {
     /// Open connections one by one before starting, or all at once as the load starts.
     #[arg(long, value_enum, default_value_t = ConnectMode::Sequential)]
     connect: ConnectMode,
+    /// How the driver threads move bytes: `epoll` (a wait and two reads per reply) or
+    /// `uring` (multishot receives, no syscall per reply). Pick the one that leaves the load
+    /// core the most headroom when the server, not the generator, should be the limit.
+    #[arg(long, value_enum, default_value_t = DriverKind::Epoll)]
+    driver: DriverKind,
     /// Print throughput, p50 and p99 every this many seconds.
     #[arg(long)]
     log_interval: Option<Dur>,
@@ -348,6 +353,7 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     cfg.seed = a.seed;
     cfg.max_in_flight = a.max_in_flight;
     cfg.connect = a.connect;
+    cfg.driver = a.driver;
     cfg.idle_connections = a.idle_connections;
     cfg.drain_timeout = a.drain_timeout.0;
     cfg.pin = a.pin.unwrap_or_default();

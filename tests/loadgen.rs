@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use iolab::engine::{self, EngineKind, ServeConfig};
-use iolab::loadgen::{self, ArrivalKind, ConnectMode, LoadConfig};
+use iolab::loadgen::{self, ArrivalKind, ConnectMode, DriverKind, LoadConfig};
 
 fn server() -> engine::RunningServer {
     engine::start(ServeConfig::new(
@@ -15,10 +15,17 @@ fn server() -> engine::RunningServer {
 
 #[test]
 fn concurrent_connects_over_several_threads_and_intervals_add_up() {
+    for driver in [DriverKind::Epoll, DriverKind::Uring] {
+        concurrent_connects_with(driver);
+    }
+}
+
+fn concurrent_connects_with(driver: DriverKind) {
     let server = server();
     let mut cfg = LoadConfig::new(server.addr, 2000.0, Duration::from_secs(1));
     cfg.connections = 32;
     cfg.threads = 3;
+    cfg.driver = driver;
     cfg.connect = ConnectMode::Concurrent;
     cfg.log_interval = Some(Duration::from_millis(250));
     cfg.warmup = Duration::from_millis(200);
@@ -104,4 +111,50 @@ fn idle_connections_are_held_open_for_the_whole_run() {
         summary.protocol_errors, 0,
         "idle connections closing between frames are clean"
     );
+}
+
+/// Both drivers verify every byte of large replies that arrive in many pieces, over
+/// sequential and concurrent connects alike.
+#[test]
+fn both_drivers_carry_large_replies_intact() {
+    for driver in [DriverKind::Epoll, DriverKind::Uring] {
+        for connect in [ConnectMode::Sequential, ConnectMode::Concurrent] {
+            let server = server();
+            let mut cfg = LoadConfig::new(server.addr, 300.0, Duration::from_millis(500));
+            cfg.connections = 4;
+            cfg.driver = driver;
+            cfg.connect = connect;
+            cfg.request_size = "64KiB".parse().unwrap();
+            cfg.reply = "fixed:256KiB".parse().unwrap();
+            let r = loadgen::run(cfg, &mut |_| {}).unwrap();
+            assert_eq!(r.error, None, "{driver:?} {connect:?}");
+            assert_eq!(r.errors(), 0, "{driver:?} {connect:?}");
+            assert!(r.m.completed > 50, "{driver:?}: {}", r.m.completed);
+            assert_eq!(
+                r.m.bytes_received,
+                r.m.completed * (24 + 256 * 1024),
+                "{driver:?}"
+            );
+            server.stop().unwrap();
+        }
+    }
+}
+
+/// A server that goes away mid-run is reported, not waited on, with either driver.
+#[test]
+fn a_vanishing_server_is_reported_by_both_drivers() {
+    for driver in [DriverKind::Epoll, DriverKind::Uring] {
+        let server = server();
+        let addr = server.addr;
+        let mut cfg = LoadConfig::new(addr, 1000.0, Duration::from_secs(3));
+        cfg.driver = driver;
+        let stopper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            server.stop().unwrap()
+        });
+        let r = loadgen::run(cfg, &mut |_| {}).unwrap();
+        stopper.join().unwrap();
+        let e = r.error.expect("the run reports the lost server");
+        assert!(e.contains("closed connection"), "{driver:?}: {e}");
+    }
 }

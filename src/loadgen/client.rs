@@ -118,6 +118,13 @@ impl ClientConn {
         &self.out
     }
 
+    /// [`ClientConn::out`], held in place until the next [`ClientConn::wrote`] (for sends the
+    /// kernel completes later; see [`OutQueue::hold`]).
+    pub fn hold_out(&mut self) -> &OutQueue {
+        self.out.hold();
+        &self.out
+    }
+
     pub fn wrote(&mut self, n: usize) {
         self.out.advance(n);
     }

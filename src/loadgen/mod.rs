@@ -45,6 +45,16 @@ pub enum ConnectMode {
     Concurrent,
 }
 
+/// How a driver thread moves its connections' bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// Non-blocking sockets and edge-triggered epoll: a wait and two reads per reply.
+    Epoll,
+    /// io_uring: multishot receives into a shared buffer ring, sends submitted as scheduled.
+    Uring,
+}
+
 /// A load run, fully specified.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
@@ -65,6 +75,8 @@ pub struct LoadConfig {
     pub chunk_size: usize,
     pub max_frame: usize,
     pub connect: ConnectMode,
+    /// The I/O model of the driver threads.
+    pub driver: DriverKind,
     /// Cut the run into intervals of this length (for the per-interval log and --hdr-log).
     pub log_interval: Option<Duration>,
     /// How long to wait for replies still in flight after the last send.
@@ -98,6 +110,7 @@ impl LoadConfig {
             chunk_size: DEFAULT_CHUNK_SIZE,
             max_frame: DEFAULT_MAX_FRAME,
             connect: ConnectMode::Sequential,
+            driver: DriverKind::Epoll,
             log_interval: None,
             drain_timeout: Duration::from_secs(5),
             pin: Vec::new(),
@@ -336,6 +349,7 @@ pub struct ConfigSummary {
     pub max_in_flight: usize,
     pub chunk_size: usize,
     pub connect: ConnectMode,
+    pub driver: DriverKind,
     pub idle_connections: usize,
 }
 
@@ -460,6 +474,7 @@ impl LoadReport {
                 max_in_flight: c.max_in_flight,
                 chunk_size: c.chunk_size,
                 connect: c.connect,
+                driver: c.driver,
                 idle_connections: c.idle_connections,
             },
             error: self.error.clone(),

@@ -1,19 +1,26 @@
-//! The epoll connection driver: one thread, many connections, an absolute send schedule.
+//! The connection drivers: one thread, many connections, an absolute send schedule.
 //!
 //! Each connection is an independent arrival process; a min-heap holds every connection's
-//! next scheduled send. The thread sleeps in `epoll_pwait2` until shortly before the next
-//! send (handling replies as they arrive), then spins the last stretch reading the clock and
-//! polling epoll without blocking, and sends at the scheduled instant. Sockets are
-//! non-blocking and edge-triggered: a reply is read as soon as the kernel has it, and a
-//! request that does not fit the socket waits in the connection's queue for `EPOLLOUT`.
+//! next scheduled send. The thread sleeps until shortly before the next send (handling
+//! replies as they arrive), then spins the last stretch reading the clock and polling for I/O
+//! without blocking, and sends at the scheduled instant.
+//!
+//! How the bytes move is the driver's I/O model, chosen with `--driver`: [`epoll`] (non-
+//! blocking sockets, edge-triggered readiness, a read and a write per event) or [`uring`]
+//! (multishot receives into a provided-buffer ring, sends submitted as they are scheduled,
+//! one `io_uring_enter` to submit and reap). The schedule, the bookkeeping and the
+//! measurements here are the same for both.
 //!
 //! Latency is taken from the *scheduled* send time to the arrival of the whole reply, so a
 //! late send (the generator's fault) or a stalled server (the server's) shows up in it rather
 //! than being hidden by a send that simply waited (coordinated omission).
 
+mod epoll;
+mod uring;
+
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io::{self, IoSlice, Read, Write};
+use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,17 +34,15 @@ use super::arrival::Arrivals;
 use super::client::{ClientConn, Completion, RequestSpec};
 use super::spec::ReplyDist;
 use super::stats::new_histogram;
-use super::{ConnectMode, LoadConfig, Measured, RequestRecord};
+use super::{ConnectMode, DriverKind, LoadConfig, Measured, RequestRecord};
 use crate::clock::now_ns;
 use crate::frame::ReplySize;
-use crate::sys::{interest, take_socket_error, tighten_timer_slack, Epoll};
+use crate::sys::{take_socket_error, tighten_timer_slack};
 
 /// How long before a scheduled send the thread stops sleeping and starts spinning.
 const SPIN_WINDOW_NS: u64 = 60_000;
 /// Longest single sleep, so an abort or an interval boundary is noticed promptly.
 const MAX_SLEEP: Duration = Duration::from_millis(20);
-/// Bytes read per read call.
-const READ_BUFFER: usize = 256 * 1024;
 
 /// When all threads are connected, the main thread names the common start time (or aborts).
 #[derive(Debug, Default)]
@@ -107,13 +112,50 @@ struct Conn {
     connected: bool,
 }
 
+/// The I/O model that moves a driver's bytes.
+enum Io {
+    Epoll(epoll::EpollIo),
+    Uring(Box<uring::UringIo>),
+}
+
+impl Io {
+    fn new(cfg: &LoadConfig, connections: usize) -> Result<Io, String> {
+        Ok(match cfg.driver {
+            DriverKind::Epoll => Io::Epoll(epoll::EpollIo::new(cfg.addr)?),
+            DriverKind::Uring => Io::Uring(Box::new(uring::UringIo::new(cfg.addr, connections)?)),
+        })
+    }
+
+    /// Starts watching connection `slot` (connected, or with its connect in progress).
+    fn add(&mut self, slot: usize, conn: &Conn) -> Result<(), String> {
+        match self {
+            Io::Epoll(io) => io.add(slot, conn),
+            Io::Uring(io) => io.add(slot, conn),
+        }
+    }
+
+    /// Handles whatever I/O is ready, waiting at most `timeout` for some.
+    fn poll(&mut self, conns: &mut [Conn], tally: &mut Tally, timeout: Duration) -> Result<(), String> {
+        match self {
+            Io::Epoll(io) => io.poll(conns, tally, timeout),
+            Io::Uring(io) => io.poll(conns, tally, timeout),
+        }
+    }
+
+    /// Connection `slot` has a new request queued: send what can go now.
+    fn send(&mut self, conns: &mut [Conn], tally: &mut Tally, slot: usize) -> Result<(), String> {
+        match self {
+            Io::Epoll(io) => io.flush(conns, tally, slot),
+            Io::Uring(io) => io.send(conns, slot),
+        }
+    }
+}
+
 struct Driver {
     plan: ThreadPlan,
-    epoll: Epoll,
+    io: Io,
     conns: Vec<Conn>,
     tally: Tally,
-    read_buf: Vec<u8>,
-    events: Vec<libc::epoll_event>,
 }
 
 /// Counters and histograms, kept apart from the connections so both can be borrowed at once.
@@ -175,10 +217,9 @@ pub fn run(plan: ThreadPlan) -> ThreadOutcome {
         interval_errors: 0,
         keep_records,
     };
-    let epoll = match Epoll::new() {
-        Ok(e) => e,
-        Err(e) => {
-            let msg = format!("cannot create an epoll instance: {e}");
+    let io = match Io::new(&plan.config, plan.connections.len()) {
+        Ok(io) => io,
+        Err(msg) => {
             let _ = plan.ready.send(Err(msg.clone()));
             tally.out.error = Some(msg);
             return tally.out;
@@ -186,11 +227,9 @@ pub fn run(plan: ThreadPlan) -> ThreadOutcome {
     };
     let mut driver = Driver {
         plan,
-        epoll,
+        io,
         conns: Vec::new(),
         tally,
-        read_buf: vec![0; READ_BUFFER],
-        events: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
     };
     if let Err(e) = driver.go() {
         driver.plan.abort.store(true, Ordering::SeqCst);
@@ -227,18 +266,13 @@ impl Driver {
                 ConnectMode::Concurrent => (connect_nonblocking(cfg.addr)?, false),
             };
             let _ = stream.set_nodelay(true);
-            self.epoll
-                .add(
-                    stream.as_raw_fd(),
-                    slot as u64,
-                    interest::READ | interest::WRITE | interest::EDGE,
-                )
-                .map_err(|e| format!("epoll_ctl: {e}"))?;
-            self.conns.push(Conn {
+            let conn = Conn {
                 stream,
                 client: ClientConn::new(cfg.chunk_size, cfg.max_frame, cfg.max_in_flight),
                 connected,
-            });
+            };
+            self.io.add(slot, &conn)?;
+            self.conns.push(conn);
         }
         Ok(())
     }
@@ -310,7 +344,7 @@ impl Driver {
             out.send_times.push(now);
             out.scheduled_times.push(at);
         }
-        self.flush(slot)
+        self.io.send(&mut self.conns, &mut self.tally, slot)
     }
 
     /// Waits for `at`, handling socket events meanwhile: sleep most of the way, spin the rest.
@@ -327,7 +361,7 @@ impl Driver {
             } else {
                 Duration::ZERO
             };
-            self.poll(Some(timeout))?;
+            self.io.poll(&mut self.conns, &mut self.tally, timeout)?;
             if self.plan.abort.load(Ordering::Relaxed) {
                 return Err("stopped: another load thread failed".into());
             }
@@ -346,7 +380,8 @@ impl Driver {
             if now >= deadline || self.plan.abort.load(Ordering::Relaxed) {
                 break;
             }
-            self.poll(Some(Duration::from_nanos(deadline - now).min(MAX_SLEEP)))?;
+            let timeout = Duration::from_nanos(deadline - now).min(MAX_SLEEP);
+            self.io.poll(&mut self.conns, &mut self.tally, timeout)?;
         }
         self.tally.out.m.lost = self
             .conns
@@ -354,96 +389,6 @@ impl Driver {
             .map(|c| c.client.measured_in_flight() as u64)
             .sum();
         Ok(())
-    }
-
-    fn poll(&mut self, timeout: Option<Duration>) -> Result<(), String> {
-        let n = self
-            .epoll
-            .wait(&mut self.events, timeout)
-            .map_err(|e| format!("epoll_wait: {e}"))?;
-        for i in 0..n {
-            let ev = self.events[i];
-            let slot = ev.u64 as usize;
-            let flags = ev.events;
-            if !self.conns[slot].connected {
-                self.finish_connect(slot, flags)?;
-            }
-            if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
-                self.read(slot)?;
-            }
-            if flags & libc::EPOLLOUT as u32 != 0 {
-                self.flush(slot)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn finish_connect(&mut self, slot: usize, flags: u32) -> Result<(), String> {
-        let conn = &mut self.conns[slot];
-        if flags & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 == 0 {
-            return Ok(());
-        }
-        match take_socket_error(conn.stream.as_raw_fd()) {
-            Ok(None) => {
-                conn.connected = true;
-                Ok(())
-            }
-            Ok(Some(e)) | Err(e) => Err(connect_error(self.plan.config.addr, &e)),
-        }
-    }
-
-    fn read(&mut self, slot: usize) -> Result<(), String> {
-        let conn = &mut self.conns[slot];
-        if !conn.connected {
-            return Ok(());
-        }
-        loop {
-            match conn.stream.read(&mut self.read_buf) {
-                Ok(0) => {
-                    return Err(format!(
-                        "the server closed connection {slot} with {} request(s) in flight",
-                        conn.client.in_flight()
-                    ))
-                }
-                Ok(n) => {
-                    self.tally.out.m.bytes_received += n as u64;
-                    let now = now_ns();
-                    let tally = &mut self.tally;
-                    conn.client
-                        .receive(&self.read_buf[..n], now, |c| tally.complete(c))
-                        .map_err(|e| format!("connection {slot}: {e}"))?;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("connection {slot} failed: {e}")),
-            }
-        }
-    }
-
-    fn flush(&mut self, slot: usize) -> Result<(), String> {
-        let conn = &mut self.conns[slot];
-        if !conn.connected {
-            return Ok(());
-        }
-        loop {
-            let result = {
-                let mut slices = [IoSlice::new(&[]); 64];
-                let n = conn.client.out().fill(&mut slices);
-                if n == 0 {
-                    return Ok(());
-                }
-                conn.stream.write_vectored(&slices[..n])
-            };
-            match result {
-                Ok(n) => {
-                    self.tally.out.m.bytes_sent += n as u64;
-                    conn.client.wrote(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("connection {slot} failed: {e}")),
-            }
-        }
     }
 }
 
@@ -490,6 +435,32 @@ impl IntervalClock {
         }
         self.index += 1;
     }
+}
+
+/// Feeds bytes received on `slot` to its client and counts the replies they complete.
+fn received(conn: &mut Conn, tally: &mut Tally, slot: usize, data: &[u8], now: u64) -> Result<(), String> {
+    tally.out.m.bytes_received += data.len() as u64;
+    conn.client
+        .receive(data, now, |c| tally.complete(c))
+        .map_err(|e| format!("connection {slot}: {e}"))
+}
+
+/// A non-blocking connect has finished: did it succeed?
+fn check_connected(conn: &mut Conn, addr: SocketAddr) -> Result<(), String> {
+    match take_socket_error(conn.stream.as_raw_fd()) {
+        Ok(None) => {
+            conn.connected = true;
+            Ok(())
+        }
+        Ok(Some(e)) | Err(e) => Err(connect_error(addr, &e)),
+    }
+}
+
+fn server_closed(slot: usize, conn: &Conn) -> String {
+    format!(
+        "the server closed connection {slot} with {} request(s) in flight",
+        conn.client.in_flight()
+    )
 }
 
 fn connect_error(addr: SocketAddr, e: &io::Error) -> String {

@@ -23,12 +23,9 @@
 //!
 //! [`OutQueue::hold`]: crate::frame::OutQueue::hold
 
-mod bufring;
-mod setup;
-
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,10 +34,9 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use super::conns::{out_of_fds, FdReserve, Slab, Token};
 use super::{ConnError, EngineCtx, RecvMode, ServerStats};
 use crate::session::{ServerSession, SessionError};
-use bufring::BufRing;
-
-/// Slices gathered into one sendmsg.
-const SEND_SLICES: usize = 64;
+use crate::uring::bufring::{self, BufRing};
+use crate::uring::{setup, Gather, Target};
+use crate::uring_op;
 
 // What a completion is about: the top byte of its user_data; the rest is the token.
 const ACCEPT: u64 = 1;
@@ -57,30 +53,6 @@ fn user_data(kind: u64, token: Token) -> u64 {
 
 fn kind_of(user_data: u64) -> (u64, Token) {
     (user_data >> 56, (user_data & ((1 << 56) - 1)) as Token)
-}
-
-/// How operations name a connection's socket: its descriptor, or its slot in the ring's
-/// registered file table.
-#[derive(Debug, Clone, Copy)]
-enum Target {
-    Fd(RawFd),
-    Fixed(u32),
-}
-
-/// Builds `opcode::$op::new(target, args..)` for either kind of target.
-macro_rules! on_target {
-    ($target:expr, $op:ident ( $($arg:expr),* ) $(. $m:ident ( $($a:expr),* ))* ) => {
-        match $target {
-            Target::Fd(fd) => opcode::$op::new(types::Fd(fd) $(, $arg)*) $(. $m($($a),*))* .build(),
-            Target::Fixed(i) => opcode::$op::new(types::Fixed(i) $(, $arg)*) $(. $m($($a),*))* .build(),
-        }
-    };
-}
-
-/// What a send in flight points at. Boxed, so its address holds while the slab moves.
-struct SendState {
-    iov: [libc::iovec; SEND_SLICES],
-    msg: libc::msghdr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +79,7 @@ struct Conn {
     recv_cancelling: bool,
     /// Single-shot receives land here (no buffer ring).
     recv_buf: Vec<u8>,
-    send: Box<SendState>,
+    send: Box<Gather>,
     sending: Sending,
     read_closed: bool,
     eof_error: Option<SessionError>,
@@ -140,7 +112,7 @@ struct Loop {
 
 pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
     let opts = ctx.config.uring.clone();
-    let ring = setup::build_ring(&opts)?;
+    let ring = setup::build_ring(opts.ring_entries, opts.sqpoll.then_some(opts.sqpoll_idle_ms))?;
     let features = setup::probe(&ring);
     let multishot = match opts.recv {
         RecvMode::Auto => features.multishot_recv,
@@ -220,7 +192,9 @@ pub fn preflight(opts: &super::UringOptions) -> anyhow::Result<()> {
     let opts = opts.clone();
     std::thread::Builder::new()
         .name("uring-preflight".into())
-        .spawn(move || setup::build_ring(&opts).map(drop))?
+        .spawn(move || {
+            setup::build_ring(opts.ring_entries, opts.sqpoll.then_some(opts.sqpoll_idle_ms)).map(drop)
+        })?
         .join()
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the io_uring preflight panicked")))
 }
@@ -410,8 +384,7 @@ impl Loop {
             recv_armed: false,
             recv_cancelling: false,
             recv_buf: Vec::new(),
-            // SAFETY: iovec and msghdr are plain C structs for which all-zero is valid.
-            send: Box::new(unsafe { std::mem::zeroed() }),
+            send: Gather::new(),
             sending: Sending::Idle,
             read_closed: false,
             eof_error: None,
@@ -574,13 +547,13 @@ impl Loop {
         if !conn.read_closed && !conn.recv_armed && wants_read {
             let target = conn.target;
             let entry = if multishot {
-                on_target!(target, RecvMulti(bufring::GROUP))
+                uring_op!(target, RecvMulti(bufring::GROUP))
             } else {
                 if conn.recv_buf.is_empty() {
                     conn.recv_buf = vec![0; self.recv_buffer_size];
                 }
                 let (ptr, len) = (conn.recv_buf.as_mut_ptr(), conn.recv_buf.len() as u32);
-                on_target!(target, Recv(ptr, len))
+                uring_op!(target, Recv(ptr, len))
             };
             conn.recv_armed = true;
             conn.ops += 1;
@@ -601,41 +574,9 @@ impl Loop {
     fn prepare_send(&mut self, t: Token) -> squeue::Entry {
         let threshold = self.zero_copy_threshold;
         let conn = self.conns.get_mut(t).expect("settle checked the token");
-        let queue = conn.session.hold_out();
-        let mut slices = [IoSlice::new(&[]); SEND_SLICES];
-        let n = queue.fill(&mut slices);
-        let mut total = 0usize;
-        for (iov, s) in conn.send.iov.iter_mut().zip(&slices[..n]) {
-            iov.iov_base = s.as_ptr() as *mut libc::c_void;
-            iov.iov_len = s.len();
-            total += s.len();
-        }
-        let zero_copy = threshold.is_some_and(|t| total >= t);
+        let (entry, _, zero_copy) = conn.send.send(conn.session.hold_out(), conn.target, threshold);
         conn.sending = Sending::InFlight { zero_copy };
         conn.ops += 1;
-        let target = conn.target;
-        let flags = libc::MSG_NOSIGNAL;
-        let entry = if n == 1 {
-            let (ptr, len) = (
-                conn.send.iov[0].iov_base as *const u8,
-                conn.send.iov[0].iov_len as u32,
-            );
-            if zero_copy {
-                on_target!(target, SendZc(ptr, len).flags(flags))
-            } else {
-                on_target!(target, Send(ptr, len).flags(flags))
-            }
-        } else {
-            let send = &mut *conn.send;
-            send.msg.msg_iov = send.iov.as_mut_ptr();
-            send.msg.msg_iovlen = n;
-            let msg = &send.msg as *const libc::msghdr;
-            if zero_copy {
-                on_target!(target, SendMsgZc(msg).flags(flags as u32))
-            } else {
-                on_target!(target, SendMsg(msg).flags(flags as u32))
-            }
-        };
         entry.user_data(user_data(SEND, t))
     }
 

@@ -9,8 +9,6 @@ use std::io;
 
 use io_uring::{opcode, IoUring, Probe};
 
-use crate::engine::UringOptions;
-
 /// The kernel's limit on completion queue entries (IORING_MAX_CQ_ENTRIES).
 const MAX_CQ_ENTRIES: u32 = 65_536;
 
@@ -26,23 +24,22 @@ pub struct Features {
 /// Builds the loop's ring with the options asked for, then the fastest set-up flags the
 /// kernel accepts: a single issuer with deferred task work (6.1) lets the kernel run
 /// completions only when the loop asks for them, in one batch, instead of interrupting it.
-pub fn build_ring(opts: &UringOptions) -> anyhow::Result<IoUring> {
-    let entries = opts.ring_entries;
+pub fn build_ring(entries: u32, sqpoll_idle_ms: Option<u32>) -> anyhow::Result<IoUring> {
     let attempt = |fast: bool| {
         let mut b = IoUring::builder();
         // Multishot operations post many completions per submission: room for them.
         b.setup_cqsize(entries.saturating_mul(4).min(MAX_CQ_ENTRIES));
-        if opts.sqpoll {
-            b.setup_sqpoll(opts.sqpoll_idle_ms);
+        if let Some(idle) = sqpoll_idle_ms {
+            b.setup_sqpoll(idle);
         } else if fast {
-            b.setup_single_issuer().setup_defer_taskrun();
+            b.setup_single_issuer().setup_defer_taskrun().setup_taskrun_flag();
         }
         b.build(entries)
     };
     match attempt(true) {
         Ok(ring) => Ok(ring),
         // An older kernel refuses the flags it does not know; try once without them.
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) && !opts.sqpoll => {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) && sqpoll_idle_ms.is_none() => {
             attempt(false).map_err(|e| explain(e, entries))
         }
         Err(e) => Err(explain(e, entries)),

@@ -1,0 +1,115 @@
+//! The epoll driver: non-blocking sockets, edge-triggered readiness.
+//!
+//! A readable event is answered by reads until EAGAIN; a request is written at once and what
+//! does not fit waits in the connection's queue for `EPOLLOUT`. Per reply that is an
+//! `epoll_pwait2` and two reads (the second one says EAGAIN).
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use super::{Conn, Tally};
+use crate::clock::now_ns;
+use crate::sys::{interest, Epoll};
+
+/// Bytes read per read call.
+const READ_BUFFER: usize = 256 * 1024;
+
+pub struct EpollIo {
+    addr: SocketAddr,
+    epoll: Epoll,
+    events: Vec<libc::epoll_event>,
+    read_buf: Vec<u8>,
+}
+
+impl EpollIo {
+    pub fn new(addr: SocketAddr) -> Result<Self, String> {
+        Ok(EpollIo {
+            addr,
+            epoll: Epoll::new().map_err(|e| format!("cannot create an epoll instance: {e}"))?,
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
+            read_buf: vec![0; READ_BUFFER],
+        })
+    }
+
+    pub fn add(&mut self, slot: usize, conn: &Conn) -> Result<(), String> {
+        self.epoll
+            .add(
+                conn.stream.as_raw_fd(),
+                slot as u64,
+                interest::READ | interest::WRITE | interest::EDGE,
+            )
+            .map_err(|e| format!("epoll_ctl: {e}"))
+    }
+
+    pub fn poll(&mut self, conns: &mut [Conn], tally: &mut Tally, timeout: Duration) -> Result<(), String> {
+        let n = self
+            .epoll
+            .wait(&mut self.events, Some(timeout))
+            .map_err(|e| format!("epoll_wait: {e}"))?;
+        for i in 0..n {
+            // Copied out: epoll_event is packed.
+            let (slot, flags) = (self.events[i].u64 as usize, self.events[i].events);
+            if !conns[slot].connected {
+                finish_connect(&mut conns[slot], flags, self.addr)?;
+            }
+            if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                self.read(conns, tally, slot)?;
+            }
+            if flags & libc::EPOLLOUT as u32 != 0 {
+                self.flush(conns, tally, slot)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, conns: &mut [Conn], tally: &mut Tally, slot: usize) -> Result<(), String> {
+        let conn = &mut conns[slot];
+        if !conn.connected {
+            return Ok(());
+        }
+        loop {
+            match conn.stream.read(&mut self.read_buf) {
+                Ok(0) => return Err(super::server_closed(slot, conn)),
+                Ok(n) => super::received(conn, tally, slot, &self.read_buf[..n], now_ns())?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("connection {slot} failed: {e}")),
+            }
+        }
+    }
+
+    pub fn flush(&mut self, conns: &mut [Conn], tally: &mut Tally, slot: usize) -> Result<(), String> {
+        let conn = &mut conns[slot];
+        if !conn.connected {
+            return Ok(());
+        }
+        loop {
+            let result = {
+                let mut slices = [IoSlice::new(&[]); 64];
+                let n = conn.client.out().fill(&mut slices);
+                if n == 0 {
+                    return Ok(());
+                }
+                conn.stream.write_vectored(&slices[..n])
+            };
+            match result {
+                Ok(n) => {
+                    tally.out.m.bytes_sent += n as u64;
+                    conn.client.wrote(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("connection {slot} failed: {e}")),
+            }
+        }
+    }
+}
+
+fn finish_connect(conn: &mut Conn, flags: u32, addr: SocketAddr) -> Result<(), String> {
+    if flags & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 == 0 {
+        return Ok(());
+    }
+    super::check_connected(conn, addr)
+}
