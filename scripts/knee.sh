@@ -4,7 +4,7 @@
 #
 #   scripts/knee.sh [engines...]            (default: every engine)
 #   scripts/knee.sh epoll epoll,--epoll-mode,level pool,--workers,2   (commas: extra serve args)
-#   SLO_US=1000 DURATION=5s SERVER_CPU=0 LOAD_CPU=1 CONNECTIONS=16 SIZE=64 scripts/knee.sh
+#   SLO_US=1000 DURATION=5s SERVER_CPU=0 LOAD_CPU=1 CONNECTIONS=16 SIZE=64 DRIVER=uring scripts/knee.sh
 #
 # Walks a rate ladder up until a point fails (p99 > SLO, achieved < 99% of what was scheduled,
 # or any error), then bisects between the last pass and the first failure. A failure is
@@ -15,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SLO_US=${SLO_US:-1000}; DURATION=${DURATION:-5s}; WARMUP=${WARMUP:-1s}
 SERVER_CPU=${SERVER_CPU:-0}; LOAD_CPU=${LOAD_CPU:-1}; CONNECTIONS=${CONNECTIONS:-16}; SIZE=${SIZE:-64}
+DRIVER=${DRIVER:-}
 OUT=${OUT:-$(mktemp -d /tmp/iolab-knee.XXXX)}
 mkdir -p "$OUT"
 LADDER=${LADDER:-"1000 5000 10000 20000 30000 40000 50000 60000 70000 80000 100000 120000 150000"}
@@ -37,7 +38,7 @@ point() {
 measure() {
   local json="$OUT/$1-$3$4.json"
   taskset -c "$LOAD_CPU" "$BIN" load --addr "$2" --rate "$3" --duration "$DURATION" --warmup "$WARMUP" \
-    --connections "$CONNECTIONS" --request-size "$SIZE" --json "$json" > /dev/null 2>&1 || true
+    --connections "$CONNECTIONS" --request-size "$SIZE" ${DRIVER:+--driver "$DRIVER"} --json "$json" > /dev/null 2>&1 || true
   python3 - "$json" "$SLO_US" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1])); slo = float(sys.argv[2])

@@ -182,21 +182,9 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
     result
 }
 
-/// Builds (and drops) one ring as this engine would, so a server that cannot use io_uring
-/// says why before it starts listening.
-///
-/// On a thread of its own: tearing a ring down may post task work to the thread that made it,
-/// which interrupts that thread's next blocking socket call that has a timeout (EINTR), and
-/// the caller may be an application thread doing exactly that.
+/// Fails, with the reason, where this engine's ring cannot be built.
 pub fn preflight(opts: &super::UringOptions) -> anyhow::Result<()> {
-    let opts = opts.clone();
-    std::thread::Builder::new()
-        .name("uring-preflight".into())
-        .spawn(move || {
-            setup::build_ring(opts.ring_entries, opts.sqpoll.then_some(opts.sqpoll_idle_ms)).map(drop)
-        })?
-        .join()
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("the io_uring preflight panicked")))
+    setup::try_ring(opts.ring_entries, opts.sqpoll.then_some(opts.sqpoll_idle_ms))
 }
 
 fn describe(opts: &super::UringOptions, bufs: Option<&BufRing>, fallback: Option<&str>) -> String {

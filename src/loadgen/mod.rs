@@ -49,10 +49,23 @@ pub enum ConnectMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DriverKind {
+    /// `uring` where the kernel allows it (measured the faster here), else `epoll`.
+    Auto,
     /// Non-blocking sockets and edge-triggered epoll: a wait and two reads per reply.
     Epoll,
     /// io_uring: multishot receives into a shared buffer ring, sends submitted as scheduled.
     Uring,
+}
+
+impl DriverKind {
+    /// `Auto` made concrete for this machine.
+    pub fn resolve(self) -> DriverKind {
+        match self {
+            DriverKind::Auto if driver::uring_available() => DriverKind::Uring,
+            DriverKind::Auto => DriverKind::Epoll,
+            other => other,
+        }
+    }
 }
 
 /// A load run, fully specified.
@@ -110,7 +123,7 @@ impl LoadConfig {
             chunk_size: DEFAULT_CHUNK_SIZE,
             max_frame: DEFAULT_MAX_FRAME,
             connect: ConnectMode::Sequential,
-            driver: DriverKind::Epoll,
+            driver: DriverKind::Auto,
             log_interval: None,
             drain_timeout: Duration::from_secs(5),
             pin: Vec::new(),
@@ -494,7 +507,7 @@ impl LoadReport {
         }
         let _ = writeln!(
             t,
-            "load {} -> {}: {} arrivals at {} rps over {} connection(s) on {} thread(s), {:.1}s (+{:.1}s warm-up)",
+            "load {} -> {}: {} arrivals at {} rps over {} connection(s) on {} {} thread(s), {:.1}s (+{:.1}s warm-up)",
             if self.error.is_some() { "INCOMPLETE" } else { "done" },
             c.addr,
             match c.arrival {
@@ -504,6 +517,10 @@ impl LoadReport {
             c.rate,
             c.connections,
             c.threads.min(c.connections),
+            match c.driver {
+                DriverKind::Uring => "uring",
+                _ => "epoll",
+            },
             c.duration.as_secs_f64(),
             c.warmup.as_secs_f64()
         );
@@ -634,8 +651,9 @@ impl LoadReport {
 /// Runs a load as configured. `on_interval` sees each `--log-interval` slice as it ends.
 /// Failures (connection refused, a server that dies) come back in [`LoadReport::error`] with
 /// whatever was measured up to then.
-pub fn run(config: LoadConfig, on_interval: &mut dyn FnMut(&IntervalLine)) -> anyhow::Result<LoadReport> {
+pub fn run(mut config: LoadConfig, on_interval: &mut dyn FnMut(&IntervalLine)) -> anyhow::Result<LoadReport> {
     config.validate().map_err(anyhow::Error::msg)?;
+    config.driver = config.driver.resolve();
     crate::engine::raise_fd_limit();
     let idle = match open_idle(&config) {
         Ok(idle) => idle,

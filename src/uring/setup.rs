@@ -46,6 +46,20 @@ pub fn build_ring(entries: u32, sqpoll_idle_ms: Option<u32>) -> anyhow::Result<I
     }
 }
 
+/// Builds (and drops) a ring as [`build_ring`] would, to learn early whether io_uring can run
+/// here and, if not, why.
+///
+/// On a thread of its own: tearing a ring down may post task work to the thread that made it,
+/// which interrupts that thread's next blocking socket call that has a timeout (EINTR), and
+/// the caller may be an application thread doing exactly that.
+pub fn try_ring(entries: u32, sqpoll_idle_ms: Option<u32>) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("uring-probe".into())
+        .spawn(move || build_ring(entries, sqpoll_idle_ms).map(drop))?
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the io_uring probe panicked")))
+}
+
 pub fn probe(ring: &IoUring) -> Features {
     let mut p = Probe::new();
     let probed = ring.submitter().register_probe(&mut p).is_ok();

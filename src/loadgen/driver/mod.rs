@@ -122,7 +122,9 @@ impl Io {
     fn new(cfg: &LoadConfig, connections: usize) -> Result<Io, String> {
         Ok(match cfg.driver {
             DriverKind::Epoll => Io::Epoll(epoll::EpollIo::new(cfg.addr)?),
-            DriverKind::Uring => Io::Uring(Box::new(uring::UringIo::new(cfg.addr, connections)?)),
+            DriverKind::Uring | DriverKind::Auto => {
+                Io::Uring(Box::new(uring::UringIo::new(cfg.addr, connections)?))
+            }
         })
     }
 
@@ -435,6 +437,11 @@ impl IntervalClock {
         }
         self.index += 1;
     }
+}
+
+/// Whether the io_uring driver can run here (io_uring allowed, multishot recv present).
+pub fn uring_available() -> bool {
+    crate::uring::setup::kernel_at_least(6, 0) && crate::uring::setup::try_ring(256, None).is_ok()
 }
 
 /// Feeds bytes received on `slot` to its client and counts the replies they complete.
