@@ -236,9 +236,10 @@ struct LoadArgs {
     #[arg(long, value_enum, default_value_t = ConnectMode::Sequential)]
     connect: ConnectMode,
     /// How the driver threads move bytes: `epoll` (a wait and two reads per reply) or
-    /// `uring` (multishot receives, no syscall per reply). `auto` takes uring where the kernel
-    /// allows it: at 150k rps over 64 connections it kept the generator's send-lag p99 at
-    /// 92 us where epoll's reached 330 us (docs/measurements.md).
+    /// `uring` (multishot receives, no syscall per reply). `auto` takes uring for messages of
+    /// 4 KiB or less on average where the kernel allows it, epoll otherwise: with 64 B echo at
+    /// 150k rps uring kept the generator's send-lag p99 at 92 us where epoll's reached 330 us;
+    /// with 16 KiB messages epoll was the steadier (docs/measurements.md).
     #[arg(long, value_enum, default_value_t = DriverKind::Auto)]
     driver: DriverKind,
     /// Print throughput, p50 and p99 every this many seconds.

@@ -48,6 +48,15 @@ impl SizeDist {
         }
     }
 
+    /// Its mean.
+    pub fn mean(&self) -> f64 {
+        match *self {
+            SizeDist::Fixed(n) => n as f64,
+            SizeDist::Uniform(lo, hi) => (lo as f64 + hi as f64) / 2.0,
+            SizeDist::LogNormal { median, sigma } => median as f64 * (sigma * sigma / 2.0).exp(),
+        }
+    }
+
     /// The largest value it can produce (`None`: unbounded).
     pub fn max(&self) -> Option<u64> {
         match *self {

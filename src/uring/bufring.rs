@@ -64,6 +64,13 @@ impl BufRing {
             buffers: vec![0u8; count as usize * buffer_size].into_boxed_slice(),
             buffer_size,
         };
+        // Fault every page in now: the kernel would otherwise take each first-touch fault
+        // while copying a receive, a few milliseconds of stalls spread over the first run.
+        let base = ring.buffers.as_mut_ptr();
+        for offset in (0..ring.buffers.len()).step_by(4096) {
+            // SAFETY: in bounds; volatile so the store to zeroed memory is not elided.
+            unsafe { std::ptr::write_volatile(base.add(offset), 0) };
+        }
         // SAFETY: the entries and the buffers live as long as `ring`, which unregisters the
         // group in `unregister` or leaves it to the ring's own teardown (the ring is dropped
         // before this struct: see the engine's field order).
