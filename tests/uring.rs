@@ -112,7 +112,17 @@ fn other_engines_do_not_need_io_uring() {
 /// and names the limit.
 #[test]
 fn too_little_locked_memory_says_so_in_one_line() {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_iolab"));
+    // The user `nobody` may not reach the build directory (a checkout under /root, say):
+    // run a copy from a directory everyone can enter.
+    let dir = std::env::temp_dir().join(format!("iolab-memlock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("iolab");
+    std::fs::copy(env!("CARGO_BIN_EXE_iolab"), &bin).unwrap();
+    for p in [&dir, &bin] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut cmd = Command::new(&bin);
     cmd.args(["serve", "--engine", "uring", "--addr", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -133,6 +143,7 @@ fn too_little_locked_memory_says_so_in_one_line() {
         });
     }
     let out = cmd.output().expect("run iolab serve as nobody");
+    let _ = std::fs::remove_dir_all(&dir);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
