@@ -7,9 +7,11 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::TcpListener;
 use std::os::fd::{OwnedFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Mutex;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use super::{out_of_fds_message, ServerStats};
 
@@ -221,16 +223,67 @@ impl TaskTracker {
     }
 
     /// Resolves once no task is tracked.
-    pub fn all_done(&self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(move |cx| {
-            let mut inner = self.inner.borrow_mut();
-            if inner.fds.is_empty() {
-                Poll::Ready(())
-            } else {
-                inner.idle = Some(cx.waker().clone());
-                Poll::Pending
+    pub fn all_done(&self) -> AllDone<'_> {
+        AllDone(self)
+    }
+
+    /// The graceful drain of an async loop that has stopped accepting: half-close every
+    /// socket for reading (buffered requests are still read and answered, then each read sees
+    /// end of file), wait up to `drain_timeout`, then cut off whoever is still writing and wait
+    /// a second more. `within(d, f)` is the runtime's timeout: true if `f` finished within `d`.
+    pub async fn drain<'a, F>(&'a self, drain_timeout: Duration, within: impl Fn(Duration, AllDone<'a>) -> F)
+    where
+        F: Future<Output = bool>,
+    {
+        self.shutdown_all(libc::SHUT_RD);
+        if within(drain_timeout, self.all_done()).await {
+            return;
+        }
+        eprintln!(
+            "iolab: {} connection(s) still writing after {drain_timeout:?}; cutting them off",
+            self.open()
+        );
+        self.shutdown_all(libc::SHUT_RDWR);
+        within(Duration::from_secs(1), self.all_done()).await;
+    }
+}
+
+/// See [`TaskTracker::all_done`].
+#[derive(Debug)]
+pub struct AllDone<'a>(&'a TaskTracker);
+
+impl Future for AllDone<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.0.inner.borrow_mut();
+        if inner.fds.is_empty() {
+            Poll::Ready(())
+        } else {
+            inner.idle = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+}
+
+/// What an async loop does when accept fails: the way servers on tokio or monoio do it (hyper,
+/// axum): out of descriptors, say so once and back off briefly; otherwise count and log.
+#[derive(Debug, Default)]
+pub struct AcceptFailures {
+    warned_fd_limit: bool,
+}
+
+impl AcceptFailures {
+    /// Returns how long to back off before accepting again, if at all.
+    pub fn failed(&mut self, e: &std::io::Error, stats: &ServerStats, open: usize) -> Option<Duration> {
+        if out_of_fds(e) {
+            if !std::mem::replace(&mut self.warned_fd_limit, true) {
+                eprintln!("iolab: {}", out_of_fds_message(open));
             }
-        })
+            return Some(Duration::from_millis(10));
+        }
+        ServerStats::bump(&stats.accept_errors);
+        eprintln!("iolab: accept failed: {e}");
+        None
     }
 }
 

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 
-use super::conns::{out_of_fds, TaskTracker};
-use super::{out_of_fds_message, ConnError, EngineCtx, ServerStats};
+use super::conns::{AcceptFailures, TaskTracker};
+use super::{ConnError, EngineCtx, ServerStats};
 use crate::session::ServerSession;
 
 /// Bytes one read may bring in.
@@ -43,7 +43,7 @@ async fn run(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
     };
     let mut stopped = std::pin::pin!(stopped);
     let tracker = TaskTracker::default();
-    let mut warned_fd_limit = false;
+    let mut failures = AcceptFailures::default();
     loop {
         monoio::select! {
             _ = &mut stopped => break,
@@ -52,34 +52,17 @@ async fn run(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
                     ServerStats::bump(&ctx.stats.accepted);
                     monoio::spawn(connection(ctx.clone(), tracker.clone(), stream, peer));
                 }
-                Err(e) if out_of_fds(&e) => {
-                    if !std::mem::replace(&mut warned_fd_limit, true) {
-                        eprintln!("iolab: {}", out_of_fds_message(tracker.open()));
-                    }
-                    monoio::time::sleep(Duration::from_millis(10)).await;
-                }
                 Err(e) => {
-                    ServerStats::bump(&ctx.stats.accept_errors);
-                    eprintln!("iolab: accept failed: {e}");
+                    if let Some(pause) = failures.failed(&e, &ctx.stats, tracker.open()) {
+                        monoio::time::sleep(pause).await;
+                    }
                 }
             }
         }
     }
     drop(listener);
-    // Graceful drain: buffered requests are read and answered, then each read sees EOF.
-    tracker.shutdown_all(libc::SHUT_RD);
-    if monoio::time::timeout(ctx.config.drain_timeout, tracker.all_done())
-        .await
-        .is_err()
-    {
-        eprintln!(
-            "iolab: {} connection(s) still writing after {:?}; cutting them off",
-            tracker.open(),
-            ctx.config.drain_timeout
-        );
-        tracker.shutdown_all(libc::SHUT_RDWR);
-        let _ = monoio::time::timeout(Duration::from_secs(1), tracker.all_done()).await;
-    }
+    let within = |d, f| async move { monoio::time::timeout(d, f).await.is_ok() };
+    tracker.drain(ctx.config.drain_timeout, within).await;
     Ok(())
 }
 
