@@ -16,6 +16,8 @@
 //!   event-driven connection drivers, histograms and its own accuracy checks.
 //! - [`uring`]: io_uring plumbing the `uring` engine and the generator's io_uring driver
 //!   share (ring set-up and its failures, the provided-buffer ring, gathered sends).
+//! - [`sweep`]: engines × rates, each engine its own pinned server process, into a results
+//!   folder that the report reads.
 //! - [`demo`]: the main job: every engine, the same load, one comparison table.
 //!
 //! Dependency rule: `frame`, `session` and `workload` import no syscall crate and no other
@@ -27,6 +29,7 @@ pub mod engine;
 pub mod frame;
 pub mod loadgen;
 pub mod session;
+pub mod sweep;
 pub mod sys;
 pub mod units;
 pub mod uring;

@@ -43,6 +43,84 @@ enum Command {
     Load(Box<LoadArgs>),
     /// Every engine, the same Poisson load, one comparison table (loopback, no setup).
     Demo(DemoArgs),
+    /// Engines × offered rates, each engine its own pinned server process, into a results
+    /// folder (points.csv, meta.json, per-point JSON and HdrHistogram logs).
+    Sweep(Box<SweepArgs>),
+    /// The highest rate each engine of a sweep sustained with p99 under the SLO.
+    Knee(KneeArgs),
+}
+
+/// A CPU list (taskset syntax). A newtype, because clap reads `Option<Vec<T>>` as "several
+/// values of T" and would not hand the whole list to the parser.
+#[derive(Debug, Clone)]
+struct CpuList(Vec<usize>);
+
+fn cpus(s: &str) -> Result<CpuList, String> {
+    parse_cpu_list(s).map(CpuList)
+}
+
+/// A rate ladder (see `sweep --rates`).
+#[derive(Debug, Clone)]
+struct Rates(Vec<f64>);
+
+fn rates(s: &str) -> Result<Rates, String> {
+    iolab::sweep::parse_rates(s).map(Rates)
+}
+
+#[derive(Args, Debug)]
+struct SweepArgs {
+    /// Engines, comma-separated; options follow an engine's name after spaces:
+    /// --engines "epoll,uring,uring --register-files".
+    #[arg(long)]
+    engines: String,
+    /// Offered rates: START..END:STEPS (evenly spaced) or START..ENDxFACTOR (geometric),
+    /// e.g. 10000..200000:8 or 1000..256000x2.
+    #[arg(long, value_parser = rates)]
+    rates: Rates,
+    /// Request payload size distribution (as in `load`).
+    #[arg(long, default_value = "64")]
+    request_size: SizeDist,
+    /// Reply size (as in `load`).
+    #[arg(long, default_value = "echo")]
+    reply: ReplyDist,
+    /// Server work per request (as in `load`).
+    #[arg(long, default_value = "none")]
+    work: WorkDist,
+    #[arg(long, short, default_value_t = 64)]
+    connections: usize,
+    /// Measured time per point.
+    #[arg(long, default_value = "3s")]
+    duration: Dur,
+    /// Load before each point's measurement starts.
+    #[arg(long, default_value = "1s")]
+    warmup: Dur,
+    /// p99 above this marks an engine saturated (its sweep stops there).
+    #[arg(long, default_value = "1ms")]
+    slo: Dur,
+    /// A point whose generator send-lag p99 exceeds this is invalid (the generator, not the
+    /// server, was the bottleneck).
+    #[arg(long, default_value = "200us")]
+    max_send_lag: Dur,
+    /// CPUs for the server (default: 0).
+    #[arg(long, value_parser = cpus)]
+    server_cpus: Option<CpuList>,
+    /// CPUs for the load generator, one driver thread each (default: 1).
+    #[arg(long, value_parser = cpus)]
+    load_cpus: Option<CpuList>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Results folder (default: results/sweep-<unix time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct KneeArgs {
+    /// A results folder written by `iolab sweep`.
+    dir: PathBuf,
+    /// The p99 bound.
+    #[arg(long, default_value = "1ms")]
+    slo: Dur,
 }
 
 #[derive(Args, Debug)]
@@ -63,8 +141,8 @@ struct ServeArgs {
     /// Pin to these CPUs (taskset syntax: 0, 0,2, 0-3). Event loop i runs on the i-th;
     /// thread-per-connection engines run all their threads on the set.
     /// Default: none, or 0..N-1 with --threads N > 1.
-    #[arg(long, value_parser = parse_cpu_list)]
-    pin: Option<Vec<usize>>,
+    #[arg(long, value_parser = cpus)]
+    pin: Option<CpuList>,
     /// epoll: `edge` registers interest once and reads until EAGAIN; `level` keeps interest
     /// exact with epoll_ctl and may read less per wake-up.
     #[arg(long, value_enum, default_value_t = EpollMode::Edge)]
@@ -249,8 +327,8 @@ struct LoadArgs {
     #[arg(long, default_value = "5s")]
     drain_timeout: Dur,
     /// Pin the driver threads to these CPUs (thread i on the i-th, round robin).
-    #[arg(long, value_parser = parse_cpu_list)]
-    pin: Option<Vec<usize>>,
+    #[arg(long, value_parser = cpus)]
+    pin: Option<CpuList>,
     #[command(flatten)]
     frame: FrameArgs,
     /// The arrivals check (Kolmogorov-Smirnov against the exponential) judges gaps from this
@@ -294,6 +372,8 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve(a),
         Command::Load(a) => load(*a),
         Command::Demo(a) => run_demo(a),
+        Command::Sweep(a) => sweep(*a),
+        Command::Knee(a) => knee(a),
     };
     match result {
         Ok(code) => code,
@@ -306,7 +386,7 @@ fn main() -> ExitCode {
 
 fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = ServeConfig::new(a.engine, a.addr);
-    cfg.pin = a.pin.unwrap_or_default();
+    cfg.pin = a.pin.map(|c| c.0).unwrap_or_default();
     cfg.threads = a.threads;
     cfg.workers = a.workers;
     cfg.epoll_mode = a.epoll_mode;
@@ -358,7 +438,7 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     cfg.driver = a.driver;
     cfg.idle_connections = a.idle_connections;
     cfg.drain_timeout = a.drain_timeout.0;
-    cfg.pin = a.pin.unwrap_or_default();
+    cfg.pin = a.pin.map(|c| c.0).unwrap_or_default();
     (cfg.chunk_size, cfg.max_frame) = a.frame.sizes()?;
     cfg.requests_log = a.requests_log.is_some();
     cfg.ks_resolution = a.ks_resolution.0;
@@ -426,5 +506,117 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         "\nLatency runs from each request's scheduled send to its full reply (no coordinated omission)."
     );
     println!("Next: `iolab serve --engine NAME` and `iolab load --help` to measure one engine your way.");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
+    use iolab::sweep::{self, Progress, SweepConfig};
+    let engines: Vec<Vec<String>> = a
+        .engines
+        .split(',')
+        .map(|e| e.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .filter(|e| !e.is_empty())
+        .collect();
+    for e in &engines {
+        <EngineKind as clap::ValueEnum>::from_str(&e[0], false)
+            .map_err(|_| anyhow::anyhow!("unknown engine '{}' in --engines", e[0]))?;
+    }
+    let cpus = engine::num_cpus();
+    let server_cpus = a.server_cpus.map_or_else(|| vec![0], |c| c.0);
+    let load_cpus = a
+        .load_cpus
+        .map_or_else(|| if cpus > 1 { vec![1] } else { vec![0] }, |c| c.0);
+    let out = a.out.unwrap_or_else(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        PathBuf::from(format!("results/sweep-{now}"))
+    });
+    let cfg = SweepConfig {
+        engines,
+        rates: a.rates.0,
+        request_size: a.request_size,
+        reply: a.reply,
+        work: a.work,
+        connections: a.connections,
+        duration: a.duration.0,
+        warmup: a.warmup.0,
+        slo: a.slo.0,
+        max_send_lag: a.max_send_lag.0,
+        min_ks_p: 0.01,
+        server_cpus,
+        load_cpus,
+        seed: a.seed,
+        out: out.clone(),
+        server_binary: std::env::current_exe()?,
+        command_line: std::env::args().collect(),
+    };
+    let total = (cfg.engines.len() * cfg.rates.len()) as u64;
+    let per_point = cfg.duration + cfg.warmup;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} points, {elapsed} | {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut done_in_engine = 0u64;
+    let rates = cfg.rates.len() as u64;
+    let points = sweep::run(&cfg, |p| match p {
+        Progress::Point { engine, rate } => bar.set_message(format!(
+            "{engine} at {rate} rps ({:.0}s)",
+            per_point.as_secs_f64()
+        )),
+        Progress::Done(point) => {
+            done_in_engine = done_in_engine % rates + 1;
+            bar.inc(1);
+            let mark = if point.valid { "" } else { " INVALID" };
+            bar.println(format!(
+                "  {:<24} {:>9.0} rps  achieved {:>9.0}  p50 {:>8.1}us  p99 {:>8.1}us  send-lag99 {:>6.1}us{mark}",
+                point.engine, point.offered_rps, point.achieved_rps, point.p50_us, point.p99_us,
+                point.send_lag_p99_us
+            ));
+        }
+        Progress::EngineStopped { engine, why } => {
+            bar.println(format!("  {engine}: stopped, {why}"));
+            // The rates it will not run.
+            bar.inc(rates.saturating_sub(done_in_engine));
+            done_in_engine = 0;
+        }
+    })?;
+    bar.finish_and_clear();
+    let rows = sweep::read_points(&out)?;
+    println!("{}", knee_table(&rows, cfg.slo));
+    println!(
+        "{} point(s) in {}; `iolab knee {}` prints the table again",
+        points.len(),
+        out.display(),
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn knee_table(rows: &[iolab::sweep::PointRow], slo: Duration) -> String {
+    let slo_us = slo.as_secs_f64() * 1e6;
+    let mut t = format!(
+        "highest rate with p99 <= {} (valid, unsaturated points)\n",
+        Dur(slo)
+    );
+    for (engine, best) in iolab::sweep::knees(rows, slo_us) {
+        let invalid = rows.iter().filter(|r| r.engine == engine && !r.valid).count();
+        let note = if invalid > 0 {
+            format!("  ({invalid} invalid point(s) left out)")
+        } else {
+            String::new()
+        };
+        match best {
+            Some(r) => t += &format!("  {engine:<28} {r:>10.0} rps{note}\n"),
+            None => t += &format!("  {engine:<28} {:>10} (no point met it){note}\n", "-"),
+        }
+    }
+    t
+}
+
+fn knee(a: KneeArgs) -> anyhow::Result<ExitCode> {
+    let rows = iolab::sweep::read_points(&a.dir)?;
+    print!("{}", knee_table(&rows, a.slo.0));
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,7 @@
 //! The command line as a user meets it: the demo, the help, and the refusals.
 
+mod common;
+
 use std::process::Command;
 
 fn iolab(args: &[&str]) -> (bool, String, String) {
@@ -93,4 +95,85 @@ fn impossible_options_exit_with_a_reason() {
     ]);
     assert!(!ok);
     assert!(err.contains("duration"), "{err}");
+}
+
+/// A tiny sweep writes a complete results folder, and `knee` reads it back.
+#[test]
+fn sweep_writes_a_results_folder_that_knee_reads() {
+    let dir = std::env::temp_dir().join(format!("iolab-sweep-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_iolab"))
+        .args([
+            "sweep",
+            "--engines",
+            "epoll,uring --register-files",
+            "--rates",
+            "200..400:2",
+        ])
+        .args([
+            "--duration",
+            "0.4s",
+            "--warmup",
+            "0.1s",
+            "--connections",
+            "4",
+            // An SLO no run misses: the test checks the folder, not the machine's speed.
+            "--slo",
+            "60s",
+            "--out",
+        ])
+        .arg(&dir)
+        .output()
+        .expect("run iolab sweep");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("highest rate with p99"), "{stdout}");
+    for f in [
+        "meta.json",
+        "points.csv",
+        "epoll.server.log",
+        "uring___register_files.server.log",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["engines"][1], "uring --register-files");
+    assert!(meta["kernel"].as_str().is_some_and(|k| !k.is_empty()));
+    let csv = std::fs::read_to_string(dir.join("points.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 4, "2 engines x 2 rates: {csv}");
+    for row in &rows {
+        let json = row.split(',').rev().nth(1).unwrap();
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(json)).unwrap()).unwrap();
+        assert_eq!(summary["errors"], 0, "{row}");
+        assert!(dir.join(json.replace(".json", ".hlog")).is_file());
+    }
+    let knee = std::process::Command::new(env!("CARGO_BIN_EXE_iolab"))
+        .arg("knee")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&knee.stdout);
+    assert!(knee.status.success());
+    assert!(
+        text.contains("epoll") && text.contains("uring --register-files"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--pin` takes a CPU list (it once panicked in the argument parser).
+#[test]
+fn serve_accepts_a_cpu_list() {
+    let (child, _, stdout) =
+        common::spawn_server(&["--engine".into(), "epoll".into(), "--pin".into(), "0".into()]);
+    let (status, summary) = common::terminate(child, stdout);
+    assert!(status.success());
+    assert!(summary.contains("summary: engine=epoll"), "{summary}");
 }
