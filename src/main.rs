@@ -101,6 +101,10 @@ struct SweepArgs {
     /// server, was the bottleneck).
     #[arg(long, default_value = "200us")]
     max_send_lag: Dur,
+    /// A point whose arrivals' Kolmogorov–Smirnov p-value (against the exponential, gaps from
+    /// --ks-resolution up) falls below this is invalid: the server did not see Poisson load.
+    #[arg(long, default_value_t = 0.01)]
+    min_ks_p: f64,
     /// CPUs for the server (default: 0).
     #[arg(long, value_parser = cpus)]
     server_cpus: Option<CpuList>,
@@ -543,7 +547,7 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
         warmup: a.warmup.0,
         slo: a.slo.0,
         max_send_lag: a.max_send_lag.0,
-        min_ks_p: 0.01,
+        min_ks_p: a.min_ks_p,
         server_cpus,
         load_cpus,
         seed: a.seed,
