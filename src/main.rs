@@ -50,6 +50,21 @@ enum Command {
     Knee(KneeArgs),
 }
 
+/// What each request asks of the server, the same for `load` and `sweep`.
+#[derive(Args, Debug)]
+struct WorkloadArgs {
+    /// Request payload size: N, fixed:N, uniform:A-B, lognormal:MEDIAN,SIGMA.
+    #[arg(long, default_value = "64")]
+    request_size: SizeDist,
+    /// Reply wanted: echo, fixed:N, uniform:A-B, lognormal:MEDIAN,SIGMA.
+    #[arg(long, default_value = "echo")]
+    reply: ReplyDist,
+    /// Server CPU time per request: none, fixed:DUR, exp:MEAN, bimodal:P,DUR1,DUR2,
+    /// lognormal:MEDIAN,SIGMA.
+    #[arg(long, default_value = "none")]
+    work: WorkDist,
+}
+
 /// A CPU list (taskset syntax). A newtype, because clap reads `Option<Vec<T>>` as "several
 /// values of T" and would not hand the whole list to the parser.
 #[derive(Debug, Clone)]
@@ -77,15 +92,8 @@ struct SweepArgs {
     /// e.g. 10000..200000:8 or 1000..256000x2.
     #[arg(long, value_parser = rates)]
     rates: Rates,
-    /// Request payload size distribution (as in `load`).
-    #[arg(long, default_value = "64")]
-    request_size: SizeDist,
-    /// Reply size (as in `load`).
-    #[arg(long, default_value = "echo")]
-    reply: ReplyDist,
-    /// Server work per request (as in `load`).
-    #[arg(long, default_value = "none")]
-    work: WorkDist,
+    #[command(flatten)]
+    workload: WorkloadArgs,
     #[arg(long, short, default_value_t = 64)]
     connections: usize,
     /// Measured time per point.
@@ -294,16 +302,8 @@ struct LoadArgs {
     /// Interarrival distribution.
     #[arg(long, value_enum, default_value_t = ArrivalKind::Poisson)]
     arrival: ArrivalKind,
-    /// Request payload size: N, fixed:N, uniform:A-B, lognormal:MEDIAN,SIGMA.
-    #[arg(long, default_value = "64")]
-    request_size: SizeDist,
-    /// Reply wanted: echo, fixed:N, uniform:A-B, lognormal:MEDIAN,SIGMA.
-    #[arg(long, default_value = "echo")]
-    reply: ReplyDist,
-    /// Server CPU time per request: none, fixed:DUR, exp:MEAN, bimodal:P,DUR1,DUR2,
-    /// lognormal:MEDIAN,SIGMA.
-    #[arg(long, default_value = "none")]
-    work: WorkDist,
+    #[command(flatten)]
+    workload: WorkloadArgs,
     /// Seed for arrivals and request mix: the same seed gives the same schedule.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -433,9 +433,9 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     cfg.connections = a.connections;
     cfg.threads = a.threads;
     cfg.arrival = a.arrival;
-    cfg.request_size = a.request_size;
-    cfg.reply = a.reply;
-    cfg.work = a.work;
+    cfg.request_size = a.workload.request_size;
+    cfg.reply = a.workload.reply;
+    cfg.work = a.workload.work;
     cfg.seed = a.seed;
     cfg.max_in_flight = a.max_in_flight;
     cfg.connect = a.connect;
@@ -539,9 +539,9 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
     let cfg = SweepConfig {
         engines,
         rates: a.rates.0,
-        request_size: a.request_size,
-        reply: a.reply,
-        work: a.work,
+        request_size: a.workload.request_size,
+        reply: a.workload.reply,
+        work: a.workload.work,
         connections: a.connections,
         duration: a.duration.0,
         warmup: a.warmup.0,
