@@ -28,6 +28,7 @@ pub mod demo;
 pub mod engine;
 pub mod frame;
 pub mod loadgen;
+pub mod report;
 pub mod session;
 pub mod sweep;
 pub mod sys;

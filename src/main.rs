@@ -48,6 +48,20 @@ enum Command {
     Sweep(Box<SweepArgs>),
     /// The highest rate each engine of a sweep sustained with p99 under the SLO.
     Knee(KneeArgs),
+    /// A results folder in, a self-contained HTML page out (inline SVG plots, no fetches).
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// A results folder written by `iolab sweep`.
+    dir: PathBuf,
+    /// Where to write the page (default: DIR/report.html).
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// The p99 bound of the knee table.
+    #[arg(long, default_value = "1ms")]
+    slo: Dur,
 }
 
 /// What each request asks of the server, the same for `load` and `sweep`.
@@ -378,6 +392,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => run_demo(a),
         Command::Sweep(a) => sweep(*a),
         Command::Knee(a) => knee(a),
+        Command::Report(a) => report(a),
     };
     match result {
         Ok(code) => code,
@@ -622,5 +637,12 @@ fn knee_table(rows: &[iolab::sweep::PointRow], slo: Duration) -> String {
 fn knee(a: KneeArgs) -> anyhow::Result<ExitCode> {
     let rows = iolab::sweep::read_points(&a.dir)?;
     print!("{}", knee_table(&rows, a.slo.0));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(a: ReportArgs) -> anyhow::Result<ExitCode> {
+    let out = a.output.unwrap_or_else(|| a.dir.join("report.html"));
+    iolab::report::write_html(&a.dir, &out, a.slo.0.as_secs_f64() * 1e6)?;
+    println!("report written to {}", out.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -165,6 +165,23 @@ fn sweep_writes_a_results_folder_that_knee_reads() {
         text.contains("epoll") && text.contains("uring --register-files"),
         "{text}"
     );
+    let report = std::process::Command::new(env!("CARGO_BIN_EXE_iolab"))
+        .arg("report")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), 2, "both plots are inline");
+    // (An SVG's xmlns names a namespace; it is not fetched.)
+    for fetch in ["src=", "href=\"http", "<link", "@import", "url("] {
+        assert!(!html.contains(fetch), "nothing fetched: found {fetch}");
+    }
+    assert!(html.contains("uring --register-files"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
