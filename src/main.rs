@@ -619,14 +619,14 @@ fn knee_table(rows: &[iolab::sweep::PointRow], slo: Duration) -> String {
         "highest rate with p99 <= {} (valid, unsaturated points)\n",
         Dur(slo)
     );
-    for (engine, best) in iolab::sweep::knees(rows, slo_us) {
-        let invalid = rows.iter().filter(|r| r.engine == engine && !r.valid).count();
-        let note = if invalid > 0 {
-            format!("  ({invalid} invalid point(s) left out)")
+    for k in iolab::sweep::knees(rows, slo_us) {
+        let note = if k.invalid > 0 {
+            format!("  ({} invalid point(s) left out)", k.invalid)
         } else {
             String::new()
         };
-        match best {
+        let engine = &k.engine;
+        match k.rate {
             Some(r) => t += &format!("  {engine:<28} {r:>10.0} rps{note}\n"),
             None => t += &format!("  {engine:<28} {:>10} (no point met it){note}\n", "-"),
         }

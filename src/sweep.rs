@@ -444,9 +444,8 @@ pub struct PointRow {
     pub saturated: bool,
 }
 
-/// The knee table: per engine, the highest offered rate whose point was valid, not
-/// saturated and had p99 within `slo_us`.
-pub fn knees(rows: &[PointRow], slo_us: f64) -> Vec<(String, Option<f64>)> {
+/// Engines in the order the sweep ran them.
+pub fn engine_order(rows: &[PointRow]) -> Vec<String> {
     let mut engines: Vec<String> = Vec::new();
     for r in rows {
         if !engines.contains(&r.engine) {
@@ -454,14 +453,35 @@ pub fn knees(rows: &[PointRow], slo_us: f64) -> Vec<(String, Option<f64>)> {
         }
     }
     engines
+}
+
+/// One engine's row of the knee table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Knee {
+    pub engine: String,
+    /// The highest offered rate whose point was valid, not saturated and had p99 within
+    /// the SLO (`None`: no point met it).
+    pub rate: Option<f64>,
+    /// Points left out because they were not valid measurements.
+    pub invalid: usize,
+}
+
+/// The knee table, one row per engine.
+pub fn knees(rows: &[PointRow], slo_us: f64) -> Vec<Knee> {
+    engine_order(rows)
         .into_iter()
-        .map(|e| {
-            let best = rows
-                .iter()
-                .filter(|r| r.engine == e && r.valid && !r.saturated && r.p99_us <= slo_us)
+        .map(|engine| {
+            let mine = || rows.iter().filter(|r| r.engine == engine);
+            let rate = mine()
+                .filter(|r| r.valid && !r.saturated && r.p99_us <= slo_us)
                 .map(|r| r.offered_rps)
                 .fold(None, |acc: Option<f64>, r| Some(acc.map_or(r, |a| a.max(r))));
-            (e, best)
+            let invalid = mine().filter(|r| !r.valid).count();
+            Knee {
+                engine,
+                rate,
+                invalid,
+            }
         })
         .collect()
 }
@@ -517,9 +537,14 @@ mod tests {
             row("a", 8000.0, 5000.0, true, true),
             row("b", 1000.0, 2000.0, true, true),
         ];
+        let knee = |engine: &str, rate, invalid| Knee {
+            engine: engine.into(),
+            rate,
+            invalid,
+        };
         assert_eq!(
             knees(&rows, 1000.0),
-            vec![("a".to_string(), Some(2000.0)), ("b".to_string(), None)]
+            vec![knee("a", Some(2000.0), 1), knee("b", None, 0)]
         );
     }
 

@@ -8,9 +8,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
-use crate::sweep::{knees, read_points, PointRow};
+use crate::sweep::{engine_order, knees, read_points, PointRow};
 
 const PALETTE: [RGBColor; 9] = [
     RGBColor(31, 119, 180),
@@ -32,7 +33,7 @@ pub fn write_html(dir: &Path, out: &Path, slo_us: f64) -> anyhow::Result<()> {
     }
     let meta = std::fs::read_to_string(dir.join("meta.json")).unwrap_or_default();
     let meta: serde_json::Value = serde_json::from_str(&meta).unwrap_or(serde_json::Value::Null);
-    let engines = engines(&rows);
+    let engines = engine_order(&rows);
     let mut html = String::new();
     let _ = write!(
         html,
@@ -57,13 +58,13 @@ pub fn write_html(dir: &Path, out: &Path, slo_us: f64) -> anyhow::Result<()> {
          <table><tr><th>engine</th><th>rate (rps)</th><th>invalid points left out</th></tr>",
         slo_us
     );
-    for (engine, best) in knees(&rows, slo_us) {
-        let invalid = rows.iter().filter(|r| r.engine == engine && !r.valid).count();
+    for k in knees(&rows, slo_us) {
         let _ = write!(
             html,
-            "<tr><td>{}</td><td>{}</td><td>{invalid}</td></tr>",
-            escape(&engine),
-            best.map_or("none met it".to_string(), |b| format!("{b:.0}"))
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&k.engine),
+            k.rate.map_or("none met it".to_string(), |b| format!("{b:.0}")),
+            k.invalid
         );
     }
     html += "</table><h2>Invalid points</h2><ul>";
@@ -78,16 +79,6 @@ pub fn write_html(dir: &Path, out: &Path, slo_us: f64) -> anyhow::Result<()> {
     }
     html += "</ul></body></html>\n";
     std::fs::write(out, html).with_context(|| format!("cannot write {}", out.display()))
-}
-
-fn engines(rows: &[PointRow]) -> Vec<String> {
-    let mut engines: Vec<String> = Vec::new();
-    for r in rows {
-        if !engines.contains(&r.engine) {
-            engines.push(r.engine.clone());
-        }
-    }
-    engines
 }
 
 fn describe(meta: &serde_json::Value) -> String {
@@ -112,54 +103,42 @@ fn describe(meta: &serde_json::Value) -> String {
     )
 }
 
-fn latency_plot(rows: &[PointRow], engines: &[String]) -> anyhow::Result<String> {
-    let max_x = rows.iter().map(|r| r.achieved_rps).fold(1.0, f64::max) * 1.05;
-    let min_y = rows.iter().map(|r| r.p50_us).fold(f64::MAX, f64::min).max(1.0) / 1.5;
-    let max_y = rows.iter().map(|r| r.p99_us).fold(1.0, f64::max) * 1.5;
+/// The chart every plot here is drawn on: an SVG of `size`, axes described and labelled in
+/// whole numbers, and a legend in the upper left. `draw` adds the data; each series it labels
+/// should take [`legend_mark`] as its legend.
+fn figure<X, Y>(
+    size: (u32, u32),
+    x: X,
+    y: Y,
+    x_desc: &str,
+    y_desc: &str,
+    draw: impl FnOnce(
+        &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<X::CoordDescType, Y::CoordDescType>>,
+    ) -> anyhow::Result<()>,
+) -> anyhow::Result<String>
+where
+    X: AsRangedCoord<Value = f64>,
+    Y: AsRangedCoord<Value = f64>,
+    X::CoordDescType: ValueFormatter<f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (900, 500)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(0.0..max_x, (min_y..max_y).log_scale())?;
+            .build_cartesian_2d(x, y)?;
         chart
             .configure_mesh()
-            .x_desc("achieved throughput (requests/s)")
-            .y_desc("latency (us, log scale)")
+            .x_desc(x_desc)
+            .y_desc(y_desc)
             .x_label_formatter(&|v| format!("{v:.0}"))
             .y_label_formatter(&|v| format!("{v:.0}"))
             .draw()?;
-        for (i, engine) in engines.iter().enumerate() {
-            let color = PALETTE[i % PALETTE.len()];
-            let pts: Vec<&PointRow> = rows.iter().filter(|r| &r.engine == engine).collect();
-            chart
-                .draw_series(LineSeries::new(
-                    pts.iter().map(|r| (r.achieved_rps, r.p99_us)),
-                    color.stroke_width(2),
-                ))?
-                .label(engine.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-            chart.draw_series(DashedLineSeries::new(
-                pts.iter().map(|r| (r.achieved_rps, r.p50_us)),
-                6,
-                4,
-                color.stroke_width(1),
-            ))?;
-            chart.draw_series(pts.iter().flat_map(|r| {
-                let style = if r.valid {
-                    color.filled()
-                } else {
-                    color.stroke_width(2)
-                };
-                [
-                    Circle::new((r.achieved_rps, r.p99_us), 4, style),
-                    Circle::new((r.achieved_rps, r.p50_us), 3, style),
-                ]
-            }))?;
-        }
+        draw(&mut chart)?;
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperLeft)
@@ -171,6 +150,57 @@ fn latency_plot(rows: &[PointRow], engines: &[String]) -> anyhow::Result<String>
     Ok(svg)
 }
 
+/// A legend entry: a short line in the series' colour.
+fn legend_mark(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+}
+
+fn latency_plot(rows: &[PointRow], engines: &[String]) -> anyhow::Result<String> {
+    let max_x = rows.iter().map(|r| r.achieved_rps).fold(1.0, f64::max) * 1.05;
+    let min_y = rows.iter().map(|r| r.p50_us).fold(f64::MAX, f64::min).max(1.0) / 1.5;
+    let max_y = rows.iter().map(|r| r.p99_us).fold(1.0, f64::max) * 1.5;
+    let x_desc = "achieved throughput (requests/s)";
+    let y_desc = "latency (us, log scale)";
+    figure(
+        (900, 500),
+        0.0..max_x,
+        (min_y..max_y).log_scale(),
+        x_desc,
+        y_desc,
+        |chart| {
+            for (i, engine) in engines.iter().enumerate() {
+                let color = PALETTE[i % PALETTE.len()];
+                let pts: Vec<&PointRow> = rows.iter().filter(|r| &r.engine == engine).collect();
+                chart
+                    .draw_series(LineSeries::new(
+                        pts.iter().map(|r| (r.achieved_rps, r.p99_us)),
+                        color.stroke_width(2),
+                    ))?
+                    .label(engine.as_str())
+                    .legend(legend_mark(color));
+                chart.draw_series(DashedLineSeries::new(
+                    pts.iter().map(|r| (r.achieved_rps, r.p50_us)),
+                    6,
+                    4,
+                    color.stroke_width(1),
+                ))?;
+                chart.draw_series(pts.iter().flat_map(|r| {
+                    let style = if r.valid {
+                        color.filled()
+                    } else {
+                        color.stroke_width(2)
+                    };
+                    [
+                        Circle::new((r.achieved_rps, r.p99_us), 4, style),
+                        Circle::new((r.achieved_rps, r.p50_us), 3, style),
+                    ]
+                }))?;
+            }
+            Ok(())
+        },
+    )
+}
+
 fn cpu_plot(rows: &[PointRow], engines: &[String]) -> anyhow::Result<String> {
     let max_x = rows.iter().map(|r| r.offered_rps).fold(1.0, f64::max) * 1.05;
     let max_y = rows
@@ -178,22 +208,8 @@ fn cpu_plot(rows: &[PointRow], engines: &[String]) -> anyhow::Result<String> {
         .map(|r| r.server_cpu_us_per_request)
         .fold(1.0, f64::max)
         * 1.2;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (900, 400)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .margin(10)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..max_x, 0.0..max_y)?;
-        chart
-            .configure_mesh()
-            .x_desc("offered load (requests/s)")
-            .y_desc("server CPU per request (us)")
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&|v| format!("{v:.0}"))
-            .draw()?;
+    let (x_desc, y_desc) = ("offered load (requests/s)", "server CPU per request (us)");
+    figure((900, 400), 0.0..max_x, 0.0..max_y, x_desc, y_desc, |chart| {
         for (i, engine) in engines.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
             let pts: Vec<(f64, f64)> = rows
@@ -204,18 +220,11 @@ fn cpu_plot(rows: &[PointRow], engines: &[String]) -> anyhow::Result<String> {
             chart
                 .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
                 .label(engine.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                .legend(legend_mark(color));
             chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-        root.present()?;
-    }
-    Ok(svg)
+        Ok(())
+    })
 }
 
 fn escape(s: &str) -> String {
