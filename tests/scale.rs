@@ -100,12 +100,8 @@ fn running_out_of_descriptors_is_reported_and_survived() {
 fn out_of_descriptors(engine: &str) {
     use std::io::{BufRead, BufReader};
     use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_iolab"));
-    cmd.args(["serve", "--engine", engine, "--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = serve_command(std::path::Path::new(env!("CARGO_BIN_EXE_iolab")), engine);
     // SAFETY: setrlimit is async-signal-safe; it only lowers this child's own limit.
     unsafe {
         cmd.pre_exec(|| {

@@ -11,7 +11,7 @@ mod common;
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 /// Installs a filter failing `io_uring_setup` with `errno`; everything else is allowed.
 fn deny_io_uring_setup(errno: u32) -> std::io::Result<()> {
@@ -45,10 +45,7 @@ fn deny_io_uring_setup(errno: u32) -> std::io::Result<()> {
 /// Runs `iolab serve --engine <engine>` with io_uring_setup failing with `errno`; returns
 /// whether it succeeded, what it printed on stdout and its stderr.
 fn serve_denied(engine: &str, errno: i32) -> (bool, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_iolab"));
-    cmd.args(["serve", "--engine", engine, "--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = common::serve_command(std::path::Path::new(env!("CARGO_BIN_EXE_iolab")), engine);
     // SAFETY: prctl is async-signal-safe; the filter is built before fork in the closure's
     // captured state only from constants.
     unsafe {
@@ -90,10 +87,8 @@ fn missing_io_uring_says_so_in_one_line() {
 
 #[test]
 fn other_engines_do_not_need_io_uring() {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_iolab"));
-    cmd.args(["serve", "--engine", "epoll", "--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    let mut cmd = common::serve_command(std::path::Path::new(env!("CARGO_BIN_EXE_iolab")), "epoll");
+    cmd.stderr(Stdio::null());
     // SAFETY: as above.
     unsafe {
         cmd.pre_exec(|| deny_io_uring_setup(libc::EPERM as u32));
@@ -122,10 +117,7 @@ fn too_little_locked_memory_says_so_in_one_line() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let mut cmd = Command::new(&bin);
-    cmd.args(["serve", "--engine", "uring", "--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = common::serve_command(&bin, "uring");
     // SAFETY: setrlimit, setgid and setuid are async-signal-safe and affect only the child.
     unsafe {
         cmd.pre_exec(|| {

@@ -97,6 +97,16 @@ pub fn read_line(r: &mut impl Read) -> String {
 }
 
 /// `iolab serve ARGS --addr 127.0.0.1:0` as a child process, once it is listening.
+/// `BIN serve --engine ENGINE` on a free loopback port, stdout and stderr piped: for tests
+/// that shape the child (limits, filters) before spawning it themselves.
+pub fn serve_command(bin: &std::path::Path, engine: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--engine", engine, "--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 pub fn spawn_server(args: &[String]) -> (Child, SocketAddr, ChildStdout) {
     spawn(args, Stdio::null())
 }
