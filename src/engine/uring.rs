@@ -35,7 +35,7 @@ use super::conns::{out_of_fds, FdReserve, Slab, Token};
 use super::{ConnError, EngineCtx, RecvMode, ServerStats};
 use crate::session::{ServerSession, SessionError};
 use crate::uring::bufring::{self, BufRing};
-use crate::uring::{setup, Gather, Target};
+use crate::uring::{setup, tag, untag, Gather, Target};
 use crate::uring_op;
 
 // What a completion is about: the top byte of its user_data; the rest is the token.
@@ -46,14 +46,6 @@ const DRAIN_TIMER: u64 = 4;
 const RECV: u64 = 5;
 const SEND: u64 = 6;
 const CANCEL: u64 = 7;
-
-fn user_data(kind: u64, token: Token) -> u64 {
-    kind << 56 | token as u64
-}
-
-fn kind_of(user_data: u64) -> (u64, Token) {
-    (user_data >> 56, (user_data & ((1 << 56) - 1)) as Token)
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sending {
@@ -227,7 +219,7 @@ impl Loop {
         let shutdown_fd = self.ctx.shutdown.fd();
         let poll = opcode::PollAdd::new(types::Fd(shutdown_fd), libc::POLLIN as u32)
             .build()
-            .user_data(user_data(SHUTDOWN, 0));
+            .user_data(tag(SHUTDOWN, 0));
         self.push(poll)?;
         let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
         loop {
@@ -241,12 +233,7 @@ impl Loop {
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {} // CQ full: reap first
                 Err(e) => return Err(anyhow::anyhow!("io_uring_enter failed: {e}")),
             }
-            completions.clear();
-            completions.extend(
-                self.ring
-                    .completion()
-                    .map(|c| (c.user_data(), c.result(), c.flags())),
-            );
+            crate::uring::reap(&mut self.ring, &mut completions);
             for &(data, result, flags) in &completions {
                 self.complete(data, result, flags)?;
             }
@@ -255,17 +242,10 @@ impl Loop {
 
     /// Queues one submission, submitting what is queued first if the queue is full.
     fn push(&mut self, entry: squeue::Entry) -> anyhow::Result<()> {
-        for _ in 0..2 {
-            // SAFETY: every pointer an entry carries (buffers, iovecs, msghdr, timespec)
-            // points into memory this loop keeps in place until the operation completes.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                return Ok(());
-            }
-            self.ring
-                .submit()
-                .map_err(|e| anyhow::anyhow!("io_uring_enter failed: {e}"))?;
-        }
-        anyhow::bail!("the submission queue stays full (--ring-entries too small?)")
+        // SAFETY: every pointer an entry carries (buffers, iovecs, msghdr, timespec) points
+        // into memory this loop keeps in place until the operation completes.
+        unsafe { crate::uring::push(&mut self.ring, &entry) }
+            .map_err(|e| anyhow::anyhow!("cannot submit to the ring: {e} (--ring-entries too small?)"))
     }
 
     fn arm_accept(&mut self) -> anyhow::Result<()> {
@@ -275,14 +255,14 @@ impl Loop {
         let accept = opcode::AcceptMulti::new(types::Fd(fd))
             .flags(libc::SOCK_CLOEXEC)
             .build()
-            .user_data(user_data(ACCEPT, 0));
+            .user_data(tag(ACCEPT, 0));
         self.push(accept)?;
         self.accept_armed = true;
         Ok(())
     }
 
     fn complete(&mut self, data: u64, result: i32, flags: u32) -> anyhow::Result<()> {
-        let (kind, token) = kind_of(data);
+        let (kind, token) = untag(data);
         match kind {
             ACCEPT => self.accepted(result, flags),
             LISTEN_POLL => self.arm_accept(),
@@ -331,7 +311,7 @@ impl Loop {
                     if let Some(fd) = self.listener.as_ref().map(|l| l.as_raw_fd()) {
                         let poll = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
                             .build()
-                            .user_data(user_data(LISTEN_POLL, 0));
+                            .user_data(tag(LISTEN_POLL, 0));
                         self.push(poll)?;
                     }
                     return Ok(());
@@ -545,14 +525,14 @@ impl Loop {
             };
             conn.recv_armed = true;
             conn.ops += 1;
-            self.push(entry.user_data(user_data(RECV, t)))?;
+            self.push(entry.user_data(tag(RECV, t)))?;
         } else if conn.recv_armed && multishot && !wants_read && !conn.recv_cancelling {
             // Back-pressure: the peer is not reading its replies. Stop the multishot receive;
             // what it already holds is kept, the rest waits in the socket.
             conn.recv_cancelling = true;
-            let cancel = opcode::AsyncCancel::new(user_data(RECV, t))
+            let cancel = opcode::AsyncCancel::new(tag(RECV, t))
                 .build()
-                .user_data(user_data(CANCEL, t));
+                .user_data(tag(CANCEL, t));
             self.push(cancel)?;
         }
         Ok(())
@@ -565,7 +545,7 @@ impl Loop {
         let (entry, _, zero_copy) = conn.send.send(conn.session.hold_out(), conn.target, threshold);
         conn.sending = Sending::InFlight { zero_copy };
         conn.ops += 1;
-        entry.user_data(user_data(SEND, t))
+        entry.user_data(tag(SEND, t))
     }
 
     fn close(&mut self, t: Token) {
@@ -589,9 +569,9 @@ impl Loop {
         let timeout = self.ctx.config.drain_timeout;
         self.drain_deadline = Some(Instant::now() + timeout);
         if self.accept_armed {
-            let cancel = opcode::AsyncCancel::new(user_data(ACCEPT, 0))
+            let cancel = opcode::AsyncCancel::new(tag(ACCEPT, 0))
                 .build()
-                .user_data(user_data(CANCEL, 0));
+                .user_data(tag(CANCEL, 0));
             self.push(cancel)?;
         } else {
             self.listener = None;
@@ -608,7 +588,7 @@ impl Loop {
         *self.drain_timer = after.into();
         let timer = opcode::Timeout::new(&*self.drain_timer as *const types::Timespec)
             .build()
-            .user_data(user_data(DRAIN_TIMER, 0));
+            .user_data(tag(DRAIN_TIMER, 0));
         self.push(timer)
     }
 

@@ -11,7 +11,7 @@ pub mod setup;
 use std::io::IoSlice;
 use std::os::fd::RawFd;
 
-use io_uring::{opcode, squeue, types};
+use io_uring::{opcode, squeue, types, IoUring};
 
 use crate::frame::OutQueue;
 
@@ -91,6 +91,40 @@ impl Gather {
         };
         (entry, total, zero_copy)
     }
+}
+
+/// A completion's user_data: what it is about in the top byte, whose (a connection's index)
+/// in the rest.
+pub fn tag(kind: u64, index: usize) -> u64 {
+    kind << 56 | index as u64
+}
+
+/// The `(kind, index)` a [`tag`] carries.
+pub fn untag(user_data: u64) -> (u64, usize) {
+    (user_data >> 56, (user_data & ((1 << 56) - 1)) as usize)
+}
+
+/// Queues `entry`, submitting what is queued first if the submission queue is full.
+///
+/// # Safety
+/// Every pointer `entry` carries (buffers, iovecs, msghdr, timespec) must stay valid and in
+/// place until its operation completes.
+pub unsafe fn push(ring: &mut IoUring, entry: &squeue::Entry) -> std::io::Result<()> {
+    for _ in 0..2 {
+        // SAFETY: the caller's promise, passed on.
+        if unsafe { ring.submission().push(entry) }.is_ok() {
+            return Ok(());
+        }
+        ring.submit()?;
+    }
+    Err(std::io::Error::other("the submission queue stays full"))
+}
+
+/// Moves every completion waiting in `ring` into `out` as (user_data, result, flags), so the
+/// caller may submit while it handles them.
+pub fn reap(ring: &mut IoUring, out: &mut Vec<(u64, i32, u32)>) {
+    out.clear();
+    out.extend(ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
 }
 
 /// A poll for `events` on a plain descriptor.

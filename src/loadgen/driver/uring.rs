@@ -16,7 +16,7 @@ use io_uring::{cqueue, squeue, types, IoUring};
 use super::{Conn, Tally};
 use crate::clock::now_ns;
 use crate::uring::bufring::{self, BufRing};
-use crate::uring::{setup, Gather, Target};
+use crate::uring::{setup, tag, untag, Gather, Target};
 use crate::uring_op;
 
 /// Receive buffers: replies of any size stream through them, so the count matters more
@@ -27,10 +27,6 @@ const RECV_BUFFER_SIZE: usize = 16 * 1024;
 const RECV: u64 = 1;
 const SEND: u64 = 2;
 const CONNECT: u64 = 3;
-
-fn user_data(kind: u64, slot: usize) -> u64 {
-    kind << 56 | slot as u64
-}
 
 pub struct UringIo {
     // Dropped first: the kernel lets go of the buffers below before they are freed.
@@ -76,27 +72,21 @@ impl UringIo {
             self.arm_recv(slot, conn)
         } else {
             let poll = crate::uring::poll(conn.stream.as_raw_fd(), libc::POLLOUT);
-            self.push(poll.user_data(user_data(CONNECT, slot)))
+            self.push(poll.user_data(tag(CONNECT, slot)))
         }
     }
 
     fn push(&mut self, entry: squeue::Entry) -> Result<(), String> {
-        for _ in 0..2 {
-            // SAFETY: what an entry points at (a Gather, the queue it holds, the buffer ring)
-            // stays in place until its completion.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                return Ok(());
-            }
-            self.ring.submit().map_err(|e| format!("io_uring_enter: {e}"))?;
-        }
-        Err("the submission queue stays full".into())
+        // SAFETY: what an entry points at (a Gather, the queue it holds, the buffer ring)
+        // stays in place until its completion.
+        unsafe { crate::uring::push(&mut self.ring, &entry) }.map_err(|e| format!("io_uring: {e}"))
     }
 
     fn arm_recv(&mut self, slot: usize, conn: &Conn) -> Result<(), String> {
         let target = Target::Fd(conn.stream.as_raw_fd());
         let recv = uring_op!(target, RecvMulti(bufring::GROUP));
         self.recv_armed[slot] = true;
-        self.push(recv.user_data(user_data(RECV, slot)))
+        self.push(recv.user_data(tag(RECV, slot)))
     }
 
     /// Queues a send of what connection `slot` has to say, unless one is in flight, and
@@ -109,7 +99,7 @@ impl UringIo {
         let target = Target::Fd(conn.stream.as_raw_fd());
         let (entry, _, _) = self.gathers[slot].send(conn.client.hold_out(), target, None);
         self.sending[slot] = true;
-        self.push(entry.user_data(user_data(SEND, slot)))?;
+        self.push(entry.user_data(tag(SEND, slot)))?;
         self.ring.submit().map_err(|e| format!("io_uring_enter: {e}"))?;
         Ok(())
     }
@@ -135,16 +125,11 @@ impl UringIo {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
             Err(e) => return Err(format!("io_uring_enter: {e}")),
         }
-        self.completions.clear();
-        self.completions.extend(
-            self.ring
-                .completion()
-                .map(|c| (c.user_data(), c.result(), c.flags())),
-        );
+        crate::uring::reap(&mut self.ring, &mut self.completions);
         let now = now_ns();
         for i in 0..self.completions.len() {
             let (data, result, flags) = self.completions[i];
-            let (kind, slot) = (data >> 56, (data & ((1 << 56) - 1)) as usize);
+            let (kind, slot) = untag(data);
             match kind {
                 RECV => self.received(conns, tally, slot, result, flags, now)?,
                 SEND => self.sent(conns, tally, slot, result)?,
