@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -13,7 +13,8 @@ use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use super::{out_of_fds_message, ServerStats};
+use super::{out_of_fds_message, ConnError, EngineCtx, ServerStats};
+use crate::session::ServerSession;
 
 /// A connection's index in its loop.
 pub type Token = usize;
@@ -246,6 +247,26 @@ impl TaskTracker {
         self.shutdown_all(libc::SHUT_RDWR);
         within(Duration::from_secs(1), self.all_done()).await;
     }
+}
+
+/// The frame of one connection task, whatever the runtime: its socket tracked for shutdown,
+/// one session, and the outcome accounted when `serve` returns. The caller owns the socket
+/// and drops it after this returns, so the tracker never holds a closed descriptor.
+pub async fn connection_task(
+    ctx: &EngineCtx,
+    tracker: &TaskTracker,
+    fd: RawFd,
+    peer: SocketAddr,
+    set_up: std::io::Result<()>,
+    serve: impl AsyncFnOnce(&mut ServerSession) -> Result<(), ConnError>,
+) {
+    let _tracked = tracker.track(fd);
+    let mut session = ServerSession::new(&ctx.config.session);
+    let result = match set_up {
+        Ok(()) => serve(&mut session).await,
+        Err(e) => Err(e.into()),
+    };
+    ctx.connection_closed(peer, result, session.counters());
 }
 
 /// See [`TaskTracker::all_done`].

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::conns::{AcceptFailures, TaskTracker};
+use super::conns::{connection_task, AcceptFailures, TaskTracker};
 use super::{ConnError, EngineCtx, ServerStats};
 use crate::session::ServerSession;
 
@@ -67,13 +67,9 @@ async fn connection(
     mut stream: tokio::net::TcpStream,
     peer: SocketAddr,
 ) {
-    let _tracked = tracker.track(stream.as_raw_fd());
-    let mut session = ServerSession::new(&ctx.config.session);
-    let result = match stream.set_nodelay(true) {
-        Ok(()) => serve_connection(&mut stream, &mut session).await,
-        Err(e) => Err(e.into()),
-    };
-    ctx.connection_closed(peer, result, session.counters());
+    let (fd, set_up) = (stream.as_raw_fd(), stream.set_nodelay(true));
+    let serve = async |session: &mut ServerSession| serve_connection(&mut stream, session).await;
+    connection_task(&ctx, &tracker, fd, peer, set_up, serve).await;
 }
 
 async fn serve_connection(
