@@ -123,10 +123,16 @@ struct SweepArgs {
     /// server, was the bottleneck).
     #[arg(long, default_value = "200us")]
     max_send_lag: Dur,
-    /// A point whose arrivals' Kolmogorov–Smirnov p-value (against the exponential, gaps from
-    /// --ks-resolution up) falls below this is invalid: the server did not see Poisson load.
+    /// A point whose arrivals' Kolmogorov–Smirnov p-value (see --ks-timescale) falls below
+    /// this is invalid: the server did not see Poisson load.
     #[arg(long, default_value_t = 0.01)]
     min_ks_p: f64,
+    #[command(flatten)]
+    arrivals_check: ArrivalsCheckArgs,
+    /// A point where the generator was busy (not waiting for its next send) for more than
+    /// this fraction of the run is invalid: its core, not the server, was the limit.
+    #[arg(long, default_value_t = 0.9)]
+    max_generator_busy: f64,
     /// CPUs for the server (default: 0).
     #[arg(long, value_parser = cpus)]
     server_cpus: Option<CpuList>,
@@ -138,6 +144,28 @@ struct SweepArgs {
     /// Results folder (default: results/sweep-<unix time>).
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+/// How the generator judges whether its own arrivals were Poisson (shared by load and sweep).
+#[derive(Args, Debug, Clone, Copy)]
+struct ArrivalsCheckArgs {
+    /// The arrivals check (Kolmogorov-Smirnov) judges the process at this timescale: it sums
+    /// rate x timescale consecutive gaps and compares the sums with the Erlang distribution a
+    /// Poisson process gives them. One sender cannot place single sends finer than its own
+    /// cost and jitter (a few microseconds); at this scale a wrong rate, too-regular or
+    /// too-bursty sending and stalls still show. The strict gap-by-gap test is reported too.
+    #[arg(long, default_value = "200us")]
+    ks_timescale: Dur,
+    /// The check compares the distributions only from this length up.
+    #[arg(long, default_value = "20us")]
+    ks_resolution: Dur,
+}
+
+impl ArrivalsCheckArgs {
+    fn apply(self, cfg: &mut iolab::loadgen::LoadConfig) {
+        cfg.ks_timescale = self.ks_timescale.0;
+        cfg.ks_resolution = self.ks_resolution.0;
+    }
 }
 
 #[derive(Args, Debug)]
@@ -349,11 +377,8 @@ struct LoadArgs {
     pin: Option<CpuList>,
     #[command(flatten)]
     frame: FrameArgs,
-    /// The arrivals check (Kolmogorov-Smirnov against the exponential) judges gaps from this
-    /// length up: one sender cannot make gaps shorter than its own cost per send. The strict
-    /// test over every gap is reported beside it.
-    #[arg(long, default_value = "20us")]
-    ks_resolution: Dur,
+    #[command(flatten)]
+    arrivals_check: ArrivalsCheckArgs,
     /// Write the summary as JSON (keys are stable).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -460,7 +485,7 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     cfg.pin = a.pin.map(|c| c.0).unwrap_or_default();
     (cfg.chunk_size, cfg.max_frame) = a.frame.sizes()?;
     cfg.requests_log = a.requests_log.is_some();
-    cfg.ks_resolution = a.ks_resolution.0;
+    a.arrivals_check.apply(&mut cfg);
     let print_intervals = a.log_interval.is_some();
     cfg.log_interval = a
         .log_interval
@@ -482,7 +507,7 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
         report.write_json(p)?;
     }
     if let Some(p) = &a.interarrivals {
-        report.write_interarrivals(p)?;
+        report.write_interarrivals(p, usize::MAX)?;
     }
     if let Some(p) = &a.hdr_log {
         report.write_hdr_log(p)?;
@@ -551,25 +576,22 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
             .map_or(0, |d| d.as_secs());
         PathBuf::from(format!("results/sweep-{now}"))
     });
-    let cfg = SweepConfig {
-        engines,
-        rates: a.rates.0,
-        request_size: a.workload.request_size,
-        reply: a.workload.reply,
-        work: a.workload.work,
-        connections: a.connections,
-        duration: a.duration.0,
-        warmup: a.warmup.0,
-        slo: a.slo.0,
-        max_send_lag: a.max_send_lag.0,
-        min_ks_p: a.min_ks_p,
-        server_cpus,
-        load_cpus,
-        seed: a.seed,
-        out: out.clone(),
-        server_binary: std::env::current_exe()?,
-        command_line: std::env::args().collect(),
-    };
+    let mut cfg = SweepConfig::new(engines, a.rates.0, out.clone())?;
+    cfg.request_size = a.workload.request_size;
+    cfg.reply = a.workload.reply;
+    cfg.work = a.workload.work;
+    cfg.connections = a.connections;
+    cfg.duration = a.duration.0;
+    cfg.warmup = a.warmup.0;
+    cfg.slo = a.slo.0;
+    cfg.max_send_lag = a.max_send_lag.0;
+    cfg.min_ks_p = a.min_ks_p;
+    cfg.ks_timescale = a.arrivals_check.ks_timescale.0;
+    cfg.ks_resolution = a.arrivals_check.ks_resolution.0;
+    cfg.max_generator_busy = a.max_generator_busy;
+    cfg.server_cpus = server_cpus;
+    cfg.load_cpus = load_cpus;
+    cfg.seed = a.seed;
     let total = (cfg.engines.len() * cfg.rates.len()) as u64;
     let per_point = cfg.duration + cfg.warmup;
     let bar = indicatif::ProgressBar::new(total);
@@ -603,7 +625,7 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
     })?;
     bar.finish_and_clear();
     let rows = sweep::read_points(&out)?;
-    println!("{}", knee_table(&rows, cfg.slo));
+    println!("{}", iolab::sweep::knee_table(&rows, cfg.slo));
     println!(
         "{} point(s) in {}; `iolab knee {}` prints the table again",
         points.len(),
@@ -613,30 +635,9 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn knee_table(rows: &[iolab::sweep::PointRow], slo: Duration) -> String {
-    let slo_us = slo.as_secs_f64() * 1e6;
-    let mut t = format!(
-        "highest rate with p99 <= {} (valid, unsaturated points)\n",
-        Dur(slo)
-    );
-    for k in iolab::sweep::knees(rows, slo_us) {
-        let note = if k.invalid > 0 {
-            format!("  ({} invalid point(s) left out)", k.invalid)
-        } else {
-            String::new()
-        };
-        let engine = &k.engine;
-        match k.rate {
-            Some(r) => t += &format!("  {engine:<28} {r:>10.0} rps{note}\n"),
-            None => t += &format!("  {engine:<28} {:>10} (no point met it){note}\n", "-"),
-        }
-    }
-    t
-}
-
 fn knee(a: KneeArgs) -> anyhow::Result<ExitCode> {
     let rows = iolab::sweep::read_points(&a.dir)?;
-    print!("{}", knee_table(&rows, a.slo.0));
+    print!("{}", iolab::sweep::knee_table(&rows, a.slo.0));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,13 +7,14 @@
 //! the scheduled rate, or p99 above the SLO, or errors): the points beyond would only measure a queue growing.
 //!
 //! Every point is judged valid or not *as a measurement*: invalid when the generator was the
-//! bottleneck (its own send lag above a bound, or its run cut short) or when its arrivals
-//! failed the Poisson check. Invalid points are kept, marked and explained, never mixed in.
+//! bottleneck (its own send lag above a bound, its time nearly all spent working rather than
+//! waiting for the next send, or its run cut short) or when its arrivals failed the Poisson
+//! check. Invalid points are kept, marked and explained, never mixed in.
 //!
 //! The folder holds everything the report (or any program) needs, and nothing that needs
 //! this machine to read it: `meta.json`, `points.csv`, and per point the load summary
-//! (`points/ENGINE-RATE.json`) and its HdrHistogram interval log (`.hlog`), and each
-//! server's own log (`ENGINE.server.log`).
+//! (`points/ENGINE-RATE.json`), its HdrHistogram interval log (`.hlog`) and a stretch of its
+//! actual interarrival gaps (`.gaps`), and each server's own log (`ENGINE.server.log`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -45,6 +46,11 @@ pub struct SweepConfig {
     pub max_send_lag: Duration,
     /// Arrivals whose K-S p-value falls below this are invalid.
     pub min_ks_p: f64,
+    /// The arrivals check's timescale and resolution (see `loadgen::stats`).
+    pub ks_timescale: Duration,
+    pub ks_resolution: Duration,
+    /// A point whose generator was busy for more than this fraction of its run is invalid.
+    pub max_generator_busy: f64,
     pub server_cpus: Vec<usize>,
     pub load_cpus: Vec<usize>,
     pub seed: u64,
@@ -53,6 +59,40 @@ pub struct SweepConfig {
     pub server_binary: PathBuf,
     /// How this sweep was asked for, recorded in meta.json.
     pub command_line: Vec<String>,
+}
+
+/// Consecutive interarrival gaps kept per point (in `.gaps`): enough for the report's
+/// histogram and to re-run the arrivals check, small enough for dozens of points.
+pub const GAPS_KEPT: usize = 20_000;
+
+impl SweepConfig {
+    /// A sweep with the command line's defaults: 64 B echo, 64 connections, 3 s points after
+    /// 1 s of warm-up, SLO 1 ms, the server on CPU 0 and the generator on CPU 1.
+    pub fn new(engines: Vec<Vec<String>>, rates: Vec<f64>, out: PathBuf) -> anyhow::Result<Self> {
+        let two_cpus = crate::engine::num_cpus() > 1;
+        Ok(SweepConfig {
+            engines,
+            rates,
+            request_size: SizeDist::Fixed(64),
+            reply: ReplyDist::Echo,
+            work: WorkDist::None,
+            connections: 64,
+            duration: Duration::from_secs(3),
+            warmup: Duration::from_secs(1),
+            slo: Duration::from_millis(1),
+            max_send_lag: Duration::from_micros(200),
+            min_ks_p: 0.01,
+            ks_timescale: loadgen::DEFAULT_KS_TIMESCALE,
+            ks_resolution: Duration::from_micros(20),
+            max_generator_busy: 0.9,
+            server_cpus: vec![0],
+            load_cpus: vec![if two_cpus { 1 } else { 0 }],
+            seed: 1,
+            out,
+            server_binary: std::env::current_exe().context("cannot find the iolab binary")?,
+            command_line: std::env::args().collect(),
+        })
+    }
 }
 
 /// One row of points.csv.
@@ -68,7 +108,10 @@ pub struct Point {
     pub p999_us: f64,
     pub max_us: f64,
     pub send_lag_p99_us: f64,
+    /// Fraction of the run the generator spent working rather than waiting.
+    pub generator_busy: f64,
     pub ks_p_value: f64,
+    pub ks_d: f64,
     pub errors: u64,
     pub server_cpu_s: f64,
     pub client_cpu_s: f64,
@@ -80,6 +123,7 @@ pub struct Point {
     pub saturated: bool,
     pub summary: String,
     pub hdr_log: String,
+    pub gaps: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -102,6 +146,9 @@ struct Meta {
     slo_us: f64,
     max_send_lag_us: f64,
     min_ks_p: f64,
+    ks_timescale_us: f64,
+    ks_resolution_us: f64,
+    max_generator_busy: f64,
     started_unix_s: u64,
 }
 
@@ -188,6 +235,7 @@ pub fn run(cfg: &SweepConfig, mut progress: impl FnMut(Progress<'_>)) -> anyhow:
             let hlog = points_dir.join(format!("{stem}.hlog"));
             report.write_json(&json)?;
             report.write_hdr_log(&hlog)?;
+            report.write_interarrivals(&points_dir.join(format!("{stem}.gaps")), GAPS_KEPT)?;
             let point = judge(cfg, &label, &workload, rate, &report, server_cpu, &stem);
             csv.serialize(&point)?;
             csv.flush()?;
@@ -231,6 +279,8 @@ fn load_config(cfg: &SweepConfig, addr: std::net::SocketAddr, rate: f64) -> Load
     load.threads = cfg.load_cpus.len().max(1);
     load.seed = cfg.seed;
     load.log_interval = Some(Duration::from_secs(1));
+    load.ks_timescale = cfg.ks_timescale;
+    load.ks_resolution = cfg.ks_resolution;
     load
 }
 
@@ -253,10 +303,17 @@ fn judge(
             s.send_lag_us.p99, lag_bound_us
         ));
     }
+    if s.generator_busy > cfg.max_generator_busy {
+        reasons.push(format!(
+            "generator busy {:.0}% of the run > {:.0}%: its core was the bottleneck",
+            s.generator_busy * 100.0,
+            cfg.max_generator_busy * 100.0
+        ));
+    }
     if s.completed > 100 && s.interarrival.ks_p_value < cfg.min_ks_p {
         reasons.push(format!(
-            "arrivals failed the Poisson check (K-S p = {:.2e} < {})",
-            s.interarrival.ks_p_value, cfg.min_ks_p
+            "arrivals failed the Poisson check at {:.0} us scale (K-S D = {:.3}, p = {:.2e} < {})",
+            s.interarrival.ks_timescale_us, s.interarrival.ks_d, s.interarrival.ks_p_value, cfg.min_ks_p
         ));
     }
     if let Some(e) = &s.error {
@@ -277,7 +334,9 @@ fn judge(
         p999_us: s.latency_us.p999,
         max_us: s.latency_us.max,
         send_lag_p99_us: s.send_lag_us.p99,
+        generator_busy: s.generator_busy,
         ks_p_value: s.interarrival.ks_p_value,
+        ks_d: s.interarrival.ks_d,
         errors: s.errors,
         server_cpu_s,
         client_cpu_s: s.client_cpu_s,
@@ -291,6 +350,7 @@ fn judge(
         saturated,
         summary: format!("points/{stem}.json"),
         hdr_log: format!("points/{stem}.hlog"),
+        gaps: format!("points/{stem}.gaps"),
     }
 }
 
@@ -329,6 +389,9 @@ fn write_meta(cfg: &SweepConfig) -> anyhow::Result<()> {
         slo_us: cfg.slo.as_secs_f64() * 1e6,
         max_send_lag_us: cfg.max_send_lag.as_secs_f64() * 1e6,
         min_ks_p: cfg.min_ks_p,
+        ks_timescale_us: cfg.ks_timescale.as_secs_f64() * 1e6,
+        ks_resolution_us: cfg.ks_resolution.as_secs_f64() * 1e6,
+        max_generator_busy: cfg.max_generator_busy,
         started_unix_s: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -438,10 +501,16 @@ pub struct PointRow {
     pub p99_us: f64,
     pub p999_us: f64,
     pub send_lag_p99_us: f64,
+    pub generator_busy: f64,
+    pub ks_p_value: f64,
+    pub ks_d: f64,
     pub server_cpu_us_per_request: f64,
     pub valid: bool,
     pub invalid_reason: String,
     pub saturated: bool,
+    pub summary: String,
+    pub hdr_log: String,
+    pub gaps: String,
 }
 
 /// Engines in the order the sweep ran them.
@@ -464,6 +533,9 @@ pub struct Knee {
     pub rate: Option<f64>,
     /// Points left out because they were not valid measurements.
     pub invalid: usize,
+    /// An invalid point above the knee met the SLO: the engine may sustain more than the
+    /// generator could show, so the knee is a lower bound.
+    pub lower_bound: bool,
 }
 
 /// The knee table, one row per engine.
@@ -477,13 +549,47 @@ pub fn knees(rows: &[PointRow], slo_us: f64) -> Vec<Knee> {
                 .map(|r| r.offered_rps)
                 .fold(None, |acc: Option<f64>, r| Some(acc.map_or(r, |a| a.max(r))));
             let invalid = mine().filter(|r| !r.valid).count();
+            let lower_bound = mine().any(|r| {
+                !r.valid && !r.saturated && r.p99_us <= slo_us && rate.is_none_or(|k| r.offered_rps > k)
+            });
             Knee {
                 engine,
                 rate,
                 invalid,
+                lower_bound,
             }
         })
         .collect()
+}
+
+/// The knee table as the terminal shows it.
+pub fn knee_table(rows: &[PointRow], slo: Duration) -> String {
+    let slo_us = slo.as_secs_f64() * 1e6;
+    let mut t = format!(
+        "highest rate with p99 <= {} (valid, unsaturated points)\n",
+        crate::units::Dur(slo)
+    );
+    for k in knees(rows, slo_us) {
+        let mut notes = Vec::new();
+        if k.invalid > 0 {
+            notes.push(format!("{} invalid point(s) left out", k.invalid));
+        }
+        if k.lower_bound {
+            notes.push("the generator could not show more: a lower bound".to_string());
+        }
+        let note = if notes.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", notes.join("; "))
+        };
+        let engine = &k.engine;
+        let at_least = if k.lower_bound { ">=" } else { "" };
+        match k.rate {
+            Some(r) => t += &format!("  {engine:<28} {at_least:>2}{r:>10.0} rps{note}\n"),
+            None => t += &format!("  {engine:<28} {:>12} (no point met it){note}\n", "-"),
+        }
+    }
+    t
 }
 
 #[cfg(test)]
@@ -525,10 +631,16 @@ mod tests {
             p99_us: p99,
             p999_us: 0.0,
             send_lag_p99_us: 0.0,
+            generator_busy: 0.5,
+            ks_p_value: 0.5,
+            ks_d: 0.01,
             server_cpu_us_per_request: 0.0,
             valid,
             invalid_reason: String::new(),
             saturated,
+            summary: String::new(),
+            hdr_log: String::new(),
+            gaps: String::new(),
         };
         let rows = [
             row("a", 1000.0, 100.0, true, false),
@@ -536,16 +648,26 @@ mod tests {
             row("a", 4000.0, 300.0, false, false), // invalid: not counted
             row("a", 8000.0, 5000.0, true, true),
             row("b", 1000.0, 2000.0, true, true),
+            // c met the SLO only where the generator could not be trusted.
+            row("c", 1000.0, 100.0, true, false),
+            row("c", 2000.0, 150.0, false, false),
         ];
-        let knee = |engine: &str, rate, invalid| Knee {
+        let knee = |engine: &str, rate, invalid, lower_bound| Knee {
             engine: engine.into(),
             rate,
             invalid,
+            lower_bound,
         };
         assert_eq!(
             knees(&rows, 1000.0),
-            vec![knee("a", Some(2000.0), 1), knee("b", None, 0)]
+            vec![
+                knee("a", Some(2000.0), 1, true),
+                knee("b", None, 0, false),
+                knee("c", Some(1000.0), 1, true)
+            ]
         );
+        // The same invalid point above the SLO says nothing about the knee.
+        assert!(!knees(&rows, 120.0)[2].lower_bound);
     }
 
     #[test]

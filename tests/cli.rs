@@ -144,15 +144,19 @@ fn sweep_writes_a_results_folder_that_knee_reads() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
     assert_eq!(meta["engines"][1], "uring --register-files");
     assert!(meta["kernel"].as_str().is_some_and(|k| !k.is_empty()));
-    let csv = std::fs::read_to_string(dir.join("points.csv")).unwrap();
-    let rows: Vec<&str> = csv.lines().skip(1).collect();
-    assert_eq!(rows.len(), 4, "2 engines x 2 rates: {csv}");
+    let rows = iolab::sweep::read_points(&dir).expect("points.csv reads back");
+    assert_eq!(rows.len(), 4, "2 engines x 2 rates: {rows:?}");
     for row in &rows {
-        let json = row.split(',').rev().nth(1).unwrap();
         let summary: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join(json)).unwrap()).unwrap();
-        assert_eq!(summary["errors"], 0, "{row}");
-        assert!(dir.join(json.replace(".json", ".hlog")).is_file());
+            serde_json::from_str(&std::fs::read_to_string(dir.join(&row.summary)).unwrap()).unwrap();
+        assert_eq!(summary["errors"], 0, "{row:?}");
+        assert!(dir.join(&row.hdr_log).is_file());
+        let gaps = std::fs::read_to_string(dir.join(&row.gaps)).unwrap();
+        assert!(
+            gaps.lines().count() > 10 && gaps.lines().all(|l| l.parse::<f64>().is_ok()),
+            "{row:?}"
+        );
+        assert!((0.0..=1.0).contains(&row.generator_busy), "{row:?}");
     }
     let knee = std::process::Command::new(env!("CARGO_BIN_EXE_iolab"))
         .arg("knee")

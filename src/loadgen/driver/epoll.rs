@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use super::{Conn, Tally};
+use super::{Conn, Polled, Tally};
 use crate::clock::now_ns;
 use crate::sys::{interest, Epoll};
 
@@ -43,11 +43,18 @@ impl EpollIo {
             .map_err(|e| format!("epoll_ctl: {e}"))
     }
 
-    pub fn poll(&mut self, conns: &mut [Conn], tally: &mut Tally, timeout: Duration) -> Result<(), String> {
+    pub fn poll(
+        &mut self,
+        conns: &mut [Conn],
+        tally: &mut Tally,
+        timeout: Duration,
+    ) -> Result<Polled, String> {
+        let before = now_ns();
         let n = self
             .epoll
             .wait(&mut self.events, Some(timeout))
             .map_err(|e| format!("epoll_wait: {e}"))?;
+        let waited_ns = now_ns().saturating_sub(before);
         for i in 0..n {
             // Copied out: epoll_event is packed.
             let (slot, flags) = (self.events[i].u64 as usize, self.events[i].events);
@@ -61,7 +68,7 @@ impl EpollIo {
                 self.flush(conns, tally, slot)?;
             }
         }
-        Ok(())
+        Ok(Polled { events: n, waited_ns })
     }
 
     fn read(&mut self, conns: &mut [Conn], tally: &mut Tally, slot: usize) -> Result<(), String> {

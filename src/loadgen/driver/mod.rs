@@ -102,6 +102,12 @@ pub struct ThreadOutcome {
     /// Scheduled send times of measured requests (ns).
     pub scheduled_times: Vec<u64>,
     pub records: Vec<RequestRecord>,
+    /// Of `schedule_ns`, the time the thread spent waiting with nothing to do: ahead of its
+    /// schedule, with no replies to handle. The rest is its own work, so a thread whose idle
+    /// time nears zero is the bottleneck, even while it still keeps its send lag low.
+    pub idle_ns: u64,
+    /// How long the thread spent sending its schedule (warm-up included).
+    pub schedule_ns: u64,
     /// Why the run stopped early, if it did.
     pub error: Option<String>,
 }
@@ -110,6 +116,15 @@ struct Conn {
     stream: TcpStream,
     client: ClientConn,
     connected: bool,
+}
+
+/// What one [`Io::poll`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Polled {
+    /// Events (readiness or completions) it handled.
+    pub events: usize,
+    /// Time it spent blocked in the kernel waiting for them.
+    pub waited_ns: u64,
 }
 
 /// The I/O model that moves a driver's bytes.
@@ -137,7 +152,7 @@ impl Io {
     }
 
     /// Handles whatever I/O is ready, waiting at most `timeout` for some.
-    fn poll(&mut self, conns: &mut [Conn], tally: &mut Tally, timeout: Duration) -> Result<(), String> {
+    fn poll(&mut self, conns: &mut [Conn], tally: &mut Tally, timeout: Duration) -> Result<Polled, String> {
         match self {
             Io::Epoll(io) => io.poll(conns, tally, timeout),
             Io::Uring(io) => io.poll(conns, tally, timeout),
@@ -212,6 +227,8 @@ pub fn run(plan: ThreadPlan) -> ThreadOutcome {
             send_times: Vec::new(),
             scheduled_times: Vec::new(),
             records: Vec::new(),
+            idle_ns: 0,
+            schedule_ns: 0,
             error: None,
         },
         interval: new_histogram(),
@@ -255,7 +272,9 @@ impl Driver {
             return Ok(()); // another thread failed to connect; it reports why
         };
         let mut interval = IntervalClock::new(cfg.log_interval, start + cfg.warmup.as_nanos() as u64);
-        self.schedule(&cfg, start, &mut interval)?;
+        let schedule_result = self.schedule(&cfg, start, &mut interval);
+        self.tally.out.schedule_ns = now_ns().saturating_sub(start);
+        schedule_result?;
         self.drain(&cfg, &mut interval)?;
         interval.flush(self, true);
         Ok(())
@@ -363,7 +382,14 @@ impl Driver {
             } else {
                 Duration::ZERO
             };
-            self.io.poll(&mut self.conns, &mut self.tally, timeout)?;
+            let polled = self.io.poll(&mut self.conns, &mut self.tally, timeout)?;
+            // A turn that found nothing was all waiting; one that handled replies waited only
+            // inside the kernel.
+            self.tally.out.idle_ns += if polled.events == 0 {
+                now_ns().saturating_sub(now)
+            } else {
+                polled.waited_ns
+            };
             if self.plan.abort.load(Ordering::Relaxed) {
                 return Err("stopped: another load thread failed".into());
             }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use io_uring::{cqueue, squeue, types, IoUring};
 
-use super::{Conn, Tally};
+use super::{Conn, Polled, Tally};
 use crate::clock::now_ns;
 use crate::uring::bufring::{self, BufRing};
 use crate::uring::{setup, tag, untag, Gather, Target};
@@ -105,7 +105,13 @@ impl UringIo {
     }
 
     /// Submits what is queued and handles completions, waiting up to `timeout` for one.
-    pub fn poll(&mut self, conns: &mut [Conn], tally: &mut Tally, timeout: Duration) -> Result<(), String> {
+    pub fn poll(
+        &mut self,
+        conns: &mut [Conn],
+        tally: &mut Tally,
+        timeout: Duration,
+    ) -> Result<Polled, String> {
+        let before = now_ns();
         let entered = if timeout.is_zero() {
             // Spinning: enter only if there is something to submit or deferred work to run.
             let sq = self.ring.submission();
@@ -127,6 +133,7 @@ impl UringIo {
         }
         crate::uring::reap(&mut self.ring, &mut self.completions);
         let now = now_ns();
+        let waited_ns = now.saturating_sub(before);
         for i in 0..self.completions.len() {
             let (data, result, flags) = self.completions[i];
             let (kind, slot) = untag(data);
@@ -141,7 +148,10 @@ impl UringIo {
                 _ => {}
             }
         }
-        Ok(())
+        Ok(Polled {
+            events: self.completions.len(),
+            waited_ns,
+        })
     }
 
     fn received(
