@@ -48,7 +48,7 @@ enum Command {
     Sweep(Box<SweepArgs>),
     /// The highest rate each engine of a sweep sustained with p99 under the SLO.
     Knee(KneeArgs),
-    /// A results folder in, a self-contained HTML page out (inline SVG plots, no fetches).
+    /// A results folder in, a self-contained HTML page and a Jupyter notebook out.
     Report(ReportArgs),
 }
 
@@ -56,12 +56,17 @@ enum Command {
 struct ReportArgs {
     /// A results folder written by `iolab sweep`.
     dir: PathBuf,
-    /// Where to write the page (default: DIR/report.html).
+    /// Where to write the page (default: DIR/report.html). The notebook goes beside it with
+    /// the extension .ipynb, and the figures as SVG files into figures/ beside them.
     #[arg(long, short)]
     output: Option<PathBuf>,
-    /// The p99 bound of the knee table.
-    #[arg(long, default_value = "1ms")]
-    slo: Dur,
+    /// The p99 bound of the knee table (default: the sweep's --slo).
+    #[arg(long)]
+    slo: Option<Dur>,
+    /// Offered rate for the latency CDFs and the arrivals figures (default: the highest rate
+    /// at which every engine has a valid point).
+    #[arg(long)]
+    at: Option<f64>,
 }
 
 /// What each request asks of the server, the same for `load` and `sweep`.
@@ -642,8 +647,18 @@ fn knee(a: KneeArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn report(a: ReportArgs) -> anyhow::Result<ExitCode> {
-    let out = a.output.unwrap_or_else(|| a.dir.join("report.html"));
-    iolab::report::write_html(&a.dir, &out, a.slo.0.as_secs_f64() * 1e6)?;
-    println!("report written to {}", out.display());
+    let html = a.output.unwrap_or_else(|| a.dir.join("report.html"));
+    let opts = iolab::report::ReportOptions {
+        slo_us: a.slo.map(|s| s.0.as_secs_f64() * 1e6),
+        at_rate: a.at,
+    };
+    let w = iolab::report::write(&a.dir, &html, &opts)?;
+    println!(
+        "report: {} ({} figures)\nnotebook: {}\nfigures: {}",
+        w.html.display(),
+        w.figures,
+        w.notebook.display(),
+        w.figures_dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,230 +1,592 @@
-//! `iolab report`: a results folder in, a self-contained HTML page out.
+//! `iolab report`: a results folder in, a self-contained HTML page and a Jupyter notebook out.
 //!
 //! Reports read files, never processes: everything here comes from the folder a sweep wrote
-//! (`meta.json`, `points.csv`), so a copied folder renders the same page offline. Plots are
-//! SVG drawn with plotters and inlined; the page fetches nothing.
+//! (`meta.json`, `points.csv`, and per point its summary, HdrHistogram log and gaps), so a
+//! copied folder renders the same report offline. The report is built once as a list of
+//! sections (text, SVG figures drawn with plotters, tables) and then written twice: as one HTML
+//! page that fetches nothing, and as `report.ipynb` (nbformat 4) with the same figures
+//! embedded and the text as markdown. The figures also land in `figures/` beside them.
+
+mod figures;
+mod notebook;
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
-use plotters::prelude::*;
+use hdrhistogram::Histogram;
 
+use crate::loadgen::stats::{gaps_per_sample, new_histogram};
 use crate::sweep::{engine_order, knees, read_points, PointRow};
+use figures::Distribution;
 
-const PALETTE: [RGBColor; 9] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-    RGBColor(23, 190, 207),
-];
+/// Which latency of a point a plot shows.
+type Pick = fn(&PointRow) -> f64;
 
-/// Writes the HTML report for the sweep in `dir` to `out`.
-pub fn write_html(dir: &Path, out: &Path, slo_us: f64) -> anyhow::Result<()> {
+/// What to report on.
+#[derive(Debug, Clone, Default)]
+pub struct ReportOptions {
+    /// The knee table's p99 bound (default: the sweep's SLO from meta.json, else 1 ms).
+    pub slo_us: Option<f64>,
+    /// The offered rate for the latency CDFs and the arrivals figures (default: the highest
+    /// rate at which every engine has a valid point).
+    pub at_rate: Option<f64>,
+}
+
+/// Where the report went.
+#[derive(Debug)]
+pub struct Written {
+    pub html: PathBuf,
+    pub notebook: PathBuf,
+    pub figures_dir: PathBuf,
+    pub figures: usize,
+}
+
+/// A part of the report: a heading, paragraphs of explanation, then figures and tables.
+struct Section {
+    title: String,
+    text: Vec<String>,
+    blocks: Vec<Block>,
+}
+
+enum Block {
+    /// An SVG figure and the file name it is saved under.
+    Figure {
+        name: String,
+        svg: String,
+    },
+    Table(Table),
+}
+
+struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+    /// Rows to show dimmed (invalid points).
+    dimmed: Vec<bool>,
+}
+
+/// Writes the report for the sweep in `dir`: the page to `html`, the notebook beside it with
+/// the extension `.ipynb`, and each figure as SVG into `figures/` beside them.
+pub fn write(dir: &Path, html: &Path, opts: &ReportOptions) -> anyhow::Result<Written> {
     let rows = read_points(dir)?;
     if rows.is_empty() {
         anyhow::bail!("{} has no points", dir.join("points.csv").display());
     }
     let meta = std::fs::read_to_string(dir.join("meta.json")).unwrap_or_default();
     let meta: serde_json::Value = serde_json::from_str(&meta).unwrap_or(serde_json::Value::Null);
-    let engines = engine_order(&rows);
-    let mut html = String::new();
-    let _ = write!(
-        html,
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>iolab report</title>\
-         <style>body{{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}}\
-         table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}\
-         th{{background:#f4f4f4}}.note{{color:#555}}</style></head><body>\
-         <h1>iolab report</h1><p class=\"note\">{}</p>",
-        escape(&describe(&meta))
-    );
-    html += "<h2>Throughput and latency</h2><p>Each engine's p50 (dashed) and p99 (solid) \
-             latency, from scheduled send to full reply, against the throughput it achieved. \
-             Hollow markers are invalid points (the generator was the bottleneck, or the \
-             arrivals were not Poisson): they are drawn, not trusted.</p>";
-    html += &latency_plot(&rows, &engines)?;
-    html += "<h2>Server CPU per request</h2><p>Server process CPU time (user + system, from \
-             /proc) divided by the requests it completed, at each offered rate.</p>";
-    html += &cpu_plot(&rows, &engines)?;
-    let _ = write!(
-        html,
-        "<h2>Knee: highest rate with p99 &le; {:.0} &micro;s</h2>\
-         <table><tr><th>engine</th><th>rate (rps)</th><th>invalid points left out</th></tr>",
-        slo_us
-    );
-    for k in knees(&rows, slo_us) {
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&k.engine),
-            k.rate.map_or("none met it".to_string(), |b| format!("{b:.0}")),
-            k.invalid
-        );
+    let slo_us = opts
+        .slo_us
+        .or_else(|| meta.get("slo_us").and_then(|v| v.as_f64()))
+        .unwrap_or(1000.0);
+    let at_rate = match opts.at_rate {
+        Some(r) if rows.iter().any(|p| p.offered_rps == r) => r,
+        Some(r) => {
+            let mut rates: Vec<f64> = rows.iter().map(|p| p.offered_rps).collect();
+            rates.sort_by(f64::total_cmp);
+            rates.dedup();
+            let list: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+            anyhow::bail!("no point at {r:.0} rps; this sweep has {}", list.join(", "));
+        }
+        None => default_rate(&rows),
+    };
+    let sections = build(dir, &rows, &meta, slo_us, at_rate)?;
+
+    let out_dir = html
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let figures_dir = out_dir.join("figures");
+    std::fs::create_dir_all(&figures_dir)
+        .with_context(|| format!("cannot create {}", figures_dir.display()))?;
+    let mut figures = 0;
+    for block in sections.iter().flat_map(|s| &s.blocks) {
+        if let Block::Figure { name, svg } = block {
+            let path = figures_dir.join(format!("{name}.svg"));
+            std::fs::write(&path, svg).with_context(|| format!("cannot write {}", path.display()))?;
+            figures += 1;
+        }
     }
-    html += "</table><h2>Invalid points</h2><ul>";
-    for r in rows.iter().filter(|r| !r.valid) {
-        let _ = write!(
-            html,
-            "<li>{} at {:.0} rps: {}</li>",
-            escape(&r.engine),
-            r.offered_rps,
-            escape(&r.invalid_reason)
-        );
+    let title = "iolab report";
+    let intro = describe(&meta);
+    std::fs::write(html, render_html(title, &intro, &sections, figures))
+        .with_context(|| format!("cannot write {}", html.display()))?;
+    let notebook = html.with_extension("ipynb");
+    let data_dir = if same_dir(dir, out_dir) {
+        ".".to_string()
+    } else {
+        std::fs::canonicalize(dir)
+            .unwrap_or_else(|_| dir.to_path_buf())
+            .display()
+            .to_string()
+    };
+    std::fs::write(&notebook, notebook::render(title, &intro, &sections, &data_dir)?)
+        .with_context(|| format!("cannot write {}", notebook.display()))?;
+    Ok(Written {
+        html: html.to_path_buf(),
+        notebook,
+        figures_dir,
+        figures,
+    })
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
     }
-    html += "</ul></body></html>\n";
-    std::fs::write(out, html).with_context(|| format!("cannot write {}", out.display()))
+}
+
+/// The highest rate at which every engine has a valid point; failing that, the rate with
+/// the most valid points (the higher on a tie).
+fn default_rate(rows: &[PointRow]) -> f64 {
+    let engines = engine_order(rows).len();
+    let mut rates: Vec<f64> = rows.iter().map(|r| r.offered_rps).collect();
+    rates.sort_by(f64::total_cmp);
+    rates.dedup();
+    let valid_at = |rate: f64| rows.iter().filter(|r| r.offered_rps == rate && r.valid).count();
+    rates
+        .iter()
+        .rev()
+        .find(|&&r| valid_at(r) == engines)
+        .copied()
+        .or_else(|| rates.iter().copied().max_by_key(|&r| (valid_at(r), r as u64)))
+        .unwrap_or(0.0)
+}
+
+fn build(
+    dir: &Path,
+    rows: &[PointRow],
+    meta: &serde_json::Value,
+    slo_us: f64,
+    at_rate: f64,
+) -> anyhow::Result<Vec<Section>> {
+    let engines = engine_order(rows);
+    let mut sections = Vec::new();
+
+    let mut latency = Section {
+        title: "Throughput and latency".into(),
+        text: vec![
+            "Each engine's latency, from the scheduled send to the full reply (so a late \
+             generator or a queue in the server both count), against the throughput it \
+             achieved, as the offered load steps up. One plot per percentile: p50 is the \
+             typical request, p99 and p99.9 the tail a user notices. An engine's line ends \
+             where it saturated (achieved below 95% of offered, or p99 above the SLO)."
+                .into(),
+            "Hollow markers are invalid points: the generator was the bottleneck (its send \
+             lag or its busy time over the bound) or its arrivals failed the Poisson check. \
+             They are drawn so nothing is hidden, and left out of the knee table."
+                .into(),
+        ],
+        blocks: Vec::new(),
+    };
+    let percentiles: [(&str, &str, Pick); 3] = [
+        ("p50", "latency-p50", |r| r.p50_us),
+        ("p99", "latency-p99", |r| r.p99_us),
+        ("p99.9", "latency-p999", |r| r.p999_us),
+    ];
+    for (name, file, pick) in percentiles {
+        let slo = (name == "p99").then_some(slo_us);
+        latency.blocks.push(Block::Figure {
+            name: file.into(),
+            svg: figures::latency_vs_throughput(rows, &engines, name, pick, slo)?,
+        });
+    }
+    sections.push(latency);
+
+    sections.push(cdf_section(dir, rows, &engines, at_rate)?);
+    sections.push(arrivals_section(dir, rows, meta, at_rate)?);
+
+    sections.push(Section {
+        title: "Server CPU per request".into(),
+        text: vec![
+            "Server process CPU time (user + system, read from /proc before and after each \
+             point, warm-up included) divided by the requests it served. It shows what each \
+             I/O model costs per request, apart from how fast it answers: polling engines \
+             pay more at low load, batching engines less at high load."
+                .into(),
+        ],
+        blocks: vec![Block::Figure {
+            name: "cpu-per-request".into(),
+            svg: figures::cpu_per_request(rows, &engines)?,
+        }],
+    });
+
+    let knee_rows = knees(rows, slo_us);
+    sections.push(Section {
+        title: format!("Knee: the highest rate with p99 under {}", fmt_us(slo_us)),
+        text: vec![format!(
+            "Per engine, the highest offered rate whose point was valid, not saturated, and \
+             had p99 ≤ {}. \"≥\" marks a lower bound: a point above it met the SLO too but \
+             was invalid, so the generator could not show how far the engine goes.",
+            fmt_us(slo_us)
+        )],
+        blocks: vec![Block::Table(Table {
+            header: ["engine", "highest rate (rps)", "invalid points left out"]
+                .map(String::from)
+                .to_vec(),
+            dimmed: knee_rows.iter().map(|k| k.rate.is_none()).collect(),
+            rows: knee_rows
+                .iter()
+                .map(|k| {
+                    let rate = match (k.rate, k.lower_bound) {
+                        (None, _) => "none met it".to_string(),
+                        (Some(r), true) => format!("≥ {r:.0}"),
+                        (Some(r), false) => format!("{r:.0}"),
+                    };
+                    vec![k.engine.clone(), rate, k.invalid.to_string()]
+                })
+                .collect(),
+        })],
+    });
+
+    sections.push(Section {
+        title: "Every point".into(),
+        text: vec![
+            "Each measured point, as in points.csv. \"busy\" is the share of the run the \
+             generator spent working rather than waiting for its next send; \"K-S p\" is the \
+             arrivals check. Invalid points are greyed, with the reason."
+                .into(),
+        ],
+        blocks: vec![Block::Table(Table {
+            header: [
+                "engine",
+                "offered",
+                "achieved",
+                "p50 us",
+                "p99 us",
+                "p99.9 us",
+                "send lag p99 us",
+                "busy",
+                "K-S p",
+                "verdict",
+            ]
+            .map(String::from)
+            .to_vec(),
+            dimmed: rows.iter().map(|r| !r.valid).collect(),
+            rows: rows
+                .iter()
+                .map(|r| {
+                    let verdict = match (r.valid, r.saturated) {
+                        (true, false) => "valid".to_string(),
+                        (true, true) => "valid, saturated".to_string(),
+                        (false, _) => format!("invalid: {}", r.invalid_reason),
+                    };
+                    vec![
+                        r.engine.clone(),
+                        format!("{:.0}", r.offered_rps),
+                        format!("{:.0}", r.achieved_rps),
+                        format!("{:.1}", r.p50_us),
+                        format!("{:.1}", r.p99_us),
+                        format!("{:.1}", r.p999_us),
+                        format!("{:.1}", r.send_lag_p99_us),
+                        format!("{:.0}%", r.generator_busy * 100.0),
+                        format!("{:.3}", r.ks_p_value),
+                        verdict,
+                    ]
+                })
+                .collect(),
+        })],
+    });
+    Ok(sections)
+}
+
+fn cdf_section(dir: &Path, rows: &[PointRow], engines: &[String], rate: f64) -> anyhow::Result<Section> {
+    let mut loaded = Vec::new();
+    for (i, engine) in engines.iter().enumerate() {
+        if let Some(p) = rows.iter().find(|r| &r.engine == engine && r.offered_rps == rate) {
+            loaded.push((engine.as_str(), i, p.valid, read_hlog(&dir.join(&p.hdr_log))?));
+        }
+    }
+    let missing: Vec<&str> = engines
+        .iter()
+        .filter(|e| !loaded.iter().any(|l| l.0 == e.as_str()))
+        .map(String::as_str)
+        .collect();
+    let dists: Vec<Distribution<'_>> = loaded
+        .iter()
+        .map(|(engine, color, valid, h)| Distribution {
+            engine,
+            color: *color,
+            valid: *valid,
+            latency_ns: h,
+        })
+        .collect();
+    let mut text = vec![format!(
+        "The whole latency distribution of every engine at {rate:.0} rps offered (choose \
+         another with `iolab report --at RATE`), read back from each point's HdrHistogram \
+         log. The vertical axis is in nines: 90%, 99%, 99.9% are evenly spaced, so the tail \
+         gets the room. A curve further left is faster; where two cross, one engine wins the \
+         typical request and the other the tail. Dashed curves are invalid points."
+    )];
+    if !missing.is_empty() {
+        text.push(format!(
+            "Not at this rate (stopped earlier): {}.",
+            missing.join(", ")
+        ));
+    }
+    Ok(Section {
+        title: format!("Latency distribution at {rate:.0} rps"),
+        text,
+        blocks: vec![Block::Figure {
+            name: "latency-cdf".into(),
+            svg: figures::latency_cdfs(rate, &dists)?,
+        }],
+    })
+}
+
+fn arrivals_section(
+    dir: &Path,
+    rows: &[PointRow],
+    meta: &serde_json::Value,
+    rate: f64,
+) -> anyhow::Result<Section> {
+    // The arrivals do not depend on the engine (same schedule, same generator); show the
+    // first valid point at this rate, or the first at all.
+    let at_rate = || rows.iter().filter(|r| r.offered_rps == rate);
+    let point = at_rate()
+        .find(|r| r.valid)
+        .or_else(|| at_rate().next())
+        .context("no point at the chosen rate")?;
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(&point.summary))
+            .with_context(|| format!("cannot read {}", dir.join(&point.summary).display()))?,
+    )
+    .with_context(|| format!("{} is not a load summary", point.summary))?;
+    let ia = &summary["interarrival"];
+    let num = |k: &str| ia.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+    let timescale_us = num("ks_timescale_us");
+    let timescale_us = if timescale_us.is_finite() {
+        timescale_us
+    } else {
+        meta.get("ks_timescale_us")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(200.0)
+    };
+    let k = gaps_per_sample(rate, std::time::Duration::from_secs_f64(timescale_us / 1e6));
+    let gaps = read_gaps(&dir.join(&point.gaps))?;
+    let mean = 1e6 / rate;
+    let sums: Vec<f64> = gaps.chunks_exact(k).map(|w| w.iter().sum()).collect();
+    let gap_fig = figures::histogram_with_model(
+        "Gaps between sends",
+        "gap (us)",
+        &gaps,
+        mean * 5.0,
+        "exponential of the offered rate",
+        &|x| figures::erlang_density(x, 1, mean),
+    )?;
+    let spread = (k as f64).sqrt() * mean;
+    let window = k as f64 * mean;
+    let sum_fig = figures::histogram_with_model(
+        &format!("Sums of {k} consecutive gaps"),
+        "sum (us)",
+        &sums,
+        window + 4.0 * spread,
+        &format!("Erlang-{k} (Poisson)"),
+        &|x| figures::erlang_density(x, k, mean),
+    )?;
+    let verdict = if point.valid { "valid" } else { "invalid" };
+    Ok(Section {
+        title: format!("Arrivals at {rate:.0} rps"),
+        text: vec![
+            format!(
+                "Did the server see Poisson load? Left: the gaps between the generator's actual \
+                 sends (the first {} of the run at the {} point), with the exponential density of the \
+                 offered rate. One sender cannot place two sends closer than what one send costs \
+                 it (a few us on loopback), so the shortest gaps are missing and show up a little \
+                 later; gap by gap, the strict K-S test sees that (p {}).",
+                gaps.len(),
+                point.engine,
+                fmt_p(num("ks_strict_p_value")),
+            ),
+            format!(
+                "Right: what the check judges, sums of {k} consecutive gaps (about {timescale_us:.0} us, \
+                 the timescale of the check) against the Erlang-{k} density a Poisson process gives \
+                 them. Over the whole run: K-S D = {:.4}, p {} on n = {} sums; mean gap \
+                 {:.2} us against {:.2} us offered, coefficient of variation {:.3} (1 for Poisson). \
+                 This point is {verdict}.",
+                num("ks_d"),
+                fmt_p(num("ks_p_value")),
+                ia.get("ks_n").and_then(|v| v.as_u64()).unwrap_or(0),
+                num("mean_us"),
+                mean,
+                num("cv"),
+            ),
+        ],
+        blocks: vec![
+            Block::Figure {
+                name: "arrivals-gaps".into(),
+                svg: gap_fig,
+            },
+            Block::Figure {
+                name: "arrivals-windows".into(),
+                svg: sum_fig,
+            },
+        ],
+    })
+}
+
+/// All intervals of an HdrHistogram interval log (as `load --hdr-log` writes it), added up.
+pub fn read_hlog(path: &Path) -> anyhow::Result<Histogram<u64>> {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    use hdrhistogram::serialization::Deserializer;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut total = new_histogram();
+    let mut deserializer = Deserializer::new();
+    for entry in IntervalLogIterator::new(&bytes) {
+        let entry = entry.map_err(|e| anyhow::anyhow!("{}: not an interval log ({e:?})", path.display()))?;
+        if let LogEntry::Interval(interval) = entry {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(interval.encoded_histogram())
+                .with_context(|| format!("{}: a histogram is not base64", path.display()))?;
+            let h: Histogram<u64> = deserializer
+                .deserialize(&mut raw.as_slice())
+                .map_err(|e| anyhow::anyhow!("{}: a bad histogram ({e:?})", path.display()))?;
+            total
+                .add(&h)
+                .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
+        }
+    }
+    Ok(total)
+}
+
+fn read_gaps(path: &Path) -> anyhow::Result<Vec<f64>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            l.trim()
+                .parse()
+                .with_context(|| format!("{} line {}: not a number", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// A p-value as text: "= 0.104", "= 3.2e-9", "< 1e-300".
+fn fmt_p(p: f64) -> String {
+    if p == 0.0 {
+        "< 1e-300".into()
+    } else if p >= 0.001 {
+        format!("= {p:.3}")
+    } else {
+        format!("= {p:.1e}")
+    }
+}
+
+fn fmt_us(us: f64) -> String {
+    if us >= 1000.0 && (us / 1000.0).fract() == 0.0 {
+        format!("{:.0} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
 }
 
 fn describe(meta: &serde_json::Value) -> String {
     let get = |k: &str| {
         meta.get(k)
             .map(|v| v.to_string().trim_matches('"').to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    let num = |k: &str| meta.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+    let list = |k: &str| {
+        meta.get(k)
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .map(|v| v.to_string().trim_matches('"').to_string())
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default()
     };
     format!(
-        "Workload: {}; {} connections; {} s per point after {} s warm-up. Machine: {} ({} CPUs, {}), \
-         kernel {}. Server on CPUs {}, load on CPUs {}.",
+        "Workload: {}; {} connections; {} s per point after {} s of warm-up; seed {}. \
+         Machine: {} ({} CPUs, {}), kernel {}; server on CPU {}, generator on CPU {}. \
+         A point is invalid when the generator's send-lag p99 exceeds {:.0} µs, it was busy \
+         more than {:.0}% of the time, or its arrivals' K-S p fell below {} at the {:.0} µs \
+         timescale. iolab {}, run as: {}.",
         get("workload"),
         get("connections"),
         get("duration_s"),
         get("warmup_s"),
+        get("seed"),
         get("hostname"),
         get("cpus"),
         get("cpu_model"),
         get("kernel"),
-        get("server_cpus"),
-        get("load_cpus")
+        list("server_cpus").join(","),
+        list("load_cpus").join(","),
+        num("max_send_lag_us"),
+        num("max_generator_busy") * 100.0,
+        get("min_ks_p"),
+        num("ks_timescale_us"),
+        get("iolab_version"),
+        list("command_line").join(" "),
     )
 }
 
-/// The chart every plot here is drawn on: an SVG of `size`, axes described and labelled in
-/// whole numbers, and a legend in the upper left. `draw` adds the data; each series it labels
-/// should take [`legend_mark`] as its legend.
-fn figure<X, Y>(
-    size: (u32, u32),
-    x: X,
-    y: Y,
-    x_desc: &str,
-    y_desc: &str,
-    draw: impl FnOnce(
-        &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<X::CoordDescType, Y::CoordDescType>>,
-    ) -> anyhow::Result<()>,
-) -> anyhow::Result<String>
-where
-    X: AsRangedCoord<Value = f64>,
-    Y: AsRangedCoord<Value = f64>,
-    X::CoordDescType: ValueFormatter<f64>,
-    Y::CoordDescType: ValueFormatter<f64>,
-{
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .margin(10)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x, y)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_desc)
-            .y_desc(y_desc)
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&|v| format!("{v:.0}"))
-            .draw()?;
-        draw(&mut chart)?;
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-        root.present()?;
-    }
-    Ok(svg)
-}
-
-/// A legend entry: a short line in the series' colour.
-fn legend_mark(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
-    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-}
-
-fn latency_plot(rows: &[PointRow], engines: &[String]) -> anyhow::Result<String> {
-    let max_x = rows.iter().map(|r| r.achieved_rps).fold(1.0, f64::max) * 1.05;
-    let min_y = rows.iter().map(|r| r.p50_us).fold(f64::MAX, f64::min).max(1.0) / 1.5;
-    let max_y = rows.iter().map(|r| r.p99_us).fold(1.0, f64::max) * 1.5;
-    let x_desc = "achieved throughput (requests/s)";
-    let y_desc = "latency (us, log scale)";
-    figure(
-        (900, 500),
-        0.0..max_x,
-        (min_y..max_y).log_scale(),
-        x_desc,
-        y_desc,
-        |chart| {
-            for (i, engine) in engines.iter().enumerate() {
-                let color = PALETTE[i % PALETTE.len()];
-                let pts: Vec<&PointRow> = rows.iter().filter(|r| &r.engine == engine).collect();
-                chart
-                    .draw_series(LineSeries::new(
-                        pts.iter().map(|r| (r.achieved_rps, r.p99_us)),
-                        color.stroke_width(2),
-                    ))?
-                    .label(engine.as_str())
-                    .legend(legend_mark(color));
-                chart.draw_series(DashedLineSeries::new(
-                    pts.iter().map(|r| (r.achieved_rps, r.p50_us)),
-                    6,
-                    4,
-                    color.stroke_width(1),
-                ))?;
-                chart.draw_series(pts.iter().flat_map(|r| {
-                    let style = if r.valid {
-                        color.filled()
-                    } else {
-                        color.stroke_width(2)
-                    };
-                    [
-                        Circle::new((r.achieved_rps, r.p99_us), 4, style),
-                        Circle::new((r.achieved_rps, r.p50_us), 3, style),
-                    ]
-                }))?;
-            }
-            Ok(())
-        },
-    )
-}
-
-fn cpu_plot(rows: &[PointRow], engines: &[String]) -> anyhow::Result<String> {
-    let max_x = rows.iter().map(|r| r.offered_rps).fold(1.0, f64::max) * 1.05;
-    let max_y = rows
-        .iter()
-        .map(|r| r.server_cpu_us_per_request)
-        .fold(1.0, f64::max)
-        * 1.2;
-    let (x_desc, y_desc) = ("offered load (requests/s)", "server CPU per request (us)");
-    figure((900, 400), 0.0..max_x, 0.0..max_y, x_desc, y_desc, |chart| {
-        for (i, engine) in engines.iter().enumerate() {
-            let color = PALETTE[i % PALETTE.len()];
-            let pts: Vec<(f64, f64)> = rows
-                .iter()
-                .filter(|r| &r.engine == engine)
-                .map(|r| (r.offered_rps, r.server_cpu_us_per_request))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-                .label(engine.as_str())
-                .legend(legend_mark(color));
-            chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+fn render_html(title: &str, intro: &str, sections: &[Section], figures: usize) -> String {
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"iolab-figures\" content=\"{figures}\"><title>{}</title>\
+         <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222;line-height:1.4}}\
+         table{{border-collapse:collapse;font-size:0.9em;margin:0.5em 0}}\
+         td,th{{border:1px solid #ccc;padding:3px 7px;text-align:right}}\
+         td:first-child,th:first-child,td:last-child,th:last-child{{text-align:left}}\
+         th{{background:#f4f4f4}}tr.dim td{{color:#888;font-style:italic}}\
+         .note{{color:#555;font-size:0.9em}}.figs{{display:flex;flex-wrap:wrap;gap:8px}}\
+         svg{{max-width:100%;height:auto}}</style></head><body>\
+         <h1>{}</h1><p class=\"note\">{}</p>",
+        escape(title),
+        escape(title),
+        escape(intro)
+    );
+    for s in sections {
+        let _ = write!(html, "<h2>{}</h2>", escape(&s.title));
+        for p in &s.text {
+            let _ = write!(html, "<p>{}</p>", escape(p));
         }
-        Ok(())
-    })
+        html += "<div class=\"figs\">";
+        for b in &s.blocks {
+            match b {
+                Block::Figure { name, svg } => {
+                    let _ = write!(
+                        html,
+                        "<figure id=\"{}\" style=\"margin:0\">{svg}</figure>",
+                        escape(name)
+                    );
+                }
+                Block::Table(t) => html += &table_html(t),
+            }
+        }
+        html += "</div>";
+    }
+    // Records what the browser laid out, so a headless check can tell a page that merely
+    // holds SVG text from one whose figures rendered with a size.
+    html += "<script>addEventListener('load',function(){var n=0;\
+             document.querySelectorAll('figure svg').forEach(function(s){var r=s.getBoundingClientRect();\
+             if(r.width>0&&r.height>0){n++;}s.setAttribute('data-rendered',Math.round(r.width)+'x'+Math.round(r.height));});\
+             document.body.setAttribute('data-figures-rendered',n);});</script>";
+    html += "</body></html>\n";
+    html
+}
+
+fn table_html(t: &Table) -> String {
+    let mut html = String::from("<table><tr>");
+    for h in &t.header {
+        let _ = write!(html, "<th>{}</th>", escape(h));
+    }
+    html += "</tr>";
+    for (row, dim) in t.rows.iter().zip(&t.dimmed) {
+        html += if *dim { "<tr class=\"dim\">" } else { "<tr>" };
+        for cell in row {
+            let _ = write!(html, "<td>{}</td>", escape(cell));
+        }
+        html += "</tr>";
+    }
+    html + "</table>"
 }
 
 fn escape(s: &str) -> String {
@@ -232,4 +594,75 @@ fn escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(engine: &str, rate: f64, valid: bool) -> PointRow {
+        PointRow {
+            engine: engine.into(),
+            workload: String::new(),
+            offered_rps: rate,
+            achieved_rps: rate,
+            p50_us: 10.0,
+            p99_us: 50.0,
+            p999_us: 90.0,
+            send_lag_p99_us: 5.0,
+            generator_busy: 0.3,
+            ks_p_value: 0.5,
+            ks_d: 0.01,
+            server_cpu_us_per_request: 5.0,
+            valid,
+            invalid_reason: String::new(),
+            saturated: false,
+            summary: String::new(),
+            hdr_log: String::new(),
+            gaps: String::new(),
+        }
+    }
+
+    #[test]
+    fn default_rate_is_the_highest_where_every_engine_is_valid() {
+        let rows = [
+            row("a", 1000.0, true),
+            row("a", 2000.0, true),
+            row("a", 4000.0, true),
+            row("b", 1000.0, true),
+            row("b", 2000.0, true),
+            row("b", 4000.0, false),
+        ];
+        assert_eq!(default_rate(&rows), 2000.0);
+        // No rate where all are valid: the one with the most valid points.
+        let rows = [
+            row("a", 1000.0, false),
+            row("a", 2000.0, true),
+            row("b", 1000.0, false),
+        ];
+        assert_eq!(default_rate(&rows), 2000.0);
+    }
+
+    #[test]
+    fn html_escapes_and_counts_figures() {
+        let sections = [Section {
+            title: "a <b>".into(),
+            text: vec!["x & y".into()],
+            blocks: vec![
+                Block::Figure {
+                    name: "f".into(),
+                    svg: "<svg></svg>".into(),
+                },
+                Block::Table(Table {
+                    header: vec!["h".into()],
+                    rows: vec![vec!["<v>".into()]],
+                    dimmed: vec![true],
+                }),
+            ],
+        }];
+        let html = render_html("t", "i", &sections, 1);
+        assert!(html.contains("a &lt;b&gt;") && html.contains("x &amp; y"));
+        assert!(html.contains("<tr class=\"dim\"><td>&lt;v&gt;</td>"));
+        assert!(html.contains("content=\"1\""));
+    }
 }

@@ -1,0 +1,445 @@
+//! The report's plots, drawn with plotters into SVG strings.
+//!
+//! Every plot is a function of data already read from the results folder, and every one is
+//! drawn on the same frame ([`figure`]) so axes, fonts and legends look alike across the page.
+
+use hdrhistogram::Histogram;
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::prelude::*;
+
+use crate::sweep::PointRow;
+
+pub const PALETTE: [RGBColor; 9] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(23, 190, 207),
+];
+
+/// How an axis is described and labelled.
+pub struct Axis<'a> {
+    pub desc: &'a str,
+    pub label: &'a dyn Fn(&f64) -> String,
+}
+
+/// Labels in whole numbers.
+pub fn whole(v: &f64) -> String {
+    format!("{v:.0}")
+}
+
+/// Labelled points for a log axis over [lo, hi]: 1, 2, 5 times the powers of ten (a bare
+/// log axis labels only the powers, which may be one label or none).
+pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let mut ticks = Vec::new();
+    let mut decade = 10f64.powf(lo.max(1e-9).log10().floor());
+    while decade <= hi && ticks.len() < 64 {
+        for m in [1.0, 2.0, 5.0] {
+            let t = m * decade;
+            if (lo..=hi).contains(&t) {
+                ticks.push(t);
+            }
+        }
+        decade *= 10.0;
+    }
+    ticks
+}
+
+/// Rates in thousands: 150k.
+pub fn thousands(v: &f64) -> String {
+    if *v == 0.0 {
+        "0".into()
+    } else if v.abs() >= 1000.0 {
+        format!("{}k", (v / 100.0).round() / 10.0)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// A "nines" axis value as a percentile: 1 → 90%, 2 → 99%, 3 → 99.9%; blank between.
+pub fn nines_percent(v: &f64) -> String {
+    let n = v.round();
+    if (v - n).abs() > 1e-9 || n < 0.0 {
+        return String::new();
+    }
+    if n == 0.0 {
+        return "0%".into();
+    }
+    let decimals = (n as usize).saturating_sub(2);
+    format!("{:.*}%", decimals, 100.0 * (1.0 - 10f64.powf(-n)))
+}
+
+/// The chart every plot here is drawn on: an SVG of `size` with a caption, described axes,
+/// and a legend in the upper left. `draw` adds the data; each series it labels should take
+/// [`legend_mark`] as its legend.
+pub fn figure<X, Y>(
+    size: (u32, u32),
+    caption: &str,
+    legend_at: SeriesLabelPosition,
+    (x, x_axis): (X, Axis<'_>),
+    (y, y_axis): (Y, Axis<'_>),
+    draw: impl FnOnce(
+        &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<X::CoordDescType, Y::CoordDescType>>,
+    ) -> anyhow::Result<()>,
+) -> anyhow::Result<String>
+where
+    X: AsRangedCoord<Value = f64>,
+    Y: AsRangedCoord<Value = f64>,
+    X::CoordDescType: ValueFormatter<f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(caption, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x, y)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_axis.desc)
+            .y_desc(y_axis.desc)
+            .x_label_formatter(x_axis.label)
+            .y_label_formatter(y_axis.label)
+            .x_labels(10)
+            .y_labels(8)
+            // A log axis otherwise draws every minor division and greys the plot.
+            .x_max_light_lines(2)
+            .y_max_light_lines(2)
+            .draw()?;
+        draw(&mut chart)?;
+        chart
+            .configure_series_labels()
+            .position(legend_at)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+    }
+    Ok(svg)
+}
+
+/// A legend entry: a short line in the series' colour.
+pub fn legend_mark(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+}
+
+/// One latency percentile against achieved throughput, a line per engine; invalid points
+/// hollow. With `slo_us`, the SLO is drawn as a grey line.
+pub fn latency_vs_throughput(
+    rows: &[PointRow],
+    engines: &[String],
+    name: &str,
+    pick: fn(&PointRow) -> f64,
+    slo_us: Option<f64>,
+) -> anyhow::Result<String> {
+    let max_x = rows.iter().map(|r| r.achieved_rps).fold(1.0, f64::max) * 1.05;
+    let min_y = rows.iter().map(pick).fold(f64::MAX, f64::min).max(1.0) / 1.5;
+    let mut max_y = rows.iter().map(pick).fold(1.0, f64::max) * 1.5;
+    if let Some(slo) = slo_us {
+        max_y = max_y.max(slo * 1.5);
+    }
+    let caption = format!("{name} latency vs throughput");
+    let x_axis = Axis {
+        desc: "achieved throughput (requests/s)",
+        label: &thousands,
+    };
+    let y_desc = format!("{name} latency (us, log scale)");
+    let y_axis = Axis {
+        desc: &y_desc,
+        label: &whole,
+    };
+    figure(
+        (900, 380),
+        &caption,
+        SeriesLabelPosition::UpperLeft,
+        (0.0..max_x, x_axis),
+        (
+            (min_y..max_y)
+                .log_scale()
+                .with_key_points(log_ticks(min_y, max_y)),
+            y_axis,
+        ),
+        |chart| {
+            if let Some(slo) = slo_us {
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        [(0.0, slo), (max_x, slo)],
+                        8,
+                        5,
+                        RGBColor(150, 150, 150).stroke_width(1),
+                    ))?
+                    .label(format!("SLO {slo:.0} us"))
+                    .legend(legend_mark(RGBColor(150, 150, 150)));
+            }
+            for (i, engine) in engines.iter().enumerate() {
+                let color = PALETTE[i % PALETTE.len()];
+                let pts: Vec<&PointRow> = rows.iter().filter(|r| &r.engine == engine).collect();
+                chart
+                    .draw_series(LineSeries::new(
+                        pts.iter().map(|r| (r.achieved_rps, pick(r))),
+                        color.stroke_width(2),
+                    ))?
+                    .label(engine.as_str())
+                    .legend(legend_mark(color));
+                chart.draw_series(pts.iter().map(|r| {
+                    let style = if r.valid { color.filled() } else { WHITE.filled() };
+                    Circle::new((r.achieved_rps, pick(r)), 4, style)
+                }))?;
+                // The outline keeps hollow markers visible on top of the white fill.
+                chart.draw_series(
+                    pts.iter()
+                        .filter(|r| !r.valid)
+                        .map(|r| Circle::new((r.achieved_rps, pick(r)), 4, color.stroke_width(2))),
+                )?;
+            }
+            Ok(())
+        },
+    )
+}
+
+/// Server CPU time per request against offered load.
+pub fn cpu_per_request(rows: &[PointRow], engines: &[String]) -> anyhow::Result<String> {
+    let max_x = rows.iter().map(|r| r.offered_rps).fold(1.0, f64::max) * 1.05;
+    let max_y = rows
+        .iter()
+        .map(|r| r.server_cpu_us_per_request)
+        .fold(1.0, f64::max)
+        * 1.4;
+    let x_axis = Axis {
+        desc: "offered load (requests/s)",
+        label: &thousands,
+    };
+    let y_axis = Axis {
+        desc: "server CPU per request (us)",
+        label: &whole,
+    };
+    figure(
+        (900, 380),
+        "Server CPU time per request",
+        SeriesLabelPosition::UpperRight,
+        (0.0..max_x, x_axis),
+        (0.0..max_y, y_axis),
+        |chart| {
+            for (i, engine) in engines.iter().enumerate() {
+                let color = PALETTE[i % PALETTE.len()];
+                let pts: Vec<(f64, f64)> = rows
+                    .iter()
+                    .filter(|r| &r.engine == engine)
+                    .map(|r| (r.offered_rps, r.server_cpu_us_per_request))
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                    .label(engine.as_str())
+                    .legend(legend_mark(color));
+                chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+            }
+            Ok(())
+        },
+    )
+}
+
+/// One engine's latency distribution for [`latency_cdfs`].
+pub struct Distribution<'a> {
+    pub engine: &'a str,
+    /// Index into [`PALETTE`], so an engine keeps its colour across plots.
+    pub color: usize,
+    pub valid: bool,
+    pub latency_ns: &'a Histogram<u64>,
+}
+
+/// Latency CDFs on a "nines" axis: y = −log10(1 − q), so 90%, 99%, 99.9% are evenly spaced
+/// and the tail, where engines differ, gets the room.
+pub fn latency_cdfs(rate: f64, dists: &[Distribution<'_>]) -> anyhow::Result<String> {
+    let samples = dists
+        .iter()
+        .map(|d| d.latency_ns.len())
+        .max()
+        .unwrap_or(1)
+        .max(10);
+    // No deeper than the data: beyond 1/n the quantiles are all the maximum.
+    let max_nines = (samples as f64).log10().floor().clamp(1.0, 5.0);
+    let curve = |h: &Histogram<u64>| -> Vec<(f64, f64)> {
+        (0..=(max_nines as usize * 40))
+            .map(|i| {
+                let nines = i as f64 / 40.0;
+                let q = 1.0 - 10f64.powf(-nines);
+                ((h.value_at_quantile(q) as f64 / 1e3).max(0.1), nines)
+            })
+            .collect()
+    };
+    let curves: Vec<Vec<(f64, f64)>> = dists.iter().map(|d| curve(d.latency_ns)).collect();
+    let all_x = || curves.iter().flatten().map(|p| p.0);
+    let min_x = all_x().fold(f64::MAX, f64::min).max(0.1) / 1.3;
+    let max_x = all_x().fold(1.0, f64::max) * 1.3;
+    let x_axis = Axis {
+        desc: "latency (us, log scale)",
+        label: &whole,
+    };
+    let y_axis = Axis {
+        desc: "fraction of requests faster (nines)",
+        label: &nines_percent,
+    };
+    figure(
+        (900, 450),
+        &format!("Latency distribution at {rate:.0} rps offered"),
+        SeriesLabelPosition::UpperLeft,
+        (
+            (min_x..max_x)
+                .log_scale()
+                .with_key_points(log_ticks(min_x, max_x)),
+            x_axis,
+        ),
+        (0.0..max_nines, y_axis),
+        |chart| {
+            for (d, pts) in dists.iter().zip(curves) {
+                let color = PALETTE[d.color % PALETTE.len()];
+                let label = if d.valid {
+                    d.engine.to_string()
+                } else {
+                    format!("{} (invalid point)", d.engine)
+                };
+                let series = if d.valid {
+                    chart.draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+                } else {
+                    chart.draw_series(DashedLineSeries::new(pts, 6, 4, color.stroke_width(2)))?
+                };
+                series.label(label).legend(legend_mark(color));
+            }
+            Ok(())
+        },
+    )
+}
+
+/// A histogram of `samples` on [0, max) as a density, with `density` (the model) overlaid.
+pub fn histogram_with_model(
+    caption: &str,
+    x_desc: &str,
+    samples: &[f64],
+    max: f64,
+    model_label: &str,
+    density: &dyn Fn(f64) -> f64,
+) -> anyhow::Result<String> {
+    const BINS: usize = 60;
+    let width = max / BINS as f64;
+    let mut counts = [0usize; BINS];
+    for &s in samples {
+        if (0.0..max).contains(&s) {
+            counts[((s / width) as usize).min(BINS - 1)] += 1;
+        }
+    }
+    let n = samples.len().max(1) as f64;
+    let bars: Vec<(f64, f64)> = counts
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| (i as f64 * width, c as f64 / (n * width)))
+        .collect();
+    let model: Vec<(f64, f64)> = (0..=200)
+        .map(|i| {
+            let x = max * i as f64 / 200.0;
+            (x, density(x))
+        })
+        .collect();
+    let max_y = bars
+        .iter()
+        .chain(&model)
+        .map(|p| p.1)
+        .filter(|y| y.is_finite())
+        .fold(0.0, f64::max)
+        * 1.4;
+    let small = |v: &f64| format!("{v:.3}");
+    let x_axis = Axis {
+        desc: x_desc,
+        label: &whole,
+    };
+    let y_axis = Axis {
+        desc: "density (per us)",
+        label: &small,
+    };
+    let bar_color = PALETTE[0];
+    figure(
+        (440, 330),
+        caption,
+        SeriesLabelPosition::UpperRight,
+        (0.0..max, x_axis),
+        (0.0..max_y.max(1e-9), y_axis),
+        |chart| {
+            chart
+                .draw_series(
+                    bars.iter().map(|&(x, y)| {
+                        Rectangle::new([(x, 0.0), (x + width, y)], bar_color.mix(0.45).filled())
+                    }),
+                )?
+                .label("measured")
+                .legend(legend_mark(bar_color));
+            let red = PALETTE[3];
+            chart
+                .draw_series(LineSeries::new(model, red.stroke_width(2)))?
+                .label(model_label)
+                .legend(legend_mark(red));
+            Ok(())
+        },
+    )
+}
+
+/// The Erlang-k density (sum of k exponentials of mean `mean`) at x, computed in log space.
+pub fn erlang_density(x: f64, k: usize, mean: f64) -> f64 {
+    if x <= 0.0 {
+        return if k == 1 { 1.0 / mean } else { 0.0 };
+    }
+    let y = x / mean;
+    let k = k.max(1);
+    let ln_fact: f64 = (1..k).map(|i| (i as f64).ln()).sum();
+    ((k - 1) as f64 * y.ln() - y - ln_fact).exp() / mean
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erlang_density_integrates_to_one() {
+        for k in [1, 2, 10, 40] {
+            let mean = 7.0;
+            let top = mean * (k as f64 + 10.0 * (k as f64).sqrt() + 10.0);
+            let steps = 20_000;
+            let dx = top / steps as f64;
+            let total: f64 = (0..steps)
+                .map(|i| erlang_density((i as f64 + 0.5) * dx, k, mean) * dx)
+                .sum();
+            assert!((total - 1.0).abs() < 1e-3, "k={k}: {total}");
+        }
+    }
+
+    #[test]
+    fn axis_labels_read_as_people_write_them() {
+        assert_eq!(thousands(&150_000.0), "150k");
+        assert_eq!(thousands(&12_500.0), "12.5k");
+        assert_eq!(thousands(&0.0), "0");
+        assert_eq!(nines_percent(&0.0), "0%");
+        assert_eq!(nines_percent(&1.0), "90%");
+        assert_eq!(nines_percent(&2.0), "99%");
+        assert_eq!(nines_percent(&3.0), "99.9%");
+        assert_eq!(nines_percent(&5.0), "99.999%");
+        assert_eq!(nines_percent(&2.5), "");
+        assert_eq!(log_ticks(15.0, 250.0), vec![20.0, 50.0, 100.0, 200.0]);
+        assert_eq!(log_ticks(1.0, 1.5), vec![1.0]);
+    }
+
+    #[test]
+    fn histogram_density_matches_its_samples() {
+        // Uniform samples on [0, 10): the bars should sit at density 0.1, and the SVG says so
+        // through its rectangles' heights only indirectly, so check it renders and has bars.
+        let samples: Vec<f64> = (0..6000).map(|i| (i % 600) as f64 / 60.0).collect();
+        let svg = histogram_with_model("t", "x", &samples, 10.0, "uniform", &|_| 0.1).unwrap();
+        assert!(svg.starts_with("<svg"));
+        assert!(svg.matches("<rect").count() >= 60, "60 bars plus the frame");
+    }
+}
