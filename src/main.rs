@@ -400,18 +400,25 @@ struct LoadArgs {
 
 #[derive(Args, Debug)]
 struct DemoArgs {
-    /// Offered load per engine, requests per second.
-    #[arg(long, default_value_t = 5000.0)]
-    rate: f64,
-    /// Measured time per engine.
-    #[arg(long, default_value = "3s")]
+    /// Offered rates, each engine walking up them until it saturates (a list, or a ladder as
+    /// in `sweep --rates`).
+    #[arg(long, value_parser = rates, default_value = "10000,40000,80000,150000")]
+    rates: Rates,
+    /// Measured time per point.
+    #[arg(long, default_value = "1s")]
     duration: Dur,
+    /// Load before each point's measurement starts.
+    #[arg(long, default_value = "500ms")]
+    warmup: Dur,
     /// Connections.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 64)]
     connections: usize,
     /// Only these engines (default: all).
     #[arg(long, value_delimiter = ',')]
     engines: Vec<EngineKind>,
+    /// Results folder (default: results/demo-<unix time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -530,36 +537,98 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
-    let mut cfg = demo::DemoConfig {
-        rate: a.rate,
-        duration: a.duration.0,
-        connections: a.connections,
-        ..demo::DemoConfig::default()
+    let engines = if a.engines.is_empty() {
+        EngineKind::ALL.to_vec()
+    } else {
+        a.engines
     };
-    if !a.engines.is_empty() {
-        cfg.engines = a.engines;
-    }
+    let out = a.out.unwrap_or_else(demo::default_out);
+    let mut cfg = demo::config(&engines, a.rates.0, out.clone())?;
+    cfg.duration = a.duration.0;
+    cfg.warmup = a.warmup.0;
+    cfg.connections = a.connections;
+    let ladder: Vec<String> = cfg.rates.iter().map(|r| format!("{r:.0}")).collect();
     println!(
-        "iolab demo: {} engine(s), the same open-loop Poisson load on each, on loopback{}",
+        "iolab demo: {} engine(s), each its own server process on CPU {:?}, the generator on CPU {:?};\n\
+         64 B echo, {} connections, open-loop Poisson at {} rps, {} per point after {} warm-up\n\
+         (at most {:.0} s; an engine stops at the first rate it cannot sustain)",
         cfg.engines.len(),
-        if engine::num_cpus() >= 2 {
-            " (server on CPU 0, load on CPU 1)"
-        } else {
-            ""
-        }
+        cfg.server_cpus,
+        cfg.load_cpus,
+        cfg.connections,
+        ladder.join(", "),
+        Dur(cfg.duration),
+        Dur(cfg.warmup),
+        demo::longest(&cfg).as_secs_f64()
     );
-    let rows = demo::run(&cfg, |line| println!("{line}"))?;
-    println!();
-    print!("{}", demo::table(&rows));
+    run_sweep(&cfg)?;
+    let rows = iolab::sweep::read_points(&out)?;
+    println!("{}", iolab::sweep::knee_table(&rows, cfg.slo));
+    let written = iolab::report::write(
+        &out,
+        &out.join("report.html"),
+        &iolab::report::ReportOptions::default(),
+    )?;
     println!(
-        "\nLatency runs from each request's scheduled send to its full reply (no coordinated omission)."
+        "Latency runs from each request's scheduled send to its full reply (no coordinated omission).\n\
+         report:   {}\nnotebook: {}\ndata:     {}\n\
+         Next: `iolab sweep --help` for your own ladder and workload; `iolab serve` and `iolab load` to measure one engine by hand.",
+        written.html.display(),
+        written.notebook.display(),
+        out.display()
     );
-    println!("Next: `iolab serve --engine NAME` and `iolab load --help` to measure one engine your way.");
     Ok(ExitCode::SUCCESS)
 }
 
+/// Runs a sweep with a progress bar and one line per point.
+fn run_sweep(cfg: &iolab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::sweep::Point>> {
+    use iolab::sweep::Progress;
+    let total = (cfg.engines.len() * cfg.rates.len()) as u64;
+    let per_point = cfg.duration + cfg.warmup;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} points, {elapsed} | {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    // Without a terminal the bar is hidden and would swallow its lines too; a log still
+    // gets one line per point.
+    let say = |line: String| {
+        if bar.is_hidden() {
+            println!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
+    let mut done_in_engine = 0u64;
+    let rates = cfg.rates.len() as u64;
+    let points = iolab::sweep::run(cfg, |p| match p {
+        Progress::Point { engine, rate } => bar.set_message(format!(
+            "{engine} at {rate} rps ({:.1}s)",
+            per_point.as_secs_f64()
+        )),
+        Progress::Done(point) => {
+            done_in_engine = done_in_engine % rates + 1;
+            bar.inc(1);
+            let mark = if point.valid { "" } else { "  INVALID" };
+            say(format!(
+                "  {:<24} {:>9.0} rps  achieved {:>9.0}  p50 {:>8.1}us  p99 {:>8.1}us  send-lag99 {:>6.1}us  busy {:>3.0}%{mark}",
+                point.engine, point.offered_rps, point.achieved_rps, point.p50_us, point.p99_us,
+                point.send_lag_p99_us, point.generator_busy * 100.0
+            ));
+        }
+        Progress::EngineStopped { engine, why } => {
+            say(format!("  {engine}: stopped, {why}"));
+            // The rates it will not run.
+            bar.inc(rates.saturating_sub(done_in_engine));
+            done_in_engine = 0;
+        }
+    });
+    bar.finish_and_clear();
+    points
+}
+
 fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
-    use iolab::sweep::{self, Progress, SweepConfig};
+    use iolab::sweep::{self, SweepConfig};
     let engines: Vec<Vec<String>> = a
         .engines
         .split(',')
@@ -597,38 +666,7 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
     cfg.server_cpus = server_cpus;
     cfg.load_cpus = load_cpus;
     cfg.seed = a.seed;
-    let total = (cfg.engines.len() * cfg.rates.len()) as u64;
-    let per_point = cfg.duration + cfg.warmup;
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} points, {elapsed} | {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let mut done_in_engine = 0u64;
-    let rates = cfg.rates.len() as u64;
-    let points = sweep::run(&cfg, |p| match p {
-        Progress::Point { engine, rate } => bar.set_message(format!(
-            "{engine} at {rate} rps ({:.0}s)",
-            per_point.as_secs_f64()
-        )),
-        Progress::Done(point) => {
-            done_in_engine = done_in_engine % rates + 1;
-            bar.inc(1);
-            let mark = if point.valid { "" } else { " INVALID" };
-            bar.println(format!(
-                "  {:<24} {:>9.0} rps  achieved {:>9.0}  p50 {:>8.1}us  p99 {:>8.1}us  send-lag99 {:>6.1}us{mark}",
-                point.engine, point.offered_rps, point.achieved_rps, point.p50_us, point.p99_us,
-                point.send_lag_p99_us
-            ));
-        }
-        Progress::EngineStopped { engine, why } => {
-            bar.println(format!("  {engine}: stopped, {why}"));
-            // The rates it will not run.
-            bar.inc(rates.saturating_sub(done_in_engine));
-            done_in_engine = 0;
-        }
-    })?;
-    bar.finish_and_clear();
+    let points = run_sweep(&cfg)?;
     let rows = sweep::read_points(&out)?;
     println!("{}", iolab::sweep::knee_table(&rows, cfg.slo));
     println!(

@@ -160,10 +160,24 @@ pub enum Progress<'a> {
     EngineStopped { engine: &'a str, why: String },
 }
 
-/// Parses `START..END:STEPS` (evenly spaced, both ends included) or `START..ENDxFACTOR`
-/// (START, START×FACTOR, ... up to END).
+/// Parses `START..END:STEPS` (evenly spaced, both ends included), `START..ENDxFACTOR`
+/// (START, START×FACTOR, ... up to END), or a list `R1,R2,...` (rising).
 pub fn parse_rates(s: &str) -> Result<Vec<f64>, String> {
-    let bad = || format!("'{s}' is not a rate ladder (examples: 1000..50000:8, 1000..256000x2)");
+    let bad =
+        || format!("'{s}' is not a rate ladder (examples: 1000..50000:8, 1000..256000x2, 5000,20000,80000)");
+    if !s.contains("..") {
+        let rates: Vec<f64> = s
+            .split(',')
+            .map(|r| r.trim().parse::<f64>().map_err(|_| bad()))
+            .collect::<Result<_, _>>()?;
+        if rates.iter().any(|r| !(*r > 0.0 && r.is_finite())) {
+            return Err(format!("'{s}': rates must be positive"));
+        }
+        if rates.windows(2).any(|w| w[1] <= w[0]) {
+            return Err(format!("'{s}': list the rates rising, each once"));
+        }
+        return Ok(rates);
+    }
     let (start, rest) = s.split_once("..").ok_or_else(bad)?;
     let start: f64 = start.trim().parse().map_err(|_| bad())?;
     let (end, step, geometric) = if let Some((e, n)) = rest.split_once(':') {
@@ -217,6 +231,7 @@ pub fn run(cfg: &SweepConfig, mut progress: impl FnMut(Progress<'_>)) -> anyhow:
         csv::Writer::from_path(&csv_path).with_context(|| format!("cannot write {}", csv_path.display()))?;
     let workload = workload_label(cfg);
     let mut points = Vec::new();
+    let mut skipped = Vec::new();
     for spec in &cfg.engines {
         let label = spec.join(" ");
         let file_label: String = label
@@ -224,7 +239,19 @@ pub fn run(cfg: &SweepConfig, mut progress: impl FnMut(Progress<'_>)) -> anyhow:
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
         let log = cfg.out.join(format!("{file_label}.server.log"));
-        let mut server = Server::start(cfg, spec, &log)?;
+        let mut server = match Server::start(cfg, spec, &log) {
+            Ok(server) => server,
+            // One engine this machine cannot run (io_uring denied, say) must not cost the
+            // others their points.
+            Err(e) => {
+                progress(Progress::EngineStopped {
+                    engine: &label,
+                    why: format!("skipped, it did not start: {e:#}"),
+                });
+                skipped.push(e);
+                continue;
+            }
+        };
         for &rate in &cfg.rates {
             progress(Progress::Point { engine: &label, rate });
             let stem = format!("{file_label}-{}", rate as u64);
@@ -264,6 +291,11 @@ pub fn run(cfg: &SweepConfig, mut progress: impl FnMut(Progress<'_>)) -> anyhow:
             }
         }
         server.stop();
+    }
+    if skipped.len() == cfg.engines.len() {
+        if let Some(e) = skipped.pop() {
+            return Err(e.context("no engine started"));
+        }
     }
     Ok(points)
 }
@@ -607,6 +639,11 @@ mod tests {
             vec![1000.0, 2000.0, 4000.0, 8000.0]
         );
         assert_eq!(parse_rates("500..500:1").unwrap(), vec![500.0]);
+        assert_eq!(
+            parse_rates("5000, 20000,80000").unwrap(),
+            vec![5000.0, 20000.0, 80000.0]
+        );
+        assert_eq!(parse_rates("700").unwrap(), vec![700.0]);
         for bad in [
             "",
             "1000",
@@ -615,6 +652,10 @@ mod tests {
             "1000..8000x1",
             "0..10:2",
             "1..9:0",
+            "2000,1000",
+            "1000,1000",
+            "1000,-5",
+            "1000,,2000",
         ] {
             assert!(parse_rates(bad).is_err(), "{bad}");
         }

@@ -1,0 +1,211 @@
+//! The report as its readers meet it: opened in a real browser (headless Chromium), opened
+//! as a notebook (validated by Python's nbformat), and rebuilt from a copied folder.
+//!
+//! Chromium and nbformat are outside tools. Where one is missing the test says so and passes,
+//! except under CI=true, where `.ci/run` installs both and a missing one is a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// One small sweep and its report, shared by the tests here.
+fn report_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("iolab-report-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new(env!("CARGO_BIN_EXE_iolab"))
+            .args(["sweep", "--engines", "epoll,poll", "--rates", "300,600"])
+            .args(["--duration", "0.3s", "--warmup", "0.1s", "--connections", "4"])
+            // An SLO no run misses: these tests are about the report, not the machine.
+            .args(["--slo", "60s", "--out"])
+            .arg(&dir)
+            .output()
+            .expect("run iolab sweep");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(env!("CARGO_BIN_EXE_iolab"))
+            .arg("report")
+            .arg(&dir)
+            .output()
+            .expect("run iolab report");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        dir
+    })
+}
+
+/// The number of figures the report says it holds.
+fn declared_figures(html: &str) -> usize {
+    let at = html
+        .find("name=\"iolab-figures\" content=\"")
+        .expect("the page declares its figure count");
+    let rest = &html[at + "name=\"iolab-figures\" content=\"".len()..];
+    rest[..rest.find('"').unwrap()].parse().unwrap()
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+fn missing_tool(what: &str) {
+    assert!(
+        !in_ci(),
+        "{what} is missing, and CI=true: .ci/run must install it"
+    );
+    eprintln!("skipped: {what} is not installed here (CI installs it)");
+}
+
+/// Runs `cmd` with a deadline; its stdout, or None if it could not start.
+fn run_bounded(mut cmd: Command, limit: Duration) -> Option<(bool, String, String)> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().ok()?;
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let err_reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{cmd:?} did not finish in {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Some((
+        status.success(),
+        reader.join().unwrap(),
+        err_reader.join().unwrap(),
+    ))
+}
+
+#[test]
+fn chromium_renders_every_figure() {
+    let dir = report_dir();
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    let figures = declared_figures(&html);
+    assert!(figures >= 7, "p50, p99, p99.9, CDF, two arrivals, CPU: {figures}");
+    let Some(browser) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        return missing_tool("chromium");
+    };
+    let profile = std::env::temp_dir().join(format!("iolab-chromium-{}", std::process::id()));
+    let mut cmd = Command::new(browser);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1100,3000",
+        "--dump-dom",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg(format!("file://{}", dir.join("report.html").display()));
+    let (ok, dom, err) = run_bounded(cmd, Duration::from_secs(120)).expect("chromium starts");
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(ok, "chromium failed: {err}");
+    // The page's own script marks what the browser laid out with a size.
+    assert!(
+        dom.contains(&format!("data-figures-rendered=\"{figures}\"")),
+        "not every figure rendered; chromium's view of the page:\n{}",
+        &dom[..dom.len().min(2000)]
+    );
+    let sizes: Vec<&str> = dom
+        .split("data-rendered=\"")
+        .skip(1)
+        .map(|s| &s[..s.find('"').unwrap()])
+        .collect();
+    assert_eq!(sizes.len(), figures, "{sizes:?}");
+    for size in sizes {
+        let (w, h) = size.split_once('x').unwrap();
+        assert!(
+            w.parse::<u32>().unwrap() > 100 && h.parse::<u32>().unwrap() > 100,
+            "{size}"
+        );
+    }
+}
+
+#[test]
+fn the_notebook_is_valid_nbformat_4_with_every_figure() {
+    let dir = report_dir();
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    let figures = declared_figures(&html);
+    let script = "import sys, nbformat\n\
+                  nb = nbformat.read(sys.argv[1], as_version=4)\n\
+                  nbformat.validate(nb)\n\
+                  svgs = [o for c in nb.cells if c.cell_type == 'code' for o in c.outputs\n\
+                          if 'image/svg+xml' in o.get('data', {})]\n\
+                  md = [c for c in nb.cells if c.cell_type == 'markdown']\n\
+                  print(nb.nbformat, len(svgs), len(md))\n";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).arg(dir.join("report.ipynb"));
+    let Some((ok, out, err)) = run_bounded(cmd, Duration::from_secs(60)) else {
+        return missing_tool("python3");
+    };
+    if !ok && err.contains("No module named 'nbformat'") {
+        return missing_tool("python3 nbformat");
+    }
+    assert!(ok, "nbformat rejected the notebook: {err}");
+    let fields: Vec<usize> = out.split_whitespace().map(|f| f.parse().unwrap()).collect();
+    assert_eq!(fields[0], 4);
+    assert_eq!(fields[1], figures, "every figure is embedded");
+    assert!(fields[2] >= 7, "markdown explains each section: {out}");
+}
+
+#[test]
+fn a_copied_folder_reports_offline_and_the_page_fetches_nothing() {
+    let dir = report_dir();
+    let copy = std::env::temp_dir().join(format!("iolab-report-copy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&copy);
+    std::fs::create_dir_all(copy.join("points")).unwrap();
+    for f in ["meta.json", "points.csv"] {
+        std::fs::copy(dir.join(f), copy.join(f)).unwrap();
+    }
+    for entry in std::fs::read_dir(dir.join("points")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, copy.join("points").join(path.file_name().unwrap())).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_iolab"))
+        .arg("report")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let original = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    let html = std::fs::read_to_string(copy.join("report.html")).unwrap();
+    assert_eq!(declared_figures(&html), declared_figures(&original));
+    // Nothing to fetch: no external sources, links, stylesheets or fonts. (The SVG namespace
+    // URI is a name, not a fetch.)
+    for needle in ["src=", "href=\"http", "url(", "@import", "<link"] {
+        assert!(!html.contains(needle), "the page refers out: {needle}");
+    }
+    let _ = std::fs::remove_dir_all(&copy);
+}
+
+#[test]
+fn a_rate_not_in_the_sweep_is_refused_with_the_ones_that_are() {
+    let dir = report_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_iolab"))
+        .arg("report")
+        .arg(dir)
+        .args(["--at", "12345", "-o"])
+        .arg(std::env::temp_dir().join(format!("iolab-never-{}.html", std::process::id())))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("12345") && err.contains("300, 600"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
