@@ -646,7 +646,6 @@ mod tests {
         assert_eq!(parse_rates("700").unwrap(), vec![700.0]);
         for bad in [
             "",
-            "1000",
             "1000..",
             "5000..1000:3",
             "1000..8000x1",
