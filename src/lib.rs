@@ -16,12 +16,16 @@
 //!   event-driven connection drivers, histograms and its own accuracy checks.
 //! - [`uring`]: io_uring plumbing the `uring` engine and the generator's io_uring driver
 //!   share (ring set-up and its failures, the provided-buffer ring, gathered sends).
+//! - [`stats`]: latency histograms and the Poisson check, pure math shared by the generator
+//!   and the report.
 //! - [`sweep`]: engines × rates, each engine its own pinned server process, into a results
-//!   folder that the report reads.
-//! - [`demo`]: the main job: every engine, the same load, one comparison table.
+//!   folder; [`results`] is that folder's format and the knee rule, which the report reads.
+//! - [`report`]: a results folder into an HTML page and a notebook.
+//! - [`demo`]: the main job: a short sweep of every engine, then the report.
 //!
 //! Dependency rule: `frame`, `session` and `workload` import no syscall crate and no other
-//! subsystem; engines import the core, never each other; only the CLI knows everything.
+//! subsystem; engines import the core, never each other; the report imports only `results`
+//! and `stats` (it reads files, never runs anything); only the CLI knows everything.
 
 pub mod clock;
 pub mod demo;
@@ -29,7 +33,9 @@ pub mod engine;
 pub mod frame;
 pub mod loadgen;
 pub mod report;
+pub mod results;
 pub mod session;
+pub mod stats;
 pub mod sweep;
 pub mod sys;
 pub mod units;

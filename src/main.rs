@@ -138,6 +138,10 @@ struct SweepArgs {
     /// this fraction of the run is invalid: its core, not the server, was the limit.
     #[arg(long, default_value_t = 0.9)]
     max_generator_busy: f64,
+    /// Measurements of a rate before an engine that saturated there is stopped: one stray
+    /// stall of the machine should not end an engine's sweep. Every attempt is kept.
+    #[arg(long, default_value_t = 2)]
+    attempts: u32,
     /// CPUs for the server (default: 0).
     #[arg(long, value_parser = cpus)]
     server_cpus: Option<CpuList>,
@@ -562,8 +566,8 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         demo::longest(&cfg).as_secs_f64()
     );
     run_sweep(&cfg)?;
-    let rows = iolab::sweep::read_points(&out)?;
-    println!("{}", iolab::sweep::knee_table(&rows, cfg.slo));
+    let rows = iolab::results::read_points(&out)?;
+    println!("{}", iolab::results::knee_table(&rows, cfg.slo));
     let written = iolab::report::write(
         &out,
         &out.join("report.html"),
@@ -581,7 +585,7 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs a sweep with a progress bar and one line per point.
-fn run_sweep(cfg: &iolab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::sweep::Point>> {
+fn run_sweep(cfg: &iolab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::results::Point>> {
     use iolab::sweep::Progress;
     let total = (cfg.engines.len() * cfg.rates.len()) as u64;
     let per_point = cfg.duration + cfg.warmup;
@@ -599,15 +603,12 @@ fn run_sweep(cfg: &iolab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::sweep
             bar.println(line);
         }
     };
-    let mut done_in_engine = 0u64;
-    let rates = cfg.rates.len() as u64;
     let points = iolab::sweep::run(cfg, |p| match p {
         Progress::Point { engine, rate } => bar.set_message(format!(
             "{engine} at {rate} rps ({:.1}s)",
             per_point.as_secs_f64()
         )),
         Progress::Done(point) => {
-            done_in_engine = done_in_engine % rates + 1;
             bar.inc(1);
             let mark = if point.valid { "" } else { "  INVALID" };
             say(format!(
@@ -616,11 +617,17 @@ fn run_sweep(cfg: &iolab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::sweep
                 point.send_lag_p99_us, point.generator_busy * 100.0
             ));
         }
-        Progress::EngineStopped { engine, why } => {
+        Progress::Retry { engine, rate } => {
+            bar.inc_length(1);
+            say(format!("  {engine}: saturated at {rate} rps, measuring it again"));
+        }
+        Progress::EngineStopped {
+            engine,
+            why,
+            remaining,
+        } => {
             say(format!("  {engine}: stopped, {why}"));
-            // The rates it will not run.
-            bar.inc(rates.saturating_sub(done_in_engine));
-            done_in_engine = 0;
+            bar.inc(remaining as u64);
         }
     });
     bar.finish_and_clear();
@@ -628,7 +635,7 @@ fn run_sweep(cfg: &iolab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::sweep
 }
 
 fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
-    use iolab::sweep::{self, SweepConfig};
+    use iolab::sweep::SweepConfig;
     let engines: Vec<Vec<String>> = a
         .engines
         .split(',')
@@ -663,12 +670,13 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
     cfg.ks_timescale = a.arrivals_check.ks_timescale.0;
     cfg.ks_resolution = a.arrivals_check.ks_resolution.0;
     cfg.max_generator_busy = a.max_generator_busy;
+    cfg.attempts = a.attempts.max(1);
     cfg.server_cpus = server_cpus;
     cfg.load_cpus = load_cpus;
     cfg.seed = a.seed;
     let points = run_sweep(&cfg)?;
-    let rows = sweep::read_points(&out)?;
-    println!("{}", iolab::sweep::knee_table(&rows, cfg.slo));
+    let rows = iolab::results::read_points(&out)?;
+    println!("{}", iolab::results::knee_table(&rows, cfg.slo));
     println!(
         "{} point(s) in {}; `iolab knee {}` prints the table again",
         points.len(),
@@ -679,8 +687,8 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn knee(a: KneeArgs) -> anyhow::Result<ExitCode> {
-    let rows = iolab::sweep::read_points(&a.dir)?;
-    print!("{}", iolab::sweep::knee_table(&rows, a.slo.0));
+    let rows = iolab::results::read_points(&a.dir)?;
+    print!("{}", iolab::results::knee_table(&rows, a.slo.0));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use crate::loadgen::spec::{ReplyDist, SizeDist, WorkDist};
 use crate::loadgen::{self, LoadConfig, LoadReport};
+use crate::results::Point;
 
 /// A sweep, fully specified.
 #[derive(Debug, Clone)]
@@ -46,11 +47,13 @@ pub struct SweepConfig {
     pub max_send_lag: Duration,
     /// Arrivals whose K-S p-value falls below this are invalid.
     pub min_ks_p: f64,
-    /// The arrivals check's timescale and resolution (see `loadgen::stats`).
+    /// The arrivals check's timescale and resolution (see `stats`).
     pub ks_timescale: Duration,
     pub ks_resolution: Duration,
     /// A point whose generator was busy for more than this fraction of its run is invalid.
     pub max_generator_busy: f64,
+    /// Measurements of a rate before a saturated engine is stopped there (1: no retry).
+    pub attempts: u32,
     pub server_cpus: Vec<usize>,
     pub load_cpus: Vec<usize>,
     pub seed: u64,
@@ -85,6 +88,7 @@ impl SweepConfig {
             ks_timescale: loadgen::DEFAULT_KS_TIMESCALE,
             ks_resolution: Duration::from_micros(20),
             max_generator_busy: 0.9,
+            attempts: 2,
             server_cpus: vec![0],
             load_cpus: vec![if two_cpus { 1 } else { 0 }],
             seed: 1,
@@ -93,37 +97,6 @@ impl SweepConfig {
             command_line: std::env::args().collect(),
         })
     }
-}
-
-/// One row of points.csv.
-#[derive(Debug, Clone, Serialize)]
-pub struct Point {
-    pub engine: String,
-    pub workload: String,
-    pub offered_rps: f64,
-    pub achieved_rps: f64,
-    pub p50_us: f64,
-    pub p90_us: f64,
-    pub p99_us: f64,
-    pub p999_us: f64,
-    pub max_us: f64,
-    pub send_lag_p99_us: f64,
-    /// Fraction of the run the generator spent working rather than waiting.
-    pub generator_busy: f64,
-    pub ks_p_value: f64,
-    pub ks_d: f64,
-    pub errors: u64,
-    pub server_cpu_s: f64,
-    pub client_cpu_s: f64,
-    /// Server CPU time per completed request.
-    pub server_cpu_us_per_request: f64,
-    pub valid: bool,
-    /// Why the point is not a valid measurement (empty when it is).
-    pub invalid_reason: String,
-    pub saturated: bool,
-    pub summary: String,
-    pub hdr_log: String,
-    pub gaps: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -155,9 +128,22 @@ struct Meta {
 /// What a progress display is told.
 #[derive(Debug, Clone)]
 pub enum Progress<'a> {
-    Point { engine: &'a str, rate: f64 },
+    Point {
+        engine: &'a str,
+        rate: f64,
+    },
     Done(&'a Point),
-    EngineStopped { engine: &'a str, why: String },
+    /// The point just done saturated the engine; the same rate is measured again.
+    Retry {
+        engine: &'a str,
+        rate: f64,
+    },
+    /// No more points for this engine; `remaining` rates of the ladder will not run.
+    EngineStopped {
+        engine: &'a str,
+        why: String,
+        remaining: usize,
+    },
 }
 
 /// Parses `START..END:STEPS` (evenly spaced, both ends included), `START..ENDxFACTOR`
@@ -247,45 +233,69 @@ pub fn run(cfg: &SweepConfig, mut progress: impl FnMut(Progress<'_>)) -> anyhow:
                 progress(Progress::EngineStopped {
                     engine: &label,
                     why: format!("skipped, it did not start: {e:#}"),
+                    remaining: cfg.rates.len(),
                 });
                 skipped.push(e);
                 continue;
             }
         };
-        for &rate in &cfg.rates {
-            progress(Progress::Point { engine: &label, rate });
-            let stem = format!("{file_label}-{}", rate as u64);
-            let cpu_before = server.cpu_seconds();
-            let report = loadgen::run(load_config(cfg, server.addr, rate), &mut |_| {})?;
-            let server_cpu = server.cpu_seconds() - cpu_before;
-            let json = points_dir.join(format!("{stem}.json"));
-            let hlog = points_dir.join(format!("{stem}.hlog"));
-            report.write_json(&json)?;
-            report.write_hdr_log(&hlog)?;
-            report.write_interarrivals(&points_dir.join(format!("{stem}.gaps")), GAPS_KEPT)?;
-            let point = judge(cfg, &label, &workload, rate, &report, server_cpu, &stem);
-            csv.serialize(&point)?;
-            csv.flush()?;
-            progress(Progress::Done(&point));
-            let stop = if let Some(e) = &report.error {
+        for (i, &rate) in cfg.rates.iter().enumerate() {
+            let remaining = cfg.rates.len() - i - 1;
+            let mut attempt = 1;
+            let (point, error) = loop {
+                progress(Progress::Point { engine: &label, rate });
+                let stem = match attempt {
+                    1 => format!("{file_label}-{}", rate as u64),
+                    n => format!("{file_label}-{}-attempt{n}", rate as u64),
+                };
+                let cpu_before = server.cpu_seconds();
+                let report = loadgen::run(load_config(cfg, server.addr, rate), &mut |_| {})?;
+                let server_cpu = server.cpu_seconds() - cpu_before;
+                report.write_json(&points_dir.join(format!("{stem}.json")))?;
+                report.write_hdr_log(&points_dir.join(format!("{stem}.hlog")))?;
+                report.write_interarrivals(&points_dir.join(format!("{stem}.gaps")), GAPS_KEPT)?;
+                let mut point = judge(cfg, &label, &workload, rate, &report, server_cpu, &stem);
+                point.attempt = attempt;
+                csv.serialize(&point)?;
+                csv.flush()?;
+                progress(Progress::Done(&point));
+                // A VM's stray stall can saturate one short point; the engine stops only if
+                // the rate fails again.
+                if point.saturated && report.error.is_none() && attempt < cfg.attempts && server.alive() {
+                    attempt += 1;
+                    points.push(point);
+                    progress(Progress::Retry { engine: &label, rate });
+                    continue;
+                }
+                break (point, report.error);
+            };
+            let stop = if let Some(e) = &error {
                 Some(format!("the run failed: {e}"))
             } else if point.saturated {
                 Some(format!(
-                    "saturated at {} rps (achieved {:.0}, p99 {:.0} us)",
-                    rate, point.achieved_rps, point.p99_us
+                    "saturated at {} rps (achieved {:.0}, p99 {:.0} us{})",
+                    rate,
+                    point.achieved_rps,
+                    point.p99_us,
+                    if attempt > 1 { ", on every attempt" } else { "" }
                 ))
             } else {
                 None
             };
             points.push(point);
             if let Some(why) = stop {
-                progress(Progress::EngineStopped { engine: &label, why });
+                progress(Progress::EngineStopped {
+                    engine: &label,
+                    why,
+                    remaining,
+                });
                 break;
             }
             if !server.alive() {
                 progress(Progress::EngineStopped {
                     engine: &label,
                     why: "the server exited".into(),
+                    remaining,
                 });
                 break;
             }
@@ -383,6 +393,7 @@ fn judge(
         summary: format!("points/{stem}.json"),
         hdr_log: format!("points/{stem}.hlog"),
         gaps: format!("points/{stem}.gaps"),
+        attempt: 1,
     }
 }
 
@@ -510,120 +521,6 @@ pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / ticks.max(1.0))
 }
 
-/// Reads a results folder's points.csv.
-pub fn read_points(dir: &Path) -> anyhow::Result<Vec<PointRow>> {
-    let path = dir.join("points.csv");
-    let mut reader =
-        csv::Reader::from_path(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut rows = Vec::new();
-    for row in reader.deserialize() {
-        rows.push(row.with_context(|| format!("a bad row in {}", path.display()))?);
-    }
-    Ok(rows)
-}
-
-/// A row of points.csv as read back.
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct PointRow {
-    pub engine: String,
-    pub workload: String,
-    pub offered_rps: f64,
-    pub achieved_rps: f64,
-    pub p50_us: f64,
-    pub p99_us: f64,
-    pub p999_us: f64,
-    pub send_lag_p99_us: f64,
-    pub generator_busy: f64,
-    pub ks_p_value: f64,
-    pub ks_d: f64,
-    pub server_cpu_us_per_request: f64,
-    pub valid: bool,
-    pub invalid_reason: String,
-    pub saturated: bool,
-    pub summary: String,
-    pub hdr_log: String,
-    pub gaps: String,
-}
-
-/// Engines in the order the sweep ran them.
-pub fn engine_order(rows: &[PointRow]) -> Vec<String> {
-    let mut engines: Vec<String> = Vec::new();
-    for r in rows {
-        if !engines.contains(&r.engine) {
-            engines.push(r.engine.clone());
-        }
-    }
-    engines
-}
-
-/// One engine's row of the knee table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Knee {
-    pub engine: String,
-    /// The highest offered rate whose point was valid, not saturated and had p99 within
-    /// the SLO (`None`: no point met it).
-    pub rate: Option<f64>,
-    /// Points left out because they were not valid measurements.
-    pub invalid: usize,
-    /// An invalid point above the knee met the SLO: the engine may sustain more than the
-    /// generator could show, so the knee is a lower bound.
-    pub lower_bound: bool,
-}
-
-/// The knee table, one row per engine.
-pub fn knees(rows: &[PointRow], slo_us: f64) -> Vec<Knee> {
-    engine_order(rows)
-        .into_iter()
-        .map(|engine| {
-            let mine = || rows.iter().filter(|r| r.engine == engine);
-            let rate = mine()
-                .filter(|r| r.valid && !r.saturated && r.p99_us <= slo_us)
-                .map(|r| r.offered_rps)
-                .fold(None, |acc: Option<f64>, r| Some(acc.map_or(r, |a| a.max(r))));
-            let invalid = mine().filter(|r| !r.valid).count();
-            let lower_bound = mine().any(|r| {
-                !r.valid && !r.saturated && r.p99_us <= slo_us && rate.is_none_or(|k| r.offered_rps > k)
-            });
-            Knee {
-                engine,
-                rate,
-                invalid,
-                lower_bound,
-            }
-        })
-        .collect()
-}
-
-/// The knee table as the terminal shows it.
-pub fn knee_table(rows: &[PointRow], slo: Duration) -> String {
-    let slo_us = slo.as_secs_f64() * 1e6;
-    let mut t = format!(
-        "highest rate with p99 <= {} (valid, unsaturated points)\n",
-        crate::units::Dur(slo)
-    );
-    for k in knees(rows, slo_us) {
-        let mut notes = Vec::new();
-        if k.invalid > 0 {
-            notes.push(format!("{} invalid point(s) left out", k.invalid));
-        }
-        if k.lower_bound {
-            notes.push("the generator could not show more: a lower bound".to_string());
-        }
-        let note = if notes.is_empty() {
-            String::new()
-        } else {
-            format!("  ({})", notes.join("; "))
-        };
-        let engine = &k.engine;
-        let at_least = if k.lower_bound { ">=" } else { "" };
-        match k.rate {
-            Some(r) => t += &format!("  {engine:<28} {at_least:>2}{r:>10.0} rps{note}\n"),
-            None => t += &format!("  {engine:<28} {:>12} (no point met it){note}\n", "-"),
-        }
-    }
-    t
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -658,56 +555,6 @@ mod tests {
         ] {
             assert!(parse_rates(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn knee_is_the_highest_good_point() {
-        let row = |engine: &str, rate: f64, p99: f64, valid: bool, saturated: bool| PointRow {
-            engine: engine.into(),
-            workload: String::new(),
-            offered_rps: rate,
-            achieved_rps: rate,
-            p50_us: 0.0,
-            p99_us: p99,
-            p999_us: 0.0,
-            send_lag_p99_us: 0.0,
-            generator_busy: 0.5,
-            ks_p_value: 0.5,
-            ks_d: 0.01,
-            server_cpu_us_per_request: 0.0,
-            valid,
-            invalid_reason: String::new(),
-            saturated,
-            summary: String::new(),
-            hdr_log: String::new(),
-            gaps: String::new(),
-        };
-        let rows = [
-            row("a", 1000.0, 100.0, true, false),
-            row("a", 2000.0, 200.0, true, false),
-            row("a", 4000.0, 300.0, false, false), // invalid: not counted
-            row("a", 8000.0, 5000.0, true, true),
-            row("b", 1000.0, 2000.0, true, true),
-            // c met the SLO only where the generator could not be trusted.
-            row("c", 1000.0, 100.0, true, false),
-            row("c", 2000.0, 150.0, false, false),
-        ];
-        let knee = |engine: &str, rate, invalid, lower_bound| Knee {
-            engine: engine.into(),
-            rate,
-            invalid,
-            lower_bound,
-        };
-        assert_eq!(
-            knees(&rows, 1000.0),
-            vec![
-                knee("a", Some(2000.0), 1, true),
-                knee("b", None, 0, false),
-                knee("c", Some(1000.0), 1, true)
-            ]
-        );
-        // The same invalid point above the SLO says nothing about the knee.
-        assert!(!knees(&rows, 120.0)[2].lower_bound);
     }
 
     #[test]

@@ -36,7 +36,7 @@ fn demo_sweeps_every_engine_and_writes_the_report() {
         &dir_arg,
     ]);
     assert!(ok, "demo failed: {err}\n{out}");
-    let rows = iolab::sweep::read_points(&dir).expect("the demo leaves points.csv");
+    let rows = iolab::results::read_points(&dir).expect("the demo leaves points.csv");
     for engine in iolab::engine::EngineKind::ALL.iter().map(|e| e.name()) {
         let mine: Vec<_> = rows.iter().filter(|r| r.engine == engine).collect();
         assert!(!mine.is_empty(), "no points for {engine}:\n{out}");
@@ -175,7 +175,7 @@ fn sweep_writes_a_results_folder_that_knee_reads() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
     assert_eq!(meta["engines"][1], "uring --register-files");
     assert!(meta["kernel"].as_str().is_some_and(|k| !k.is_empty()));
-    let rows = iolab::sweep::read_points(&dir).expect("points.csv reads back");
+    let rows = iolab::results::read_points(&dir).expect("points.csv reads back");
     assert_eq!(rows.len(), 4, "2 engines x 2 rates: {rows:?}");
     for row in &rows {
         let summary: serde_json::Value =
@@ -212,4 +212,41 @@ fn serve_accepts_a_cpu_list() {
     let (status, summary) = common::terminate(child, stdout);
     assert!(status.success());
     assert!(summary.contains("summary: engine=epoll"), "{summary}");
+}
+
+/// An engine that saturates is measured once more at that rate before the sweep gives up on
+/// it, and both attempts are kept. An SLO no run can meet makes every point saturated.
+#[test]
+fn a_saturated_point_is_measured_again_before_the_engine_stops() {
+    let dir = std::env::temp_dir().join(format!("iolab-retry-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let (ok, out, err) = iolab(&[
+        "sweep",
+        "--engines",
+        "epoll",
+        "--rates",
+        "300,600",
+        "--duration",
+        "0.3s",
+        "--warmup",
+        "0.1s",
+        "--connections",
+        "2",
+        "--slo",
+        "1ns",
+        "--out",
+        &dir_arg,
+    ]);
+    assert!(ok, "{err}");
+    let rows = iolab::results::read_points(&dir).unwrap();
+    let attempts: Vec<(f64, u32, bool)> = rows
+        .iter()
+        .map(|r| (r.offered_rps, r.attempt, r.saturated))
+        .collect();
+    assert_eq!(attempts, vec![(300.0, 1, true), (300.0, 2, true)], "{out}");
+    assert!(dir.join("points/epoll-300-attempt2.hlog").is_file());
+    assert!(out.contains("saturated at 300 rps, measuring it again"), "{out}");
+    assert!(out.contains("on every attempt"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

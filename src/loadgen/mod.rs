@@ -14,7 +14,6 @@ pub mod arrival;
 pub mod client;
 mod driver;
 pub mod spec;
-pub mod stats;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -30,10 +29,10 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::frame::{DEFAULT_CHUNK_SIZE, DEFAULT_MAX_FRAME};
+use crate::stats::{gaps_per_sample, ks_erlang, ks_exponential, mean_cv, new_histogram, KsResult};
 pub use arrival::ArrivalKind;
 use driver::{IntervalReport, StartGate, ThreadOutcome, ThreadPlan};
 use spec::{ReplyDist, SizeDist, WorkDist};
-use stats::{gaps_per_sample, ks_erlang, ks_exponential, mean_cv, new_histogram, KsResult};
 
 /// How connections are opened before the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]

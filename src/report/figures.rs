@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
-use crate::sweep::PointRow;
+use crate::results::Point;
 
 pub const PALETTE: [RGBColor; 9] = [
     RGBColor(31, 119, 180),
@@ -134,10 +134,10 @@ pub fn legend_mark(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, 
 /// One latency percentile against achieved throughput, a line per engine; invalid points
 /// hollow. With `slo_us`, the SLO is drawn as a grey line.
 pub fn latency_vs_throughput(
-    rows: &[PointRow],
+    rows: &[Point],
     engines: &[String],
     name: &str,
-    pick: fn(&PointRow) -> f64,
+    pick: fn(&Point) -> f64,
     slo_us: Option<f64>,
 ) -> anyhow::Result<String> {
     let max_x = rows.iter().map(|r| r.achieved_rps).fold(1.0, f64::max) * 1.05;
@@ -181,7 +181,7 @@ pub fn latency_vs_throughput(
             }
             for (i, engine) in engines.iter().enumerate() {
                 let color = PALETTE[i % PALETTE.len()];
-                let pts: Vec<&PointRow> = rows.iter().filter(|r| &r.engine == engine).collect();
+                let pts: Vec<&Point> = rows.iter().filter(|r| &r.engine == engine).collect();
                 chart
                     .draw_series(LineSeries::new(
                         pts.iter().map(|r| (r.achieved_rps, pick(r))),
@@ -206,7 +206,7 @@ pub fn latency_vs_throughput(
 }
 
 /// Server CPU time per request against offered load.
-pub fn cpu_per_request(rows: &[PointRow], engines: &[String]) -> anyhow::Result<String> {
+pub fn cpu_per_request(rows: &[Point], engines: &[String]) -> anyhow::Result<String> {
     let max_x = rows.iter().map(|r| r.offered_rps).fold(1.0, f64::max) * 1.05;
     let max_y = rows
         .iter()

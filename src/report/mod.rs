@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 
-use crate::loadgen::stats::{gaps_per_sample, new_histogram};
-use crate::sweep::{engine_order, knees, read_points, PointRow};
+use crate::results::{engine_order, knees, read_points, Point};
+use crate::stats::{gaps_per_sample, new_histogram};
 use figures::Distribution;
 
 /// Which latency of a point a plot shows.
-type Pick = fn(&PointRow) -> f64;
+type Pick = fn(&Point) -> f64;
 
 /// What to report on.
 #[derive(Debug, Clone, Default)]
@@ -138,7 +138,7 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 
 /// The highest rate at which every engine has a valid point; failing that, the rate with
 /// the most valid points (the higher on a tie).
-fn default_rate(rows: &[PointRow]) -> f64 {
+fn default_rate(rows: &[Point]) -> f64 {
     let engines = engine_order(rows).len();
     let mut rates: Vec<f64> = rows.iter().map(|r| r.offered_rps).collect();
     rates.sort_by(f64::total_cmp);
@@ -155,7 +155,7 @@ fn default_rate(rows: &[PointRow]) -> f64 {
 
 fn build(
     dir: &Path,
-    rows: &[PointRow],
+    rows: &[Point],
     meta: &serde_json::Value,
     slo_us: f64,
     at_rate: f64,
@@ -290,10 +290,14 @@ fn build(
     Ok(sections)
 }
 
-fn cdf_section(dir: &Path, rows: &[PointRow], engines: &[String], rate: f64) -> anyhow::Result<Section> {
+fn cdf_section(dir: &Path, rows: &[Point], engines: &[String], rate: f64) -> anyhow::Result<Section> {
     let mut loaded = Vec::new();
     for (i, engine) in engines.iter().enumerate() {
-        if let Some(p) = rows.iter().find(|r| &r.engine == engine && r.offered_rps == rate) {
+        // The last attempt at this rate is the one the sweep went on from.
+        if let Some(p) = rows
+            .iter()
+            .rfind(|r| &r.engine == engine && r.offered_rps == rate)
+        {
             loaded.push((engine.as_str(), i, p.valid, read_hlog(&dir.join(&p.hdr_log))?));
         }
     }
@@ -336,7 +340,7 @@ fn cdf_section(dir: &Path, rows: &[PointRow], engines: &[String], rate: f64) -> 
 
 fn arrivals_section(
     dir: &Path,
-    rows: &[PointRow],
+    rows: &[Point],
     meta: &serde_json::Value,
     rate: f64,
 ) -> anyhow::Result<Section> {
@@ -600,26 +604,12 @@ fn escape(s: &str) -> String {
 mod tests {
     use super::*;
 
-    fn row(engine: &str, rate: f64, valid: bool) -> PointRow {
-        PointRow {
+    fn row(engine: &str, rate: f64, valid: bool) -> Point {
+        Point {
             engine: engine.into(),
-            workload: String::new(),
             offered_rps: rate,
-            achieved_rps: rate,
-            p50_us: 10.0,
-            p99_us: 50.0,
-            p999_us: 90.0,
-            send_lag_p99_us: 5.0,
-            generator_busy: 0.3,
-            ks_p_value: 0.5,
-            ks_d: 0.01,
-            server_cpu_us_per_request: 5.0,
             valid,
-            invalid_reason: String::new(),
-            saturated: false,
-            summary: String::new(),
-            hdr_log: String::new(),
-            gaps: String::new(),
+            ..Point::default()
         }
     }
 

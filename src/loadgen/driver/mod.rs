@@ -33,10 +33,10 @@ use rand::SeedableRng;
 use super::arrival::Arrivals;
 use super::client::{ClientConn, Completion, RequestSpec};
 use super::spec::ReplyDist;
-use super::stats::new_histogram;
 use super::{ConnectMode, DriverKind, LoadConfig, Measured, RequestRecord};
 use crate::clock::now_ns;
 use crate::frame::ReplySize;
+use crate::stats::new_histogram;
 use crate::sys::{take_socket_error, tighten_timer_slack};
 
 /// How long before a scheduled send the thread stops sleeping and starts spinning.

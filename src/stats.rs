@@ -1,5 +1,5 @@
-//! The statistics the generator reports about itself and the server: latency histograms and
-//! the check that its arrivals really are Poisson.
+//! The statistics the generator reports about itself and the server, and the report re-reads:
+//! latency histograms and the check that arrivals really are Poisson. Pure math, no I/O.
 //!
 //! The Kolmogorov–Smirnov test compares the empirical distribution of interarrival times with
 //! the exponential of the offered mean. Its p-value uses the asymptotic Kolmogorov
