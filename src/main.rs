@@ -138,8 +138,9 @@ struct SweepArgs {
     /// this fraction of the run is invalid: its core, not the server, was the limit.
     #[arg(long, default_value_t = 0.9)]
     max_generator_busy: f64,
-    /// Measurements of a rate before an engine that saturated there is stopped: one stray
-    /// stall of the machine should not end an engine's sweep. Every attempt is kept.
+    /// Measurements of a rate whose point came out saturated or invalid before the last one
+    /// counts: one stray stall of the machine should not end an engine's sweep or hide its
+    /// knee. Every attempt is kept in points.csv.
     #[arg(long, default_value_t = 2)]
     attempts: u32,
     /// CPUs for the server (default: 0).
@@ -617,9 +618,9 @@ fn run_sweep(cfg: &iolab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::resul
                 point.send_lag_p99_us, point.generator_busy * 100.0
             ));
         }
-        Progress::Retry { engine, rate } => {
+        Progress::Retry { engine, rate, how } => {
             bar.inc_length(1);
-            say(format!("  {engine}: saturated at {rate} rps, measuring it again"));
+            say(format!("  {engine}: {how} at {rate} rps, measuring it again"));
         }
         Progress::EngineStopped {
             engine,

@@ -37,7 +37,8 @@ pub struct Point {
     pub summary: String,
     pub hdr_log: String,
     pub gaps: String,
-    /// 1 for a rate's first measurement; 2 when a saturated point was measured again.
+    /// 1 for a rate's first measurement; 2 and up when a saturated or invalid point was
+    /// measured again.
     pub attempt: u32,
 }
 

@@ -52,7 +52,8 @@ pub struct SweepConfig {
     pub ks_resolution: Duration,
     /// A point whose generator was busy for more than this fraction of its run is invalid.
     pub max_generator_busy: f64,
-    /// Measurements of a rate before a saturated engine is stopped there (1: no retry).
+    /// Measurements of a rate that came out saturated or invalid before the last one counts
+    /// (1: no retry).
     pub attempts: u32,
     pub server_cpus: Vec<usize>,
     pub load_cpus: Vec<usize>,
@@ -133,10 +134,11 @@ pub enum Progress<'a> {
         rate: f64,
     },
     Done(&'a Point),
-    /// The point just done saturated the engine; the same rate is measured again.
+    /// The point just done was saturated or invalid (`how`); the same rate is measured again.
     Retry {
         engine: &'a str,
         rate: f64,
+        how: &'static str,
     },
     /// No more points for this engine; `remaining` rates of the ladder will not run.
     EngineStopped {
@@ -259,13 +261,26 @@ pub fn run(cfg: &SweepConfig, mut progress: impl FnMut(Progress<'_>)) -> anyhow:
                 csv.serialize(&point)?;
                 csv.flush()?;
                 progress(Progress::Done(&point));
-                // A VM's stray stall can saturate one short point; the engine stops only if
-                // the rate fails again.
-                if point.saturated && report.error.is_none() && attempt < cfg.attempts && server.alive() {
-                    attempt += 1;
-                    points.push(point);
-                    progress(Progress::Retry { engine: &label, rate });
-                    continue;
+                // A stray stall of the VM can saturate a short point or make the generator
+                // miss its schedule; the rate is measured again before it counts.
+                let failed = if point.saturated {
+                    Some("saturated")
+                } else if !point.valid {
+                    Some("invalid")
+                } else {
+                    None
+                };
+                if let Some(how) = failed {
+                    if report.error.is_none() && attempt < cfg.attempts && server.alive() {
+                        attempt += 1;
+                        points.push(point);
+                        progress(Progress::Retry {
+                            engine: &label,
+                            rate,
+                            how,
+                        });
+                        continue;
+                    }
                 }
                 break (point, report.error);
             };
