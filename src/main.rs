@@ -556,7 +556,8 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     println!(
         "iolab demo: {} engine(s), each its own server process on CPU {:?}, the generator on CPU {:?};\n\
          64 B echo, {} connections, open-loop Poisson at {} rps, {} per point after {} warm-up\n\
-         (at most {:.0} s; an engine stops at the first rate it cannot sustain)",
+         (about a minute, at most {:.0} s; a saturated or invalid point is measured again, and an\n\
+         engine stops at the first rate it cannot sustain)",
         cfg.engines.len(),
         cfg.server_cpus,
         cfg.load_cpus,

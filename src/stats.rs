@@ -138,6 +138,17 @@ pub fn mean_cv(samples: &[f64]) -> (f64, f64) {
     (mean, var.sqrt() / mean)
 }
 
+/// A p-value as text: "= 0.104", "= 3.2e-9", "< 1e-300".
+pub fn fmt_p(p: f64) -> String {
+    if p == 0.0 {
+        "< 1e-300".into()
+    } else if p >= 0.001 {
+        format!("= {p:.3}")
+    } else {
+        format!("= {p:.1e}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +265,13 @@ mod tests {
         assert_eq!(gaps_per_sample(100_000.0, t), 20);
         assert_eq!(gaps_per_sample(1e12, t), MAX_GAPS_PER_SAMPLE);
         assert_eq!(gaps_per_sample(f64::NAN, t), 1);
+    }
+
+    #[test]
+    fn p_values_print_readably() {
+        assert_eq!(fmt_p(0.1044), "= 0.104");
+        assert_eq!(fmt_p(3.21e-9), "= 3.2e-9");
+        assert_eq!(fmt_p(0.0), "< 1e-300");
     }
 
     #[test]

@@ -369,8 +369,11 @@ fn judge(
     }
     if s.completed > 100 && s.interarrival.ks_p_value < cfg.min_ks_p {
         reasons.push(format!(
-            "arrivals failed the Poisson check at {:.0} us scale (K-S D = {:.3}, p = {:.2e} < {})",
-            s.interarrival.ks_timescale_us, s.interarrival.ks_d, s.interarrival.ks_p_value, cfg.min_ks_p
+            "arrivals failed the Poisson check at {:.0} us scale (K-S D = {:.3}, p {} < {})",
+            s.interarrival.ks_timescale_us,
+            s.interarrival.ks_d,
+            crate::stats::fmt_p(s.interarrival.ks_p_value),
+            cfg.min_ks_p
         ));
     }
     if let Some(e) = &s.error {

@@ -132,19 +132,23 @@ pub fn legend_mark(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, 
 }
 
 /// One latency percentile against achieved throughput, a line per engine; invalid points
-/// hollow. With `slo_us`, the SLO is drawn as a grey line.
+/// hollow. With `slo_us`, the SLO is drawn as a grey line; latencies above `cap_us` sit on
+/// the top edge.
 pub fn latency_vs_throughput(
     rows: &[Point],
     engines: &[String],
     name: &str,
     pick: fn(&Point) -> f64,
     slo_us: Option<f64>,
+    cap_us: f64,
 ) -> anyhow::Result<String> {
     let max_x = rows.iter().map(|r| r.achieved_rps).fold(1.0, f64::max) * 1.05;
+    // Values above the cap are drawn on the top edge.
+    let pick = |r: &Point| pick(r).min(cap_us);
     let min_y = rows.iter().map(pick).fold(f64::MAX, f64::min).max(1.0) / 1.5;
-    let mut max_y = rows.iter().map(pick).fold(1.0, f64::max) * 1.5;
+    let mut max_y = (rows.iter().map(pick).fold(1.0, f64::max) * 1.5).min(cap_us);
     if let Some(slo) = slo_us {
-        max_y = max_y.max(slo * 1.5);
+        max_y = max_y.max((slo * 1.5).min(cap_us));
     }
     let caption = format!("{name} latency vs throughput");
     let x_axis = Axis {

@@ -17,7 +17,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 
 use crate::results::{engine_order, knees, read_points, Point};
-use crate::stats::{gaps_per_sample, new_histogram};
+use crate::stats::{fmt_p, gaps_per_sample, new_histogram};
 use figures::Distribution;
 
 /// Which latency of a point a plot shows.
@@ -143,7 +143,17 @@ fn default_rate(rows: &[Point]) -> f64 {
     let mut rates: Vec<f64> = rows.iter().map(|r| r.offered_rps).collect();
     rates.sort_by(f64::total_cmp);
     rates.dedup();
-    let valid_at = |rate: f64| rows.iter().filter(|r| r.offered_rps == rate && r.valid).count();
+    // Engines, not rows: a rate measured twice has two rows.
+    let valid_at = |rate: f64| {
+        let mut engines: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.offered_rps == rate && r.valid)
+            .map(|r| r.engine.as_str())
+            .collect();
+        engines.sort_unstable();
+        engines.dedup();
+        engines.len()
+    };
     rates
         .iter()
         .rev()
@@ -174,8 +184,16 @@ fn build(
                 .into(),
             "Hollow markers are invalid points: the generator was the bottleneck (its send \
              lag or its busy time over the bound) or its arrivals failed the Poisson check. \
-             They are drawn so nothing is hidden, and left out of the knee table."
+             They are drawn so nothing is hidden, and left out of the knee table. A rate \
+             measured twice (its first point was saturated or invalid) shows both points, \
+             joined by a vertical line; the later one counts."
                 .into(),
+            format!(
+                "The latency axis stops at {}: a saturated point far above it (a queue growing \
+                 for the whole run) is drawn on the top edge, and its value is in the table \
+                 at the end.",
+                fmt_us(latency_cap(slo_us))
+            ),
         ],
         blocks: Vec::new(),
     };
@@ -188,7 +206,7 @@ fn build(
         let slo = (name == "p99").then_some(slo_us);
         latency.blocks.push(Block::Figure {
             name: file.into(),
-            svg: figures::latency_vs_throughput(rows, &engines, name, pick, slo)?,
+            svg: figures::latency_vs_throughput(rows, &engines, name, pick, slo, latency_cap(slo_us))?,
         });
     }
     sections.push(latency);
@@ -201,8 +219,10 @@ fn build(
         text: vec![
             "Server process CPU time (user + system, read from /proc before and after each \
              point, warm-up included) divided by the requests it served. It shows what each \
-             I/O model costs per request, apart from how fast it answers: polling engines \
-             pay more at low load, batching engines less at high load."
+             I/O model costs per request, apart from how fast it answers. An engine with a \
+             fixed cost per wake-up (select and poll rebuild and scan their sets, pool hands \
+             every request to a worker thread) spreads it over few requests at low load; at \
+             high load each wake-up serves many, and the costs converge on the kernel's."
                 .into(),
         ],
         blocks: vec![Block::Figure {
@@ -242,15 +262,17 @@ fn build(
     sections.push(Section {
         title: "Every point".into(),
         text: vec![
-            "Each measured point, as in points.csv. \"busy\" is the share of the run the \
-             generator spent working rather than waiting for its next send; \"K-S p\" is the \
-             arrivals check. Invalid points are greyed, with the reason."
+            "Each measured point, as in points.csv. \"try\" counts measurements of the same \
+             rate; \"busy\" is the share of the run the generator spent working rather than \
+             waiting for its next send; \"K-S p\" is the arrivals check. Invalid points are \
+             greyed, with the reason."
                 .into(),
         ],
         blocks: vec![Block::Table(Table {
             header: [
                 "engine",
                 "offered",
+                "try",
                 "achieved",
                 "p50 us",
                 "p99 us",
@@ -274,6 +296,7 @@ fn build(
                     vec![
                         r.engine.clone(),
                         format!("{:.0}", r.offered_rps),
+                        r.attempt.to_string(),
                         format!("{:.0}", r.achieved_rps),
                         format!("{:.1}", r.p50_us),
                         format!("{:.1}", r.p99_us),
@@ -467,15 +490,10 @@ fn read_gaps(path: &Path) -> anyhow::Result<Vec<f64>> {
         .collect()
 }
 
-/// A p-value as text: "= 0.104", "= 3.2e-9", "< 1e-300".
-fn fmt_p(p: f64) -> String {
-    if p == 0.0 {
-        "< 1e-300".into()
-    } else if p >= 0.001 {
-        format!("= {p:.3}")
-    } else {
-        format!("= {p:.1e}")
-    }
+/// Where the latency plots' axis stops: far enough above the SLO to show how an engine
+/// crosses it, near enough that one runaway queue does not flatten every other curve.
+fn latency_cap(slo_us: f64) -> f64 {
+    slo_us * 10.0
 }
 
 fn fmt_us(us: f64) -> String {
@@ -624,6 +642,15 @@ mod tests {
             row("b", 4000.0, false),
         ];
         assert_eq!(default_rate(&rows), 2000.0);
+        // Two valid attempts of one engine do not stand in for another engine.
+        let rows = [
+            row("a", 1000.0, true),
+            row("b", 1000.0, true),
+            row("a", 2000.0, true),
+            row("a", 2000.0, true),
+            row("b", 2000.0, false),
+        ];
+        assert_eq!(default_rate(&rows), 1000.0);
         // No rate where all are valid: the one with the most valid points.
         let rows = [
             row("a", 1000.0, false),
