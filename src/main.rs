@@ -612,7 +612,22 @@ fn run_sweep(cfg: &iolab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::resul
         )),
         Progress::Done(point) => {
             bar.inc(1);
-            let mark = if point.valid { "" } else { "  INVALID" };
+            // The reasons in short; points.csv and the report have them in full.
+            let why: Vec<&str> = [
+                ("send-lag", "send lag"),
+                ("busy", "busy"),
+                ("Poisson", "K-S"),
+                ("did not complete", "error"),
+            ]
+            .into_iter()
+            .filter(|(key, _)| point.invalid_reason.contains(key))
+            .map(|(_, short)| short)
+            .collect();
+            let mark = if point.valid {
+                String::new()
+            } else {
+                format!("  INVALID ({})", why.join(", "))
+            };
             say(format!(
                 "  {:<24} {:>9.0} rps  achieved {:>9.0}  p50 {:>8.1}us  p99 {:>8.1}us  send-lag99 {:>6.1}us  busy {:>3.0}%{mark}",
                 point.engine, point.offered_rps, point.achieved_rps, point.p50_us, point.p99_us,
