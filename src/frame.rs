@@ -337,6 +337,8 @@ pub enum Body {
     Owned(Vec<u8>),
     /// `len` bytes of the verification pattern seeded with `seed`, served from a static table.
     Pattern { seed: u64, len: usize },
+    /// Bytes shared with others, never copied: a cached file that many responses send.
+    Shared(std::sync::Arc<[u8]>),
 }
 
 impl Body {
@@ -344,6 +346,7 @@ impl Body {
         match self {
             Body::Owned(v) => v.len(),
             Body::Pattern { len, .. } => *len,
+            Body::Shared(b) => b.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -355,6 +358,7 @@ impl Body {
         match self {
             Body::Owned(v) => &v[offset..offset + max],
             Body::Pattern { seed, .. } => pattern_slice(*seed, offset, max),
+            Body::Shared(b) => &b[offset..offset + max],
         }
     }
 }
@@ -362,9 +366,25 @@ impl Body {
 /// One frame ready to send: its encoded header and its body.
 #[derive(Debug, Clone)]
 pub struct OutFrame {
-    head: [u8; MAX_HEADER_LEN],
-    head_len: usize,
+    head: Head,
     body: Body,
+}
+
+/// A frame's header bytes: a binary header inline, or a text protocol's head (HTTP) that has
+/// no fixed size.
+#[derive(Debug, Clone)]
+enum Head {
+    Inline { bytes: [u8; MAX_HEADER_LEN], len: usize },
+    Text(Vec<u8>),
+}
+
+impl Head {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Head::Inline { bytes, len } => &bytes[..*len],
+            Head::Text(v) => v,
+        }
+    }
 }
 
 impl OutFrame {
@@ -374,17 +394,24 @@ impl OutFrame {
     pub fn new<H: Header>(mut header: H, body: Body) -> Self {
         debug_assert!(body.len() <= u32::MAX as usize);
         header.set_payload_len(body.len() as u32);
-        let mut head = [0u8; MAX_HEADER_LEN];
-        header.emit(&mut head[..H::LEN]);
+        let mut bytes = [0u8; MAX_HEADER_LEN];
+        header.emit(&mut bytes[..H::LEN]);
         OutFrame {
-            head,
-            head_len: H::LEN,
+            head: Head::Inline { bytes, len: H::LEN },
+            body,
+        }
+    }
+
+    /// A message whose head is already encoded (an HTTP status line and headers).
+    pub fn raw(head: Vec<u8>, body: Body) -> Self {
+        OutFrame {
+            head: Head::Text(head),
             body,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.head_len + self.body.len()
+        self.head.as_slice().len() + self.body.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -395,11 +422,12 @@ impl OutFrame {
     /// body never share a slice, so a writev sends the header from here and the payload from
     /// wherever it lives.
     fn slice_at(&self, offset: usize, chunk: usize) -> &[u8] {
-        if offset < self.head_len {
-            let end = self.head_len.min(offset + chunk);
-            &self.head[offset..end]
+        let head = self.head.as_slice();
+        if offset < head.len() {
+            let end = head.len().min(offset + chunk);
+            &head[offset..end]
         } else {
-            self.body.slice_at(offset - self.head_len, chunk)
+            self.body.slice_at(offset - head.len(), chunk)
         }
     }
 }

@@ -8,7 +8,9 @@
 //!   the byte stream, and an encoder that hands frames out as borrowed, chunk-sized slices.
 //! - [`session`]: the server's per-connection state machine, no I/O. Bytes in, slices out,
 //!   protocol errors as values. Every engine drives it.
-//! - [`workload`]: pure request-to-reply functions (echo, sized payload, CPU spin).
+//! - [`http`]: HTTP/1.1 requests and response heads, no I/O: the web protocol beside `frame`.
+//! - [`workload`]: pure request-to-reply functions (echo, sized payload, CPU spin);
+//!   [`static_files`] is the HTTP workload, files read once at start and served from memory.
 //! - [`engine`]: one I/O model per file. Engines decide how to wait, read, write, accept and
 //!   schedule, and nothing else; shared plumbing (listener, shutdown, pinning, counters)
 //!   sits in `engine/mod.rs`.
@@ -31,10 +33,12 @@ pub mod clock;
 pub mod demo;
 pub mod engine;
 pub mod frame;
+pub mod http;
 pub mod loadgen;
 pub mod report;
 pub mod results;
 pub mod session;
+pub mod static_files;
 pub mod stats;
 pub mod sweep;
 pub mod sys;

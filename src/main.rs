@@ -195,9 +195,17 @@ struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (printed on the first line).
     #[arg(long, default_value = "127.0.0.1:0")]
     addr: SocketAddr,
-    /// Wire protocol.
-    #[arg(long, value_enum, default_value_t = Protocol::Frame)]
-    protocol: Protocol,
+    /// Wire protocol: `frame` (the lab's binary frames) or `http` (HTTP/1.1 GET and HEAD of
+    /// the files under --root, read into memory at start).
+    #[arg(long, value_enum, default_value_t = ServeProtocol::Frame)]
+    protocol: ServeProtocol,
+    /// With --protocol http: the directory served. Nothing outside it is ever sent; symbolic
+    /// links are followed only to targets inside it.
+    #[arg(long, required_if_eq("protocol", "http"))]
+    root: Option<PathBuf>,
+    /// With --protocol http: the most the files under --root may hold in all.
+    #[arg(long, default_value = "1GiB")]
+    cache_limit: Size,
     /// Share-nothing event loops (select, poll, epoll, uring, tokio, monoio): each has its own SO_REUSEPORT
     /// listener and CPU, and a connection stays on the loop that accepted it.
     #[arg(long, default_value_t = 1)]
@@ -319,6 +327,14 @@ impl FrameArgs {
             to_usize(self.max_frame, "--max-frame")?,
         ))
     }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ServeProtocol {
+    /// Length-prefixed binary frames (see the design document).
+    Frame,
+    /// HTTP/1.1: GET and HEAD of static files, keep-alive and pipelining.
+    Http,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -461,6 +477,29 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         max_spin: a.max_spin.0,
         ..SessionConfig::default()
     };
+    match (a.protocol, &a.root) {
+        (ServeProtocol::Http, Some(root)) => {
+            let files = iolab::static_files::StaticFiles::load(root, a.cache_limit.0)?;
+            let s = files.summary();
+            eprintln!(
+                "http: {} file(s), {:.1} MiB in memory from {}{}",
+                s.files,
+                s.bytes as f64 / (1 << 20) as f64,
+                root.display(),
+                if s.skipped_links > 0 {
+                    format!(" ({} link(s) leading outside it left out)", s.skipped_links)
+                } else {
+                    String::new()
+                }
+            );
+            cfg.session.http = Some(std::sync::Arc::new(files));
+        }
+        (ServeProtocol::Http, None) => anyhow::bail!("--protocol http needs --root DIR"),
+        (ServeProtocol::Frame, Some(_)) => {
+            anyhow::bail!("--root serves files over HTTP: add --protocol http")
+        }
+        (ServeProtocol::Frame, None) => {}
+    }
     cfg.drain_timeout = a.drain_timeout.0;
     cfg.log_errors = !a.quiet;
     cfg.uring = a.uring.options()?;

@@ -4,7 +4,14 @@
 //! asks it what to send ([`ServerSession::out`]), then reports how much the socket took
 //! ([`ServerSession::wrote`]). Framing, reassembly of partial reads, limits and protocol
 //! errors all live here, so every engine differs from the others only in how it waits,
-//! reads and writes. Time is never read here except by the spin workload, whose job it is.
+//! reads and writes. Time is never read here except by the workloads that need it (spin,
+//! and HTTP's `Date`).
+//!
+//! A session speaks one of two protocols, chosen by the server's configuration: the binary
+//! frames of the design document, or HTTP/1.1 serving static files. A session can finish
+//! before its peer does (HTTP's `Connection: close`, or a refused request): from then on
+//! it takes no more input, and the engine closes the connection once
+//! [`ServerSession::finished`] and the queued output is written.
 
 use std::time::Duration;
 
@@ -12,7 +19,10 @@ use crate::frame::{
     FrameDecoder, FrameError, OutFrame, OutQueue, ReplySize, RequestHeader, DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_FRAME,
 };
+use crate::http::{HttpDecoder, HttpError, HttpLimits};
+use crate::static_files::StaticFiles;
 use crate::workload;
+use std::sync::Arc;
 
 /// Limits and sizes shared by every connection of a server.
 #[derive(Debug, Clone)]
@@ -26,6 +36,9 @@ pub struct SessionConfig {
     /// Stop reading a connection while this many reply bytes wait to be written, so a client
     /// that sends but never reads cannot make the server buffer without bound.
     pub out_high_water: usize,
+    /// Serve HTTP/1.1 from these files instead of the frame protocol.
+    pub http: Option<Arc<StaticFiles>>,
+    pub http_limits: HttpLimits,
 }
 
 impl Default for SessionConfig {
@@ -35,6 +48,8 @@ impl Default for SessionConfig {
             max_frame: DEFAULT_MAX_FRAME,
             max_spin: Duration::from_secs(1),
             out_high_water: 4 << 20,
+            http: None,
+            http_limits: HttpLimits::default(),
         }
     }
 }
@@ -50,6 +65,8 @@ pub enum SessionError {
     SpinTooLong { id: u64, asked_ns: u64, max_ns: u64 },
     #[error("peer closed in the middle of a frame")]
     Truncated,
+    #[error(transparent)]
+    Http(#[from] HttpError),
 }
 
 /// What one connection did, added to the server's totals when it closes.
@@ -66,19 +83,44 @@ pub type Request = crate::frame::Frame<RequestHeader>;
 #[derive(Debug)]
 pub struct ServerSession {
     config: SessionConfig,
-    decoder: FrameDecoder<RequestHeader>,
+    decoder: Decoder,
     out: OutQueue,
     counters: SessionCounters,
+    /// No more requests will be read (see [`ServerSession::finished`]).
+    finished: bool,
+}
+
+#[derive(Debug)]
+enum Decoder {
+    Frame(FrameDecoder<RequestHeader>),
+    Http {
+        decoder: HttpDecoder,
+        files: Arc<StaticFiles>,
+    },
 }
 
 impl ServerSession {
     pub fn new(config: &SessionConfig) -> Self {
+        let decoder = match &config.http {
+            Some(files) => Decoder::Http {
+                decoder: HttpDecoder::new(config.http_limits),
+                files: files.clone(),
+            },
+            None => Decoder::Frame(FrameDecoder::new(config.max_frame)),
+        };
         ServerSession {
             config: config.clone(),
-            decoder: FrameDecoder::new(config.max_frame),
+            decoder,
             out: OutQueue::new(config.chunk_size),
             counters: SessionCounters::default(),
+            finished: false,
         }
+    }
+
+    /// Whether the session takes no more requests: the engine should stop reading and close
+    /// the connection once the queued output is written.
+    pub fn finished(&self) -> bool {
+        self.finished
     }
 
     pub fn chunk_size(&self) -> usize {
@@ -88,6 +130,9 @@ impl ServerSession {
     /// Feeds received bytes. Each request they complete runs at once, its reply queued.
     /// Returns how many requests completed.
     pub fn receive(&mut self, data: &[u8]) -> Result<usize, SessionError> {
+        if matches!(self.decoder, Decoder::Http { .. }) {
+            return self.receive_http(data);
+        }
         let mut done = 0;
         self.decode(data, |this, request| {
             this.queue_reply(workload::execute(request));
@@ -99,8 +144,44 @@ impl ServerSession {
     /// Feeds received bytes and hands back the requests they complete, without running them:
     /// for engines that execute requests on other threads. Replies must come back through
     /// [`ServerSession::queue_reply`] in the order the requests were handed out.
+    ///
+    /// HTTP requests are answered at once (a cache lookup gains nothing from another thread).
     pub fn receive_requests(&mut self, data: &[u8], requests: &mut Vec<Request>) -> Result<(), SessionError> {
+        if matches!(self.decoder, Decoder::Http { .. }) {
+            return self.receive_http(data).map(|_| ());
+        }
         self.decode(data, |_, request| requests.push(request))
+    }
+
+    fn receive_http(&mut self, data: &[u8]) -> Result<usize, SessionError> {
+        let Decoder::Http { decoder, files } = &mut self.decoder else {
+            return Ok(0);
+        };
+        if self.finished {
+            return Ok(0); // bytes after the last request we answer: not ours to read
+        }
+        self.counters.bytes_in += data.len() as u64;
+        decoder.push(data);
+        let mut done = 0;
+        while let Some(parsed) = decoder.next_request() {
+            match parsed {
+                Ok(request) => {
+                    self.out.push(files.respond(&request));
+                    self.counters.requests += 1;
+                    done += 1;
+                    if !request.keep_alive {
+                        self.finished = true;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    self.out.push(files.refuse(&e));
+                    self.finished = true;
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(done)
     }
 
     fn decode(
@@ -110,7 +191,10 @@ impl ServerSession {
     ) -> Result<(), SessionError> {
         self.counters.bytes_in += data.len() as u64;
         while !data.is_empty() {
-            let (used, frame) = self.decoder.decode(data)?;
+            let Decoder::Frame(decoder) = &mut self.decoder else {
+                return Ok(());
+            };
+            let (used, frame) = decoder.decode(data)?;
             data = &data[used..];
             if let Some(request) = frame {
                 self.check_limits(&request.header)?;
@@ -174,7 +258,11 @@ impl ServerSession {
 
     /// The peer closed its sending side. Fine between frames; an error inside one.
     pub fn peer_closed(&self) -> Result<(), SessionError> {
-        if self.decoder.is_idle() {
+        let idle = match &self.decoder {
+            Decoder::Frame(d) => d.is_idle(),
+            Decoder::Http { decoder, .. } => self.finished || decoder.is_idle(),
+        };
+        if idle {
             Ok(())
         } else {
             Err(SessionError::Truncated)

@@ -29,12 +29,13 @@ pub fn serve_connection(stream: &mut TcpStream, session: &mut ServerSession) -> 
             return Ok(session.peer_closed()?);
         }
         let mut left = n;
+        let mut received = Ok(0);
         for buffer in &buffers {
-            if left == 0 {
+            if left == 0 || received.is_err() {
                 break;
             }
             let filled = left.min(buffer.len());
-            session.receive(&buffer[..filled])?;
+            received = session.receive(&buffer[..filled]);
             left -= filled;
         }
         loop {
@@ -47,6 +48,11 @@ pub fn serve_connection(stream: &mut TcpStream, session: &mut ServerSession) -> 
                 retry(|| stream.write_vectored(&slices[..count]))?
             };
             session.wrote(written);
+        }
+        // After the replies: an HTTP client is owed the response that refuses it.
+        received?;
+        if session.finished() {
+            return Ok(());
         }
     }
 }

@@ -96,6 +96,9 @@ async fn serve_connection(
             return Err(e.into());
         }
         flush(stream, session, &mut out).await?;
+        if session.finished() {
+            return Ok(());
+        }
     }
 }
 

@@ -108,7 +108,8 @@ impl Conn {
             if let Err(e) = self.flush() {
                 return Drive::Close(Err(e.into()));
             }
-            if self.read_closed {
+            // A finished session (HTTP's `Connection: close`) is done like a peer that hung up.
+            if self.read_closed || self.session.finished() {
                 return self.after_eof();
             }
             if !self.has_room() {

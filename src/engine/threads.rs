@@ -20,10 +20,16 @@ pub fn serve_connection(stream: &mut TcpStream, session: &mut ServerSession) -> 
         if n == 0 {
             return Ok(session.peer_closed()?);
         }
-        session.receive(&buf[..n])?;
+        // Replies go out before a protocol error ends the connection: an HTTP client is
+        // owed the response that refuses it.
+        let received = session.receive(&buf[..n]);
         while let Some(chunk) = session.out().front() {
             let written = retry(|| stream.write(chunk))?;
             session.wrote(written);
+        }
+        received?;
+        if session.finished() {
+            return Ok(());
         }
     }
 }

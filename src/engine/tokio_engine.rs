@@ -88,6 +88,9 @@ async fn serve_connection(
             return Err(e.into());
         }
         flush(stream, session).await?;
+        if session.finished() {
+            return Ok(());
+        }
     }
 }
 

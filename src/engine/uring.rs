@@ -409,6 +409,11 @@ impl Loop {
                     conn.close_after_send = true;
                     // Ends a multishot receive: the peer's further bytes are not ours to read.
                     let _ = conn.stream.shutdown(std::net::Shutdown::Read);
+                } else if conn.session.finished() && !conn.read_closed {
+                    // HTTP's `Connection: close`: as if the peer hung up, so every queued
+                    // response is sent before the socket closes.
+                    conn.read_closed = true;
+                    let _ = conn.stream.shutdown(std::net::Shutdown::Read);
                 }
             }
             0 => {
