@@ -197,8 +197,8 @@ struct ServeArgs {
     addr: SocketAddr,
     /// Wire protocol: `frame` (the lab's binary frames) or `http` (HTTP/1.1 GET and HEAD of
     /// the files under --root, read into memory at start).
-    #[arg(long, value_enum, default_value_t = ServeProtocol::Frame)]
-    protocol: ServeProtocol,
+    #[arg(long, value_enum, default_value_t = Protocol::Frame)]
+    protocol: Protocol,
     /// With --protocol http: the directory served. Nothing outside it is ever sent; symbolic
     /// links are followed only to targets inside it.
     #[arg(long, required_if_eq("protocol", "http"))]
@@ -330,17 +330,11 @@ impl FrameArgs {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum ServeProtocol {
-    /// Length-prefixed binary frames (see the design document).
-    Frame,
-    /// HTTP/1.1: GET and HEAD of static files, keep-alive and pipelining.
-    Http,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Protocol {
     /// Length-prefixed binary frames (see the design document).
     Frame,
+    /// HTTP/1.1: GET (and, serving, HEAD) of static files, keep-alive and pipelining.
+    Http,
 }
 
 #[derive(Args, Debug)]
@@ -348,9 +342,21 @@ struct LoadArgs {
     /// The server to load.
     #[arg(long)]
     addr: SocketAddr,
-    /// Wire protocol.
+    /// Wire protocol. With `http`, each request is a GET of a page drawn at random from
+    /// --paths (or --path), checked for status 200 and its body length; non-200 statuses are
+    /// counted by status. The workload flags (--request-size, --reply, --work) are frame-only.
     #[arg(long, value_enum, default_value_t = Protocol::Frame)]
     protocol: Protocol,
+    /// With --protocol http: the one page to ask for.
+    #[arg(long, default_value = "/", conflicts_with = "paths")]
+    path: String,
+    /// With --protocol http: a file of pages, one per line, `PATH [BYTES]`; with BYTES, each
+    /// response's length is checked against it (`iolab corpus` writes such a file).
+    #[arg(long)]
+    paths: Option<PathBuf>,
+    /// With --protocol http: the Host field (default: --addr).
+    #[arg(long)]
+    host: Option<String>,
     /// Total offered load in requests per second, over all connections and threads
     /// (fractions are fine: 0.5 is one request every two seconds).
     #[arg(long)]
@@ -478,7 +484,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         ..SessionConfig::default()
     };
     match (a.protocol, &a.root) {
-        (ServeProtocol::Http, Some(root)) => {
+        (Protocol::Http, Some(root)) => {
             let files = iolab::static_files::StaticFiles::load(root, a.cache_limit.0)?;
             let s = files.summary();
             eprintln!(
@@ -494,11 +500,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             );
             cfg.session.http = Some(std::sync::Arc::new(files));
         }
-        (ServeProtocol::Http, None) => anyhow::bail!("--protocol http needs --root DIR"),
-        (ServeProtocol::Frame, Some(_)) => {
+        (Protocol::Http, None) => anyhow::bail!("--protocol http needs --root DIR"),
+        (Protocol::Frame, Some(_)) => {
             anyhow::bail!("--root serves files over HTTP: add --protocol http")
         }
-        (ServeProtocol::Frame, None) => {}
+        (Protocol::Frame, None) => {}
     }
     cfg.drain_timeout = a.drain_timeout.0;
     cfg.log_errors = !a.quiet;
@@ -525,6 +531,26 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
 
 fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = LoadConfig::new(a.addr, a.rate, a.duration.0);
+    if a.protocol == Protocol::Http {
+        let default = (SizeDist::Fixed(64), ReplyDist::Echo, WorkDist::None);
+        if (a.workload.request_size, a.workload.reply, a.workload.work) != default {
+            anyhow::bail!("--request-size, --reply and --work shape frame requests; an HTTP load asks for pages (--path, --paths)");
+        }
+        let host = a.host.clone().unwrap_or_else(|| a.addr.to_string());
+        let pages = match &a.paths {
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| anyhow::anyhow!("--paths {}: {e}", file.display()))?;
+                loadgen::client::Pages::parse(&host, &text)
+                    .map_err(|e| anyhow::anyhow!("--paths {}: {e}", file.display()))?
+            }
+            None => loadgen::client::Pages::new(&host, vec![(a.path.clone(), None)])
+                .map_err(anyhow::Error::msg)?,
+        };
+        cfg.http = Some(std::sync::Arc::new(pages));
+    } else if a.paths.is_some() || a.path != "/" || a.host.is_some() {
+        anyhow::bail!("--path, --paths and --host are for --protocol http");
+    }
     cfg.warmup = a.warmup.0;
     cfg.connections = a.connections;
     cfg.threads = a.threads;

@@ -328,3 +328,59 @@ fn wrk_gets_only_good_answers_from_every_engine() {
         assert!(summary.contains("protocol_errors=0"), "{engine}: {summary}");
     }
 }
+
+#[test]
+fn iolab_load_speaks_http_to_every_engine() {
+    let paths = std::env::temp_dir().join(format!("iolab-http-paths-{}", std::process::id()));
+    std::fs::write(
+        &paths,
+        format!(
+            "/ {}\n/index.html {}\n/pages/big.bin {}\n/nope\n",
+            INDEX.len(),
+            INDEX.len(),
+            big().len()
+        ),
+    )
+    .unwrap();
+    for &engine in EngineKind::ALL {
+        let server = Server::start(engine);
+        let json = std::env::temp_dir().join(format!(
+            "iolab-http-load-{}-{}.json",
+            engine.name(),
+            std::process::id()
+        ));
+        let out = Command::new(env!("CARGO_BIN_EXE_iolab"))
+            .args(["load", "--protocol", "http", "--addr", &server.addr.to_string()])
+            .args([
+                "--rate",
+                "400",
+                "--duration",
+                "0.5s",
+                "--connections",
+                "4",
+                "--seed",
+                "7",
+                "--paths",
+            ])
+            .arg(&paths)
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .unwrap();
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        // Only the missing page fails, and it is counted under its status.
+        let not_found = summary["error_kinds"]["http_status"]["404"].as_u64().unwrap_or(0);
+        assert!(
+            not_found > 0,
+            "{engine}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_eq!(summary["errors"].as_u64(), Some(not_found), "{engine}: {summary}");
+        assert!(summary["completed"].as_u64().unwrap() > 50, "{engine}: {summary}");
+        assert_eq!(summary["config"]["protocol"], "http");
+        let _ = std::fs::remove_file(&json);
+        server.stop();
+    }
+    let _ = std::fs::remove_file(&paths);
+}

@@ -124,6 +124,9 @@ pub struct LoadConfig {
     /// Extra connections opened before the run and held, silent, until its end: they cost
     /// the server whatever an idle connection costs its I/O model.
     pub idle_connections: usize,
+    /// Speak HTTP/1.1, asking for these pages (one drawn at random per request), instead of
+    /// the frame protocol.
+    pub http: Option<std::sync::Arc<client::Pages>>,
 }
 
 impl LoadConfig {
@@ -152,6 +155,7 @@ impl LoadConfig {
             ks_resolution: Duration::from_micros(20),
             ks_timescale: DEFAULT_KS_TIMESCALE,
             idle_connections: 0,
+            http: None,
         }
     }
 
@@ -244,6 +248,8 @@ pub struct Measured {
     pub lost: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// HTTP responses whose status was not 200, by status.
+    pub http_status: std::collections::BTreeMap<u16, u64>,
 }
 
 impl Measured {
@@ -259,6 +265,7 @@ impl Measured {
             lost: 0,
             bytes_sent: 0,
             bytes_received: 0,
+            http_status: Default::default(),
         }
     }
 
@@ -274,6 +281,9 @@ impl Measured {
         self.lost += o.lost;
         self.bytes_sent += o.bytes_sent;
         self.bytes_received += o.bytes_received;
+        for (status, n) in &o.http_status {
+            *self.http_status.entry(*status).or_default() += n;
+        }
     }
 }
 
@@ -348,6 +358,8 @@ pub struct ErrorKinds {
     pub overflow: u64,
     /// Requests still unanswered when the drain timeout ended the run.
     pub lost: u64,
+    /// HTTP: responses whose status was not 200, by status (they count in `bad_replies`).
+    pub http_status: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -397,6 +409,10 @@ pub struct ConfigSummary {
     pub connect: ConnectMode,
     pub driver: DriverKind,
     pub idle_connections: usize,
+    /// `frame` or `http`.
+    pub protocol: &'static str,
+    /// HTTP: how many pages the requests draw from.
+    pub pages: usize,
 }
 
 fn latency_us(h: &Histogram<u64>) -> LatencyUs {
@@ -484,6 +500,12 @@ impl LoadReport {
                 bad_replies: self.m.bad_replies,
                 overflow: self.m.overflow,
                 lost: self.m.lost,
+                http_status: self
+                    .m
+                    .http_status
+                    .iter()
+                    .map(|(s, n)| (s.to_string(), *n))
+                    .collect(),
             },
             latency_us: latency_us(&self.m.latency),
             latency_uncorrected_us: latency_us(&self.m.uncorrected),
@@ -525,6 +547,8 @@ impl LoadReport {
                 connect: c.connect,
                 driver: c.driver,
                 idle_connections: c.idle_connections,
+                protocol: if c.http.is_some() { "http" } else { "frame" },
+                pages: c.http.as_ref().map_or(0, |p| p.len()),
             },
             error: self.error.clone(),
         }
@@ -562,8 +586,11 @@ impl LoadReport {
         );
         let _ = writeln!(
             t,
-            "  workload      request {}, reply {}, work {}",
-            c.request_size, c.reply, c.work
+            "  workload      {}",
+            match &c.http {
+                Some(pages) => format!("HTTP/1.1 GET, a page drawn at random from {}", pages.len()),
+                None => format!("request {}, reply {}, work {}", c.request_size, c.reply, c.work),
+            }
         );
         let _ = writeln!(
             t,
@@ -575,6 +602,15 @@ impl LoadReport {
             self.m.overflow,
             self.m.lost
         );
+        if !self.m.http_status.is_empty() {
+            let by_status: Vec<String> = self
+                .m
+                .http_status
+                .iter()
+                .map(|(s, n)| format!("{s}: {n}"))
+                .collect();
+            let _ = writeln!(t, "  HTTP status   not 200: {}", by_status.join(", "));
+        }
         let noise = 100.0 / (c.rate * c.duration.as_secs_f64()).sqrt();
         let _ = writeln!(
             t,
@@ -694,7 +730,17 @@ impl LoadReport {
 /// whatever was measured up to then.
 pub fn run(mut config: LoadConfig, on_interval: &mut dyn FnMut(&IntervalLine)) -> anyhow::Result<LoadReport> {
     config.validate().map_err(anyhow::Error::msg)?;
-    config.driver = config.driver.resolve(config.request_size, config.reply);
+    config.driver = match (&config.http, config.driver) {
+        // A page's size decides as a reply's does; unknown sizes are taken as large.
+        (Some(pages), DriverKind::Auto) => match pages.mean_size() {
+            Some(mean) => DriverKind::Auto.resolve(
+                config.request_size,
+                ReplyDist::Sized(SizeDist::Fixed(mean as u64)),
+            ),
+            None => DriverKind::Epoll,
+        },
+        _ => config.driver.resolve(config.request_size, config.reply),
+    };
     crate::engine::raise_fd_limit();
     let idle = match open_idle(&config) {
         Ok(idle) => idle,

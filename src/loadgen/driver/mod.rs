@@ -28,7 +28,7 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use rand::SeedableRng;
+use rand::{RngExt as _, SeedableRng};
 
 use super::arrival::Arrivals;
 use super::client::{ClientConn, Completion, RequestSpec};
@@ -203,6 +203,9 @@ impl Tally {
         } else {
             self.out.m.bad_replies += 1;
             self.interval_errors += 1;
+            if c.status != 0 && c.status != 200 {
+                *self.out.m.http_status.entry(c.status).or_default() += 1;
+            }
         }
         if self.keep_records {
             self.out.records.push(RequestRecord {
@@ -289,7 +292,10 @@ impl Driver {
             let _ = stream.set_nodelay(true);
             let conn = Conn {
                 stream,
-                client: ClientConn::new(cfg.chunk_size, cfg.max_frame, cfg.max_in_flight),
+                client: match &cfg.http {
+                    Some(pages) => ClientConn::http(cfg.chunk_size, pages.clone(), cfg.max_in_flight),
+                    None => ClientConn::new(cfg.chunk_size, cfg.max_frame, cfg.max_in_flight),
+                },
                 connected,
             };
             self.io.add(slot, &conn)?;
@@ -331,6 +337,10 @@ impl Driver {
                     }
                 },
                 spin_ns: cfg.work.sample_ns(&mut rng),
+                page: match &cfg.http {
+                    Some(pages) => rng.random_range(0..pages.len() as u32),
+                    None => 0,
+                },
             };
             self.fire(slot, at, at >= warm_end, spec, next_id)?;
             next_id += 1;
