@@ -23,6 +23,7 @@
 //! - [`sweep`]: engines × rates, each engine its own pinned server process, into a results
 //!   folder; [`results`] is that folder's format and the knee rule, which the report reads.
 //! - [`report`]: a results folder into an HTML page and a notebook.
+//! - [`corpus`]: a reproducible set of web pages sized like real ones, for the HTTP workload.
 //! - [`demo`]: the main job: a short sweep of every engine, then the report.
 //!
 //! Dependency rule: `frame`, `session` and `workload` import no syscall crate and no other
@@ -30,6 +31,7 @@
 //! and `stats` (it reads files, never runs anything); only the CLI knows everything.
 
 pub mod clock;
+pub mod corpus;
 pub mod demo;
 pub mod engine;
 pub mod frame;

@@ -50,6 +50,21 @@ enum Command {
     Knee(KneeArgs),
     /// A results folder in, a self-contained HTML page and a Jupyter notebook out.
     Report(ReportArgs),
+    /// Write a reproducible corpus of web pages (sizes as real pages' HTML) and its paths file.
+    Corpus(CorpusArgs),
+}
+
+#[derive(Args, Debug)]
+struct CorpusArgs {
+    /// Folder to write (pages/, one-kib.html, paths.txt); created if missing.
+    #[arg(long)]
+    out: PathBuf,
+    /// How many pages.
+    #[arg(long, default_value_t = 500)]
+    pages: usize,
+    /// The same seed writes the same bytes.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -457,6 +472,7 @@ fn main() -> ExitCode {
         Command::Sweep(a) => sweep(*a),
         Command::Knee(a) => knee(a),
         Command::Report(a) => report(a),
+        Command::Corpus(a) => corpus(a),
     };
     match result {
         Ok(code) => code,
@@ -764,6 +780,25 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
         points.len(),
         out.display(),
         out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn corpus(a: CorpusArgs) -> anyhow::Result<ExitCode> {
+    let w = iolab::corpus::write(&a.out, a.pages, a.seed)?;
+    println!(
+        "wrote {} pages, {:.1} MiB (median {:.1} KiB, p90 {:.1} KiB) into {}/pages, a 1 KiB page {}/one-kib.html,\n\
+         and the list {}/paths.txt. Serve it: iolab serve --engine epoll --protocol http --root {}\n\
+         Load it:  iolab load --protocol http --addr HOST:PORT --paths {}/paths.txt --rate 10000 --duration 10s",
+        w.pages,
+        w.bytes as f64 / (1 << 20) as f64,
+        w.median as f64 / 1024.0,
+        w.p90 as f64 / 1024.0,
+        a.out.display(),
+        a.out.display(),
+        a.out.display(),
+        a.out.display(),
+        a.out.display()
     );
     Ok(ExitCode::SUCCESS)
 }
