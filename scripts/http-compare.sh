@@ -13,6 +13,7 @@ RATE=${RATE:-20000}; DURATION=${DURATION:-10s}; CONNECTIONS=${CONNECTIONS:-64}
 SERVER_CPU=${SERVER_CPU:-0}; LOAD_CPU=${LOAD_CPU:-1}
 CORPUS=${CORPUS:-/tmp/iolab-corpus}
 OUT=${OUT:-$(mktemp -d /tmp/iolab-http.XXXX)}
+mkdir -p "$OUT"
 servers=("$@"); [ ${#servers[@]} -gt 0 ] || servers=(nginx threads iovec select poll epoll pool uring tokio monoio)
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 cargo build --release -q

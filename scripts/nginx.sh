@@ -6,7 +6,8 @@
 #   scripts/nginx.sh start ROOT [PORT] [CPU]   prints "listening on 127.0.0.1:PORT"
 #   scripts/nginx.sh stop
 #
-# Its config, pid and error log live in $NGINX_DIR (default /tmp/iolab-nginx).
+# Its config, pid and error log live in $NGINX_DIR (default /tmp/iolab-nginx). NGINX_SENDFILE=off
+# and NGINX_NOPUSH=off turn those two off (on by default, as production configs have them).
 set -euo pipefail
 NGINX_DIR=${NGINX_DIR:-/tmp/iolab-nginx}
 cmd=${1:-}
@@ -33,7 +34,7 @@ error_log $NGINX_DIR/error.log warn;
 events { worker_connections 16384; use epoll; multi_accept on; }
 http {
   access_log off;
-  sendfile on; tcp_nopush on; tcp_nodelay on;
+  sendfile ${NGINX_SENDFILE:-on}; tcp_nopush ${NGINX_NOPUSH:-on}; tcp_nodelay on;
   keepalive_timeout 300s; keepalive_requests 100000000;
   open_file_cache max=100000 inactive=600s; open_file_cache_valid 600s;
   client_body_temp_path $NGINX_DIR/body; proxy_temp_path $NGINX_DIR/proxy;
