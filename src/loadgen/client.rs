@@ -390,6 +390,16 @@ impl ClientConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request with no payload, asking for page `page` (HTTP) or an empty echo (frames).
+    fn empty_request(page: u32) -> RequestSpec {
+        RequestSpec {
+            request_bytes: 0,
+            reply: ReplySize::Echo,
+            spin_ns: 0,
+            page,
+        }
+    }
     use crate::session::{ServerSession, SessionConfig};
     use crate::workload;
 
@@ -418,12 +428,7 @@ mod tests {
         let mut client = ClientConn::new(4096, 1 << 20, 8);
         let mut server = ServerSession::new(&SessionConfig::default());
         let specs = [
-            RequestSpec {
-                request_bytes: 0,
-                reply: ReplySize::Echo,
-                spin_ns: 0,
-                page: 0,
-            },
+            empty_request(0),
             RequestSpec {
                 request_bytes: 5000,
                 reply: ReplySize::Echo,
@@ -505,18 +510,7 @@ mod tests {
             Err(ClientError::Unsolicited(1))
         );
         let mut client = ClientConn::new(4096, 1 << 20, 1);
-        client.queue(
-            2,
-            0,
-            0,
-            RequestSpec {
-                request_bytes: 0,
-                reply: ReplySize::Echo,
-                spin_ns: 0,
-                page: 0,
-            },
-            true,
-        );
+        client.queue(2, 0, 0, empty_request(0), true);
         assert!(!client.can_send());
         assert_eq!(
             client.receive(&frame(3), 0, |_| {}),
@@ -578,18 +572,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\n\r\n",
         ] {
             let mut c = ClientConn::http(4096, pages.clone(), 4);
-            c.queue(
-                1,
-                0,
-                0,
-                RequestSpec {
-                    request_bytes: 0,
-                    reply: ReplySize::Echo,
-                    spin_ns: 0,
-                    page: 0,
-                },
-                true,
-            );
+            c.queue(1, 0, 0, empty_request(0), true);
             assert!(matches!(
                 c.receive(response.as_bytes(), 0, |_| {}),
                 Err(ClientError::Http(_))
