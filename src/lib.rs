@@ -40,6 +40,7 @@ pub mod loadgen;
 pub mod report;
 pub mod results;
 pub mod session;
+pub mod shm;
 pub mod static_files;
 pub mod stats;
 pub mod sweep;

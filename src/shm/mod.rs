@@ -1,0 +1,429 @@
+//! Shared memory between a client and a server process: the segment both map, its connection
+//! slots, and the byte rings that carry each connection's frames (see [`ring`]).
+//!
+//! A server creates `/dev/shm/iolab-NAME`: a header (magic, version, sizes, the server's pid),
+//! then `slots` connection slots, each a state word, the client's pid, and two rings (client
+//! to server, server to client). A client attaches by name, checks every field before it
+//! trusts the layout, and claims a free slot with a compare-and-swap. A party's death is
+//! noticed by its pid: a segment whose server is gone is stale, and says so.
+//!
+//! This is the transport's foundation; the `shm` engine and `load --transport shm` build on it.
+
+pub mod ring;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+pub use ring::{Corrupt, Ring};
+
+const MAGIC: u64 = 0x696f_6c61_625f_7368; // "iolab_sh"
+const VERSION: u32 = 1;
+
+/// Slot states.
+pub const FREE: u32 = 0;
+pub const CLAIMED: u32 = 1;
+pub const CLOSED: u32 = 2;
+
+#[repr(C, align(64))]
+struct Header {
+    magic: AtomicU64,
+    version: AtomicU32,
+    slots: AtomicU32,
+    ring_capacity: AtomicU64,
+    server_pid: AtomicU32,
+}
+
+#[repr(C, align(64))]
+struct SlotHeader {
+    state: AtomicU32,
+    client_pid: AtomicU32,
+}
+
+const HEADER: usize = std::mem::size_of::<Header>();
+const SLOT_HEADER: usize = std::mem::size_of::<SlotHeader>();
+
+/// Bytes one slot takes.
+const fn slot_size(capacity: usize) -> usize {
+    SLOT_HEADER + 2 * ring::ring_size(capacity)
+}
+
+/// What can go wrong opening a segment, each with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ShmError {
+    #[error(
+        "no shared-memory segment '{name}' ({path}): is `iolab serve --engine shm --shm {name}` running?"
+    )]
+    Missing { name: String, path: String },
+    #[error(
+        "shared-memory segment '{name}' is stale: its server (pid {pid}) is gone; start the server again"
+    )]
+    Stale { name: String, pid: u32 },
+    #[error("'{name}' is in use by a running server (pid {pid}); pick another --shm name")]
+    InUse { name: String, pid: u32 },
+    #[error("'{path}' is not an iolab shared-memory segment ({why})")]
+    NotASegment { path: String, why: String },
+    #[error("every one of the {slots} connection slots of '{name}' is taken")]
+    Full { name: String, slots: u32 },
+    #[error("shared memory '{path}': {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A mapped segment. The server's handle removes the file when dropped.
+#[derive(Debug)]
+pub struct Segment {
+    name: String,
+    path: PathBuf,
+    base: *mut u8,
+    len: usize,
+    slots: u32,
+    capacity: usize,
+    owner: bool,
+}
+
+// SAFETY: the mapping is shared memory reached only through atomics and rings.
+unsafe impl Send for Segment {}
+unsafe impl Sync for Segment {}
+
+/// Where segment `name` lives.
+pub fn segment_path(name: &str) -> PathBuf {
+    PathBuf::from(format!("/dev/shm/iolab-{name}"))
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    pid != 0
+        && (unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+}
+
+impl Segment {
+    /// Server: creates segment `name` with `slots` connections of `capacity`-byte rings (a
+    /// power of two). A leftover segment whose server died is replaced; a live one refused.
+    pub fn create(name: &str, slots: u32, capacity: usize) -> Result<Segment, ShmError> {
+        assert!(capacity.is_power_of_two() && slots > 0);
+        let path = segment_path(name);
+        let io = |source| ShmError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        if path.exists() {
+            match Segment::attach(name) {
+                Ok(live) => {
+                    return Err(ShmError::InUse {
+                        name: name.into(),
+                        pid: live.server_pid(),
+                    })
+                }
+                Err(ShmError::Stale { .. }) | Err(ShmError::NotASegment { .. }) => {
+                    std::fs::remove_file(&path).map_err(io)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let len = HEADER + slots as usize * slot_size(capacity);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io)?;
+        file.set_len(len as u64).map_err(io)?;
+        let base = map(&file, len).map_err(io)?;
+        let seg = Segment {
+            name: name.into(),
+            path,
+            base,
+            len,
+            slots,
+            capacity,
+            owner: true,
+        };
+        let h = seg.header();
+        h.version.store(VERSION, Ordering::Relaxed);
+        h.slots.store(slots, Ordering::Relaxed);
+        h.ring_capacity.store(capacity as u64, Ordering::Relaxed);
+        h.server_pid.store(std::process::id(), Ordering::Relaxed);
+        // The magic goes last: a client that sees it sees a complete header.
+        h.magic.store(MAGIC, Ordering::Release);
+        Ok(seg)
+    }
+
+    /// Client: maps segment `name` after checking that it is one, whole, and served.
+    pub fn attach(name: &str) -> Result<Segment, ShmError> {
+        let path = segment_path(name);
+        let shown = path.display().to_string();
+        let file = match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ShmError::Missing {
+                    name: name.into(),
+                    path: shown,
+                })
+            }
+            Err(source) => return Err(ShmError::Io { path: shown, source }),
+        };
+        let not = |why: &str| ShmError::NotASegment {
+            path: shown.clone(),
+            why: why.into(),
+        };
+        let len = file
+            .metadata()
+            .map_err(|source| ShmError::Io {
+                path: shown.clone(),
+                source,
+            })?
+            .len() as usize;
+        if len < HEADER {
+            return Err(not("too short for a header"));
+        }
+        let base = map(&file, len).map_err(|source| ShmError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        let mut seg = Segment {
+            name: name.into(),
+            path,
+            base,
+            len,
+            slots: 0,
+            capacity: 0,
+            owner: false,
+        };
+        let h = seg.header();
+        if h.magic.load(Ordering::Acquire) != MAGIC {
+            return Err(not("wrong magic number"));
+        }
+        if h.version.load(Ordering::Relaxed) != VERSION {
+            return Err(not("another layout version"));
+        }
+        let slots = h.slots.load(Ordering::Relaxed);
+        let capacity = h.ring_capacity.load(Ordering::Relaxed) as usize;
+        if slots == 0
+            || !capacity.is_power_of_two()
+            || HEADER.checked_add((slots as usize).saturating_mul(slot_size(capacity))) != Some(len)
+        {
+            return Err(not("its sizes do not add up"));
+        }
+        let pid = h.server_pid.load(Ordering::Relaxed);
+        if !pid_alive(pid) {
+            return Err(ShmError::Stale {
+                name: name.into(),
+                pid,
+            });
+        }
+        seg.slots = slots;
+        seg.capacity = capacity;
+        Ok(seg)
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping holds at least HEADER bytes (checked), page-aligned.
+        unsafe { &*(self.base as *const Header) }
+    }
+
+    fn slot_base(&self, i: u32) -> *mut u8 {
+        debug_assert!(i < self.slots);
+        // SAFETY: i < slots, and attach/create checked that every slot fits in the mapping.
+        unsafe { self.base.add(HEADER + i as usize * slot_size(self.capacity)) }
+    }
+
+    fn slot_header(&self, i: u32) -> &SlotHeader {
+        // SAFETY: as slot_base; SlotHeader holds only atomics.
+        unsafe { &*(self.slot_base(i) as *const SlotHeader) }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    pub fn server_pid(&self) -> u32 {
+        self.header().server_pid.load(Ordering::Relaxed)
+    }
+
+    /// Client: takes a free slot and returns its number and its rings (to server, from
+    /// server). Slots whose client died are freed by the server, not here.
+    pub fn claim(&self) -> Result<(u32, Ring, Ring), ShmError> {
+        for i in 0..self.slots {
+            let s = self.slot_header(i);
+            if s.state
+                .compare_exchange(FREE, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                s.client_pid.store(std::process::id(), Ordering::Release);
+                let (up, down) = self.rings(i);
+                return Ok((i, up, down));
+            }
+        }
+        Err(ShmError::Full {
+            name: self.name.clone(),
+            slots: self.slots,
+        })
+    }
+
+    /// The state of slot `i` and its client's pid.
+    pub fn slot_state(&self, i: u32) -> (u32, u32) {
+        let s = self.slot_header(i);
+        (
+            s.state.load(Ordering::Acquire),
+            s.client_pid.load(Ordering::Acquire),
+        )
+    }
+
+    /// Marks slot `i` closed (either side, when it is done with it).
+    pub fn close_slot(&self, i: u32) {
+        self.slot_header(i).state.store(CLOSED, Ordering::Release);
+    }
+
+    /// Server: empties slot `i`'s rings and offers it again.
+    pub fn free_slot(&self, i: u32) {
+        let (up, down) = self.rings(i);
+        up.reset();
+        down.reset();
+        let s = self.slot_header(i);
+        s.client_pid.store(0, Ordering::Relaxed);
+        s.state.store(FREE, Ordering::Release);
+    }
+
+    /// Whether slot `i`'s client process still exists.
+    pub fn client_alive(&self, i: u32) -> bool {
+        pid_alive(self.slot_state(i).1)
+    }
+
+    /// Slot `i`'s rings: client to server, then server to client.
+    pub fn rings(&self, i: u32) -> (Ring, Ring) {
+        let base = self.slot_base(i);
+        // SAFETY: both rings lie inside the slot, inside the mapping, which outlives the
+        // handles as long as the segment does (callers keep it).
+        unsafe {
+            let up = base.add(SLOT_HEADER);
+            let down = up.add(ring::ring_size(self.capacity));
+            (
+                Ring::from_raw(up, self.capacity),
+                Ring::from_raw(down, self.capacity),
+            )
+        }
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: mapped in create/attach with this length.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+        if self.owner {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn map(file: &std::fs::File, len: usize) -> std::io::Result<*mut u8> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a shared read-write mapping of a file we hold open, of its current length.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(p as *mut u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(tag: &str) -> String {
+        format!("test-{tag}-{}", std::process::id())
+    }
+
+    #[test]
+    fn a_client_finds_the_server_and_claims_slots_until_none_are_left() {
+        let n = name("claim");
+        let server = Segment::create(&n, 2, 4096).unwrap();
+        let client = Segment::attach(&n).unwrap();
+        assert_eq!(client.server_pid(), std::process::id());
+        let (a, up, _) = client.claim().unwrap();
+        let (b, _, _) = client.claim().unwrap();
+        assert_ne!(a, b);
+        assert!(matches!(client.claim(), Err(ShmError::Full { slots: 2, .. })));
+        // What the client pushes, the server reads from the same slot.
+        assert_eq!(up.push(b"hello").unwrap(), 5);
+        let (server_up, _) = server.rings(a);
+        let mut buf = [0u8; 8];
+        assert_eq!(server_up.pop(&mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"hello");
+        assert_eq!(server.slot_state(a), (CLAIMED, std::process::id()));
+        server.free_slot(a);
+        assert_eq!(client.claim().unwrap().0, a);
+        drop(client);
+        drop(server);
+        assert!(!segment_path(&n).exists(), "the server removes its segment");
+    }
+
+    #[test]
+    fn missing_stale_foreign_and_busy_segments_are_refused_with_a_reason() {
+        let n = name("missing");
+        let e = Segment::attach(&n).unwrap_err().to_string();
+        assert!(
+            e.contains("is `iolab serve --engine shm") && e.contains(&n),
+            "{e}"
+        );
+
+        // A segment whose server is gone: pid 0 never names a live process.
+        let n = name("stale");
+        let seg = Segment::create(&n, 1, 1024).unwrap();
+        seg.header().server_pid.store(0, Ordering::Relaxed);
+        let e = Segment::attach(&n).unwrap_err();
+        assert!(matches!(e, ShmError::Stale { .. }), "{e}");
+        // A new server replaces a stale segment.
+        std::mem::forget(seg); // leave the file behind, as a crashed server would
+        let seg = Segment::create(&n, 1, 1024).unwrap();
+        assert!(Segment::attach(&n).is_ok());
+        // ...but not a live one.
+        assert!(matches!(
+            Segment::create(&n, 1, 1024),
+            Err(ShmError::InUse { .. })
+        ));
+        drop(seg);
+
+        let n = name("foreign");
+        std::fs::write(segment_path(&n), vec![7u8; 4096]).unwrap();
+        let e = Segment::attach(&n).unwrap_err().to_string();
+        assert!(e.contains("not an iolab shared-memory segment"), "{e}");
+        std::fs::write(segment_path(&n), b"tiny").unwrap();
+        assert!(Segment::attach(&n).unwrap_err().to_string().contains("too short"));
+        let _ = std::fs::remove_file(segment_path(&n));
+    }
+
+    #[test]
+    fn a_dead_client_is_seen_by_its_pid() {
+        let n = name("dead");
+        let server = Segment::create(&n, 1, 1024).unwrap();
+        let (i, _, _) = Segment::attach(&n).unwrap().claim().unwrap();
+        assert!(server.client_alive(i));
+        server.slot_header(i).client_pid.store(0, Ordering::Relaxed);
+        assert!(!server.client_alive(i));
+    }
+
+    #[test]
+    fn layout_keeps_every_ring_on_cache_lines() {
+        const LINE: usize = 64;
+        assert_eq!(HEADER % LINE, 0);
+        assert_eq!(SLOT_HEADER % LINE, 0);
+        assert_eq!(slot_size(4096) % LINE, 0);
+    }
+}
