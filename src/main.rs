@@ -241,6 +241,8 @@ struct ServeArgs {
     frame: FrameArgs,
     #[command(flatten)]
     uring: UringArgs,
+    #[command(flatten)]
+    shm: ShmArgs,
     /// Longest spin a request may ask for; a peer asking more is disconnected.
     #[arg(long, default_value = "1s")]
     max_spin: Dur,
@@ -250,6 +252,26 @@ struct ServeArgs {
     /// Do not log one line per connection closed for a protocol error (still counted).
     #[arg(long)]
     quiet: bool,
+}
+
+/// Options of the `shm` engine.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Shared memory (--engine shm)")]
+struct ShmArgs {
+    /// The segment clients attach to: /dev/shm/iolab-NAME. A segment left by a server that
+    /// died is replaced; one a running server owns is refused.
+    #[arg(long)]
+    shm: Option<String>,
+    /// Connections the segment holds at once.
+    #[arg(long, default_value_t = 64)]
+    shm_slots: u32,
+    /// Bytes of each ring (one per direction per connection; a power of two, at least 4 KiB).
+    #[arg(long, default_value = "256KiB")]
+    shm_ring: Size,
+    /// How long the polling thread keeps spinning after its last work before it naps 50 us
+    /// between polls (0: nap at once; a large value: always spin, for the lowest latency).
+    #[arg(long, default_value = "1ms")]
+    shm_spin: Dur,
 }
 
 /// Options of the `uring` engine.
@@ -525,11 +547,32 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     cfg.drain_timeout = a.drain_timeout.0;
     cfg.log_errors = !a.quiet;
     cfg.uring = a.uring.options()?;
+    match (a.engine, &a.shm.shm) {
+        (EngineKind::Shm, None) => {
+            anyhow::bail!("--engine shm needs --shm NAME (the segment clients attach to)")
+        }
+        (EngineKind::Shm, Some(_)) if a.protocol != Protocol::Frame => {
+            anyhow::bail!("--engine shm carries the frame protocol only")
+        }
+        (EngineKind::Shm, Some(name)) => {
+            if name.is_empty() || name.contains('/') || name.len() > 200 {
+                anyhow::bail!("--shm '{name}': a name of up to 200 characters, without '/'");
+            }
+            cfg.shm = engine::ShmOptions {
+                name: Some(name.clone()),
+                slots: a.shm.shm_slots,
+                ring_bytes: usize::try_from(a.shm.shm_ring.0).unwrap_or(usize::MAX),
+                spin: a.shm.shm_spin.0,
+            };
+        }
+        (_, Some(_)) => anyhow::bail!("--shm names the segment of --engine shm"),
+        (_, None) => {}
+    }
     // Signals are routed to a thread of their own before any engine thread exists.
     let mut signals =
         signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
     let server = engine::start(cfg)?;
-    println!("listening on {}", server.addr);
+    println!("listening on {}", server.endpoint);
     std::io::stdout().flush()?;
     let shutdown = server.shutdown_handle();
     let handle = signals.handle();
@@ -628,6 +671,9 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         a.engines
     };
+    if let Some(kind) = engines.iter().find(|e| !e.is_tcp()) {
+        anyhow::bail!("the demo drives engines over TCP; {kind} has no TCP address");
+    }
     let out = a.out.unwrap_or_else(demo::default_out);
     let mut cfg = demo::config(&engines, a.rates.0, out.clone())?;
     cfg.duration = a.duration.0;
@@ -741,8 +787,11 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
         .filter(|e| !e.is_empty())
         .collect();
     for e in &engines {
-        <EngineKind as clap::ValueEnum>::from_str(&e[0], false)
+        let kind = <EngineKind as clap::ValueEnum>::from_str(&e[0], false)
             .map_err(|_| anyhow::anyhow!("unknown engine '{}' in --engines", e[0]))?;
+        if !kind.is_tcp() {
+            anyhow::bail!("a sweep drives engines over TCP; {kind} has no TCP address");
+        }
     }
     let cpus = engine::num_cpus();
     let server_cpus = a.server_cpus.map_or_else(|| vec![0], |c| c.0);

@@ -31,6 +31,7 @@ mod nonblocking;
 mod poll;
 mod pool;
 mod select;
+mod shm;
 mod threads;
 mod tokio_engine;
 mod uring;
@@ -70,6 +71,9 @@ pub enum EngineKind {
     Tokio,
     /// Baseline: monoio's io_uring runtime per loop, one task per connection.
     Monoio,
+    /// No sockets: clients attach to a shared-memory segment (--shm NAME) and exchange frames
+    /// through a pair of lock-free rings per connection, polled by one thread.
+    Shm,
 }
 
 impl EngineKind {
@@ -96,12 +100,21 @@ impl EngineKind {
             EngineKind::Uring => "uring",
             EngineKind::Tokio => "tokio",
             EngineKind::Monoio => "monoio",
+            EngineKind::Shm => "shm",
         }
     }
 
     /// Engines that run share-nothing event loops and so take `--threads N`.
     pub fn is_event_loop(self) -> bool {
-        !matches!(self, EngineKind::Threads | EngineKind::Iovec | EngineKind::Pool)
+        !matches!(
+            self,
+            EngineKind::Threads | EngineKind::Iovec | EngineKind::Pool | EngineKind::Shm
+        )
+    }
+
+    /// Engines reached over TCP (all but `shm`): the ones `demo`, `sweep` and `load` drive.
+    pub fn is_tcp(self) -> bool {
+        self != EngineKind::Shm
     }
 }
 
@@ -181,6 +194,29 @@ pub struct ServeConfig {
     /// Print one line per connection closed for a protocol error (the counter counts always).
     pub log_errors: bool,
     pub uring: UringOptions,
+    /// The `shm` engine's segment name, connection slots and ring size (a power of two).
+    pub shm: ShmOptions,
+}
+
+/// Options of the `shm` engine.
+#[derive(Debug, Clone)]
+pub struct ShmOptions {
+    pub name: Option<String>,
+    pub slots: u32,
+    pub ring_bytes: usize,
+    /// How long the polling thread spins without work before it parks between polls.
+    pub spin: Duration,
+}
+
+impl Default for ShmOptions {
+    fn default() -> Self {
+        ShmOptions {
+            name: None,
+            slots: 64,
+            ring_bytes: 256 << 10,
+            spin: Duration::from_millis(1),
+        }
+    }
 }
 
 impl ServeConfig {
@@ -196,6 +232,7 @@ impl ServeConfig {
             drain_timeout: Duration::from_secs(5),
             log_errors: true,
             uring: UringOptions::default(),
+            shm: ShmOptions::default(),
         }
     }
 }
@@ -355,7 +392,12 @@ impl EngineCtx {
     }
 
     /// Accounts for a closed connection and logs why it ended, if it ended badly.
-    fn connection_closed(&self, peer: SocketAddr, result: Result<(), ConnError>, c: SessionCounters) {
+    fn connection_closed(
+        &self,
+        peer: impl std::fmt::Display,
+        result: Result<(), ConnError>,
+        c: SessionCounters,
+    ) {
         self.stats.absorb(c);
         self.stats.closed.fetch_add(1, Ordering::Relaxed);
         match result {
@@ -385,6 +427,8 @@ impl EngineCtx {
 #[derive(Debug)]
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// What clients connect to, as `serve` prints it: the address, or `shm:NAME`.
+    pub endpoint: String,
     pub ctx: Arc<EngineCtx>,
     started: Instant,
     thread: Option<JoinHandle<anyhow::Result<()>>>,
@@ -443,6 +487,9 @@ pub fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
             config.engine
         );
     }
+    if config.engine == EngineKind::Shm {
+        return shm::start(config);
+    }
     if matches!(config.engine, EngineKind::Uring | EngineKind::Monoio) {
         // Fail before listening, with the reason, where io_uring cannot run.
         uring::preflight(&config.uring)?;
@@ -471,6 +518,7 @@ pub fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         .spawn(move || run_engine(engine_ctx, listeners))?;
     Ok(RunningServer {
         addr,
+        endpoint: addr.to_string(),
         ctx,
         started: Instant::now(),
         thread: Some(thread),

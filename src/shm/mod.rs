@@ -19,10 +19,14 @@ pub use ring::{Corrupt, Ring};
 const MAGIC: u64 = 0x696f_6c61_625f_7368; // "iolab_sh"
 const VERSION: u32 = 1;
 
-/// Slot states.
+/// Slot states. A slot goes FREE → CLAIMED (a client, by CAS) → CLOSED (the client is done;
+/// the server drains it and frees it) or SERVER_CLOSED (the server ended it; the client, or
+/// the server once the client's process is gone, frees it). Rings are reset only by the side
+/// that frees, while the other side no longer touches the slot.
 pub const FREE: u32 = 0;
 pub const CLAIMED: u32 = 1;
 pub const CLOSED: u32 = 2;
+pub const SERVER_CLOSED: u32 = 3;
 
 #[repr(C, align(64))]
 struct Header {
@@ -277,12 +281,29 @@ impl Segment {
         )
     }
 
-    /// Marks slot `i` closed (either side, when it is done with it).
-    pub fn close_slot(&self, i: u32) {
-        self.slot_header(i).state.store(CLOSED, Ordering::Release);
+    /// Client: ends slot `i`'s connection. If the server had already ended it, the client
+    /// frees the slot itself (the server has let go of it).
+    pub fn client_close(&self, i: u32) {
+        let s = self.slot_header(i);
+        if s.state
+            .compare_exchange(CLAIMED, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+            == Err(SERVER_CLOSED)
+        {
+            self.free_slot(i);
+        }
     }
 
-    /// Server: empties slot `i`'s rings and offers it again.
+    /// Server: ends slot `i`'s connection. Returns false if the client had closed it first
+    /// (the server then frees it, as for any CLOSED slot).
+    pub fn server_close(&self, i: u32) -> bool {
+        let s = self.slot_header(i);
+        s.state
+            .compare_exchange(CLAIMED, SERVER_CLOSED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Empties slot `i`'s rings and offers it again: only by the side that owns the slot's
+    /// end (see the states above).
     pub fn free_slot(&self, i: u32) {
         let (up, down) = self.rings(i);
         up.reset();
@@ -310,6 +331,46 @@ impl Segment {
                 Ring::from_raw(down, self.capacity),
             )
         }
+    }
+}
+
+/// A client's connection through a segment: the claimed slot and its two rings.
+#[derive(Debug)]
+pub struct Connection {
+    segment: Segment,
+    slot: u32,
+    /// Client to server.
+    pub up: Ring,
+    /// Server to client.
+    pub down: Ring,
+}
+
+impl Connection {
+    /// Attaches to segment `name` and claims a slot.
+    pub fn connect(name: &str) -> Result<Connection, ShmError> {
+        let segment = Segment::attach(name)?;
+        let (slot, up, down) = segment.claim()?;
+        Ok(Connection {
+            segment,
+            slot,
+            up,
+            down,
+        })
+    }
+
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// Whether the server has ended this connection, or is gone.
+    pub fn server_gone(&self) -> bool {
+        self.segment.slot_state(self.slot).0 == SERVER_CLOSED || !pid_alive(self.segment.server_pid())
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.segment.client_close(self.slot);
     }
 }
 

@@ -1,0 +1,201 @@
+//! `shm`: the session core over shared memory, no sockets at all.
+//!
+//! The server creates a named segment of connection slots (`crate::shm`); a client claims a
+//! slot and writes frames into its upstream ring, and one thread here polls every claimed
+//! slot: bytes from the ring go to the slot's session, the session's replies go into the
+//! downstream ring as far as it has room (the rest waits in the session, which stops reading
+//! the slot meanwhile: back-pressure). A client marks its slot closed when done; a client
+//! whose process has died is noticed by its pid within a tenth of a second, its slot
+//! cleaned and offered again.
+//!
+//! Polling costs a core. The thread spins while there is work and for `--shm-spin` after,
+//! then sleeps 50 µs between polls until work returns: latency while busy, a quiet core
+//! while idle.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{ConnError, EngineCtx, RunningServer, ServeConfig, ServerStats, Shutdown};
+use crate::session::ServerSession;
+use crate::shm::{Ring, Segment, CLAIMED, CLOSED, SERVER_CLOSED};
+
+/// Sleep between polls once idle past the spin time.
+const PARK: Duration = Duration::from_micros(50);
+/// How often dead clients are looked for.
+const LIVENESS_EVERY: Duration = Duration::from_millis(100);
+
+pub fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
+    let Some(name) = config.shm.name.clone() else {
+        anyhow::bail!("the shm engine needs --shm NAME (the segment clients attach to)");
+    };
+    if !config.shm.ring_bytes.is_power_of_two() || config.shm.ring_bytes < 4096 {
+        anyhow::bail!("--shm-ring must be a power of two of at least 4 KiB");
+    }
+    if config.shm.slots == 0 {
+        anyhow::bail!("--shm-slots must be at least 1");
+    }
+    let segment = Segment::create(&name, config.shm.slots, config.shm.ring_bytes)?;
+    let ctx = Arc::new(EngineCtx {
+        config,
+        stats: ServerStats::default(),
+        shutdown: Shutdown::new().map_err(|e| anyhow::anyhow!("cannot create the shutdown eventfd: {e}"))?,
+        announced: std::sync::Once::new(),
+    });
+    let engine_ctx = ctx.clone();
+    let thread = std::thread::Builder::new()
+        .name("iolab-shm".into())
+        .spawn(move || serve(engine_ctx, segment))?;
+    Ok(RunningServer {
+        addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        endpoint: format!("shm:{name}"),
+        ctx,
+        started: Instant::now(),
+        thread: Some(thread),
+    })
+}
+
+/// One claimed slot's state on this side.
+struct Conn {
+    session: ServerSession,
+    up: Ring,
+    down: Ring,
+}
+
+fn serve(ctx: Arc<EngineCtx>, segment: Segment) -> anyhow::Result<()> {
+    super::pin_current_thread(&ctx.config.pin)?;
+    let slots = segment.slots();
+    let mut conns: Vec<Option<Conn>> = (0..slots).map(|_| None).collect();
+    let mut buf = vec![0u8; ctx.config.session.chunk_size.max(4096)];
+    let mut last_work = Instant::now();
+    let mut last_liveness = Instant::now();
+    let mut drain_deadline = None;
+    loop {
+        if ctx.shutdown.is_triggered() && drain_deadline.is_none() {
+            drain_deadline = Some(Instant::now() + ctx.config.drain_timeout);
+        }
+        let mut worked = false;
+        let check_liveness = last_liveness.elapsed() >= LIVENESS_EVERY;
+        if check_liveness {
+            last_liveness = Instant::now();
+        }
+        for i in 0..slots {
+            let (state, pid) = segment.slot_state(i);
+            let who = || format!("shm slot {i} (pid {pid})");
+            match state {
+                CLAIMED => {
+                    let conn = conns[i as usize].get_or_insert_with(|| {
+                        ServerStats::bump(&ctx.stats.accepted);
+                        let (up, down) = segment.rings(i);
+                        Conn {
+                            session: ServerSession::new(&ctx.config.session),
+                            up,
+                            down,
+                        }
+                    });
+                    match turn(conn, &mut buf, drain_deadline.is_none()) {
+                        Ok(moved) => worked |= moved,
+                        Err(e) => {
+                            finish(&ctx, &segment, &mut conns, i, who(), Err(e));
+                            continue;
+                        }
+                    }
+                    if conn.session.finished() && conn.session.out().is_empty() {
+                        finish(&ctx, &segment, &mut conns, i, who(), Ok(()));
+                    } else if check_liveness && !segment.client_alive(i) {
+                        let died = std::io::Error::new(
+                            std::io::ErrorKind::ConnectionAborted,
+                            "the client process died",
+                        );
+                        finish(&ctx, &segment, &mut conns, i, who(), Err(died.into()));
+                    }
+                }
+                CLOSED => {
+                    // The client is done: what it sent before closing still counts.
+                    let result = match conns[i as usize].as_mut() {
+                        Some(conn) => turn(conn, &mut buf, true)
+                            .and_then(|_| conn.session.peer_closed().map_err(ConnError::from)),
+                        None => Ok(()),
+                    };
+                    if let Some(conn) = conns[i as usize].take() {
+                        ctx.connection_closed(who(), result, conn.session.counters());
+                    }
+                    segment.free_slot(i);
+                    worked = true;
+                }
+                // Ended by us; the client frees it, or we do once it is gone.
+                SERVER_CLOSED if check_liveness && !segment.client_alive(i) => segment.free_slot(i),
+                _ => {}
+            }
+        }
+        if let Some(deadline) = drain_deadline {
+            let pending = conns.iter().flatten().any(|c| !c.session.out().is_empty());
+            if !pending || Instant::now() >= deadline {
+                break;
+            }
+        }
+        if worked {
+            last_work = Instant::now();
+        } else if last_work.elapsed() >= ctx.config.shm.spin {
+            std::thread::sleep(PARK);
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    // What is left open at shutdown is closed with the server.
+    for i in 0..slots {
+        if conns[i as usize].is_some() {
+            finish(&ctx, &segment, &mut conns, i, format!("shm slot {i}"), Ok(()));
+        }
+    }
+    Ok(())
+}
+
+/// Moves bytes both ways for one connection; returns whether anything moved.
+fn turn(conn: &mut Conn, buf: &mut [u8], read: bool) -> Result<bool, ConnError> {
+    let corrupt =
+        |e: crate::shm::Corrupt| ConnError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+    let mut moved = flush(conn).map_err(corrupt)?;
+    if read && conn.session.wants_read() && !conn.session.finished() {
+        let n = conn.up.pop(buf).map_err(corrupt)?;
+        if n > 0 {
+            moved = true;
+            let received = conn.session.receive(&buf[..n]);
+            // The replies before a bad frame still go out.
+            flush(conn).map_err(corrupt)?;
+            received?;
+        }
+    }
+    Ok(moved)
+}
+
+/// Pushes queued replies into the downstream ring as far as it has room.
+fn flush(conn: &mut Conn) -> Result<bool, crate::shm::Corrupt> {
+    let mut moved = false;
+    while let Some(slice) = conn.session.out().front() {
+        let n = conn.down.push(slice)?;
+        if n == 0 {
+            break;
+        }
+        conn.session.wrote(n);
+        moved = true;
+    }
+    Ok(moved)
+}
+
+/// The server ends connection `i`: the client learns it from the slot's state and frees the
+/// slot (or it is freed here if the client is gone or had closed it already).
+fn finish(
+    ctx: &EngineCtx,
+    segment: &Segment,
+    conns: &mut [Option<Conn>],
+    i: u32,
+    who: String,
+    result: Result<(), ConnError>,
+) {
+    if let Some(conn) = conns[i as usize].take() {
+        ctx.connection_closed(who, result, conn.session.counters());
+    }
+    if !segment.server_close(i) || !segment.client_alive(i) {
+        segment.free_slot(i);
+    }
+}
