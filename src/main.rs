@@ -367,6 +367,14 @@ impl FrameArgs {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    /// Kernel TCP sockets.
+    Tcp,
+    /// Shared-memory rings (serve --engine shm).
+    Shm,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Protocol {
     /// Length-prefixed binary frames (see the design document).
     Frame,
@@ -376,9 +384,16 @@ enum Protocol {
 
 #[derive(Args, Debug)]
 struct LoadArgs {
-    /// The server to load.
-    #[arg(long)]
-    addr: SocketAddr,
+    /// The server to load (TCP).
+    #[arg(long, required_unless_present = "shm")]
+    addr: Option<SocketAddr>,
+    /// How requests reach the server: `tcp` (to --addr) or `shm` (through the shared-memory
+    /// segment --shm of `iolab serve --engine shm`: no sockets, the driver polls the rings).
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    transport: Transport,
+    /// With --transport shm: the segment's name.
+    #[arg(long, required_if_eq("transport", "shm"))]
+    shm: Option<String>,
     /// Wire protocol. With `http`, each request is a GET of a page drawn at random from
     /// --paths (or --path), checked for status 200 and its body length; non-200 statuses are
     /// counted by status. The workload flags (--request-size, --reply, --work) are frame-only.
@@ -589,13 +604,23 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
-    let mut cfg = LoadConfig::new(a.addr, a.rate, a.duration.0);
+    let addr = match (a.transport, a.addr, &a.shm) {
+        (Transport::Tcp, Some(addr), None) => addr,
+        (Transport::Tcp, _, Some(_)) => anyhow::bail!("--shm is for --transport shm"),
+        (Transport::Shm, None, Some(_)) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        (Transport::Shm, Some(_), _) => {
+            anyhow::bail!("--transport shm reaches the server by --shm NAME, not --addr")
+        }
+        _ => anyhow::bail!("--addr HOST:PORT (or --transport shm --shm NAME) says which server to load"),
+    };
+    let mut cfg = LoadConfig::new(addr, a.rate, a.duration.0);
+    cfg.shm = a.shm.clone();
     if a.protocol == Protocol::Http {
         let default = (SizeDist::Fixed(64), ReplyDist::Echo, WorkDist::None);
         if (a.workload.request_size, a.workload.reply, a.workload.work) != default {
             anyhow::bail!("--request-size, --reply and --work shape frame requests; an HTTP load asks for pages (--path, --paths)");
         }
-        let host = a.host.clone().unwrap_or_else(|| a.addr.to_string());
+        let host = a.host.clone().unwrap_or_else(|| addr.to_string());
         let pages = match &a.paths {
             Some(file) => {
                 let text = std::fs::read_to_string(file)

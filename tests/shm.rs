@@ -38,8 +38,13 @@ impl Drop for Served {
 }
 
 fn start(name: &str) -> Served {
+    start_with(name, &[])
+}
+
+fn start_with(name: &str, extra: &[&str]) -> Served {
     let args: Vec<String> = ["--engine", "shm", "--shm", name, "--shm-ring", "64KiB"]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect();
     let mut child = Command::new(env!("CARGO_BIN_EXE_iolab"))
@@ -198,4 +203,58 @@ fn missing_and_taken_segments_are_refused_in_one_line() {
     assert!(err.contains("in use by a running server"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     server.stop();
+}
+
+#[test]
+fn iolab_load_drives_the_shm_engine_and_stops_at_its_slot_count() {
+    let name = unique("load");
+    let server = start(&name);
+    let json = std::env::temp_dir().join(format!("iolab-shm-load-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_iolab"))
+        .args([
+            "load",
+            "--transport",
+            "shm",
+            "--shm",
+            &name,
+            "--rate",
+            "600",
+            "--duration",
+            "0.4s",
+        ])
+        .args(["--connections", "3", "--request-size", "uniform:0-3000", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(summary["errors"], 0, "{summary}");
+    assert!(summary["completed"].as_u64().unwrap() > 100, "{summary}");
+    assert_eq!(summary["config"]["addr"], format!("shm:{name}"));
+    assert_eq!(summary["config"]["driver"], "shm");
+    let _ = std::fs::remove_file(&json);
+    drop(server);
+
+    // More connections than the segment has slots: one clear line, no hang.
+    let name = unique("full");
+    let server = start_with(&name, &["--shm-slots", "2"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_iolab"))
+        .args([
+            "load",
+            "--transport",
+            "shm",
+            "--shm",
+            &name,
+            "--rate",
+            "100",
+            "--duration",
+            "0.2s",
+        ])
+        .args(["--connections", "3"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("every one of the 2 connection slots"), "{err}");
+    drop(server);
 }

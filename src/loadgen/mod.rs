@@ -55,6 +55,9 @@ pub enum DriverKind {
     Epoll,
     /// io_uring: multishot receives into a shared buffer ring, sends submitted as scheduled.
     Uring,
+    /// Shared-memory rings (`--transport shm`), polled; chosen by the transport, not here.
+    #[value(skip)]
+    Shm,
 }
 
 /// Mean message size up to which `--driver auto` picks io_uring. Measured on the 2-core VM
@@ -127,6 +130,9 @@ pub struct LoadConfig {
     /// Speak HTTP/1.1, asking for these pages (one drawn at random per request), instead of
     /// the frame protocol.
     pub http: Option<std::sync::Arc<client::Pages>>,
+    /// Reach the server through the shared-memory segment of this name (`serve --engine
+    /// shm`) instead of TCP; `addr` is then unused.
+    pub shm: Option<String>,
 }
 
 impl LoadConfig {
@@ -156,6 +162,15 @@ impl LoadConfig {
             ks_timescale: DEFAULT_KS_TIMESCALE,
             idle_connections: 0,
             http: None,
+            shm: None,
+        }
+    }
+
+    /// Where the load goes, as people write it: `HOST:PORT` or `shm:NAME`.
+    pub fn endpoint(&self) -> String {
+        match &self.shm {
+            Some(name) => format!("shm:{name}"),
+            None => self.addr.to_string(),
         }
     }
 
@@ -172,6 +187,12 @@ impl LoadConfig {
         }
         if self.connections == 0 {
             return Err("--connections must be at least 1".into());
+        }
+        if self.shm.is_some() && self.idle_connections > 0 {
+            return Err("--idle-connections opens TCP connections; a shm run has none".into());
+        }
+        if self.shm.is_some() && self.http.is_some() {
+            return Err("the shm transport carries the frame protocol only".into());
         }
         if self.threads == 0 {
             return Err("--threads must be at least 1".into());
@@ -534,7 +555,7 @@ impl LoadReport {
             client_cpu_s: self.cpu.as_secs_f64(),
             generator_busy: self.generator_busy,
             config: ConfigSummary {
-                addr: c.addr.to_string(),
+                addr: c.endpoint(),
                 connections: c.connections,
                 threads: c.threads.min(c.connections),
                 arrival: c.arrival,
@@ -561,7 +582,7 @@ impl LoadReport {
         let mut t = String::new();
         if self.m.sent == 0 {
             if let Some(e) = &self.error {
-                let _ = writeln!(t, "load INCOMPLETE -> {}: nothing was sent: {e}", c.addr);
+                let _ = writeln!(t, "load INCOMPLETE -> {}: nothing was sent: {e}", c.endpoint());
                 return t;
             }
         }
@@ -569,7 +590,7 @@ impl LoadReport {
             t,
             "load {} -> {}: {} arrivals at {} rps over {} connection(s) on {} {} thread(s), {:.1}s (+{:.1}s warm-up)",
             if self.error.is_some() { "INCOMPLETE" } else { "done" },
-            c.addr,
+            c.endpoint(),
             match c.arrival {
                 ArrivalKind::Poisson => "poisson",
                 ArrivalKind::Constant => "constant",
@@ -579,6 +600,7 @@ impl LoadReport {
             c.threads.min(c.connections),
             match c.driver {
                 DriverKind::Uring => "uring",
+                DriverKind::Shm => "shared-memory",
                 _ => "epoll",
             },
             c.duration.as_secs_f64(),
@@ -731,6 +753,7 @@ impl LoadReport {
 pub fn run(mut config: LoadConfig, on_interval: &mut dyn FnMut(&IntervalLine)) -> anyhow::Result<LoadReport> {
     config.validate().map_err(anyhow::Error::msg)?;
     config.driver = match (&config.http, config.driver) {
+        _ if config.shm.is_some() => DriverKind::Shm,
         // A page's size decides as a reply's does; unknown sizes are taken as large.
         (Some(pages), DriverKind::Auto) => match pages.mean_size() {
             Some(mean) => DriverKind::Auto.resolve(

@@ -6,10 +6,9 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use super::{Conn, Polled, Tally};
+use super::{Conn, Link, Polled, Tally};
 use crate::clock::now_ns;
 use crate::sys::{interest, Epoll};
 
@@ -36,7 +35,7 @@ impl EpollIo {
     pub fn add(&mut self, slot: usize, conn: &Conn) -> Result<(), String> {
         self.epoll
             .add(
-                conn.stream.as_raw_fd(),
+                conn.fd()?,
                 slot as u64,
                 interest::READ | interest::WRITE | interest::EDGE,
             )
@@ -77,7 +76,10 @@ impl EpollIo {
             return Ok(());
         }
         loop {
-            match conn.stream.read(&mut self.read_buf) {
+            let Link::Tcp(stream) = &mut conn.link else {
+                return Err("internal: a shared-memory connection in the epoll driver".into());
+            };
+            match stream.read(&mut self.read_buf) {
                 Ok(0) => return Err(super::server_closed(slot, conn)),
                 Ok(n) => super::received(conn, tally, slot, &self.read_buf[..n], now_ns())?,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -99,7 +101,10 @@ impl EpollIo {
                 if n == 0 {
                     return Ok(());
                 }
-                conn.stream.write_vectored(&slices[..n])
+                let Link::Tcp(stream) = &mut conn.link else {
+                    return Err("internal: a shared-memory connection in the epoll driver".into());
+                };
+                stream.write_vectored(&slices[..n])
             };
             match result {
                 Ok(n) => {

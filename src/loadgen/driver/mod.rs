@@ -16,6 +16,7 @@
 //! than being hidden by a send that simply waited (coordinated omission).
 
 mod epoll;
+mod shm;
 mod uring;
 
 use std::cmp::Reverse;
@@ -113,9 +114,25 @@ pub struct ThreadOutcome {
 }
 
 struct Conn {
-    stream: TcpStream,
+    link: Link,
     client: ClientConn,
     connected: bool,
+}
+
+/// What carries a connection's bytes.
+enum Link {
+    Tcp(TcpStream),
+    Shm(Box<crate::shm::Connection>),
+}
+
+impl Conn {
+    /// The socket of a TCP connection (the TCP drivers only ever hold those).
+    fn fd(&self) -> Result<std::os::fd::RawFd, String> {
+        match &self.link {
+            Link::Tcp(s) => Ok(s.as_raw_fd()),
+            Link::Shm(_) => Err("internal: a shared-memory connection in a TCP driver".into()),
+        }
+    }
 }
 
 /// What one [`Io::poll`] did.
@@ -131,6 +148,7 @@ pub struct Polled {
 enum Io {
     Epoll(epoll::EpollIo),
     Uring(Box<uring::UringIo>),
+    Shm(shm::ShmIo),
 }
 
 impl Io {
@@ -140,6 +158,7 @@ impl Io {
             DriverKind::Uring | DriverKind::Auto => {
                 Io::Uring(Box::new(uring::UringIo::new(cfg.addr, connections)?))
             }
+            DriverKind::Shm => Io::Shm(shm::ShmIo::new(cfg.chunk_size)),
         })
     }
 
@@ -148,6 +167,7 @@ impl Io {
         match self {
             Io::Epoll(io) => io.add(slot, conn),
             Io::Uring(io) => io.add(slot, conn),
+            Io::Shm(_) => Ok(()),
         }
     }
 
@@ -156,6 +176,7 @@ impl Io {
         match self {
             Io::Epoll(io) => io.poll(conns, tally, timeout),
             Io::Uring(io) => io.poll(conns, tally, timeout),
+            Io::Shm(io) => io.poll(conns, tally, timeout),
         }
     }
 
@@ -164,6 +185,7 @@ impl Io {
         match self {
             Io::Epoll(io) => io.flush(conns, tally, slot),
             Io::Uring(io) => io.send(conns, slot),
+            Io::Shm(_) => shm::flush(&mut conns[slot], tally, slot),
         }
     }
 }
@@ -285,13 +307,19 @@ impl Driver {
 
     fn connect_all(&mut self, cfg: &LoadConfig) -> Result<(), String> {
         for (slot, _) in self.plan.connections.iter().enumerate() {
-            let (stream, connected) = match cfg.connect {
-                ConnectMode::Sequential => (connect_blocking(cfg.addr)?, true),
-                ConnectMode::Concurrent => (connect_nonblocking(cfg.addr)?, false),
+            let (link, connected) = match (&cfg.shm, cfg.connect) {
+                (Some(name), _) => {
+                    let c = crate::shm::Connection::connect(name).map_err(|e| e.to_string())?;
+                    (Link::Shm(Box::new(c)), true)
+                }
+                (None, ConnectMode::Sequential) => (Link::Tcp(connect_blocking(cfg.addr)?), true),
+                (None, ConnectMode::Concurrent) => (Link::Tcp(connect_nonblocking(cfg.addr)?), false),
             };
-            let _ = stream.set_nodelay(true);
+            if let Link::Tcp(stream) = &link {
+                let _ = stream.set_nodelay(true);
+            }
             let conn = Conn {
-                stream,
+                link,
                 client: match &cfg.http {
                     Some(pages) => ClientConn::http(cfg.chunk_size, pages.clone(), cfg.max_in_flight),
                     None => ClientConn::new(cfg.chunk_size, cfg.max_frame, cfg.max_in_flight),
@@ -490,7 +518,7 @@ fn received(conn: &mut Conn, tally: &mut Tally, slot: usize, data: &[u8], now: u
 
 /// A non-blocking connect has finished: did it succeed?
 fn check_connected(conn: &mut Conn, addr: SocketAddr) -> Result<(), String> {
-    match take_socket_error(conn.stream.as_raw_fd()) {
+    match take_socket_error(conn.fd()?) {
         Ok(None) => {
             conn.connected = true;
             Ok(())

@@ -8,7 +8,6 @@
 //! read-until-EAGAIN per reply, this leaves the load core more time to keep its schedule.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use io_uring::{cqueue, squeue, types, IoUring};
@@ -71,7 +70,7 @@ impl UringIo {
         if conn.connected {
             self.arm_recv(slot, conn)
         } else {
-            let poll = crate::uring::poll(conn.stream.as_raw_fd(), libc::POLLOUT);
+            let poll = crate::uring::poll(conn.fd()?, libc::POLLOUT);
             self.push(poll.user_data(tag(CONNECT, slot)))
         }
     }
@@ -83,7 +82,7 @@ impl UringIo {
     }
 
     fn arm_recv(&mut self, slot: usize, conn: &Conn) -> Result<(), String> {
-        let target = Target::Fd(conn.stream.as_raw_fd());
+        let target = Target::Fd(conn.fd()?);
         let recv = uring_op!(target, RecvMulti(bufring::GROUP));
         self.recv_armed[slot] = true;
         self.push(recv.user_data(tag(RECV, slot)))
@@ -96,7 +95,7 @@ impl UringIo {
         if !conn.connected || self.sending[slot] || conn.client.out().is_empty() {
             return Ok(());
         }
-        let target = Target::Fd(conn.stream.as_raw_fd());
+        let target = Target::Fd(conn.fd()?);
         let (entry, _, _) = self.gathers[slot].send(conn.client.hold_out(), target, None);
         self.sending[slot] = true;
         self.push(entry.user_data(tag(SEND, slot)))?;
