@@ -63,6 +63,23 @@ fn start_with(name: &str, extra: &[&str]) -> Served {
     }
 }
 
+/// `iolab load` through segment `name` at `rate` for `duration`.
+fn shm_load(name: &str, rate: &str, duration: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_iolab"));
+    cmd.args([
+        "load",
+        "--transport",
+        "shm",
+        "--shm",
+        name,
+        "--rate",
+        rate,
+        "--duration",
+        duration,
+    ]);
+    cmd
+}
+
 /// Sends every request queued in `client` and collects `want` completions (bounded in time).
 fn exchange(conn: &Connection, client: &mut ClientConn, want: usize) -> Vec<Completion> {
     let mut done = Vec::new();
@@ -210,18 +227,7 @@ fn iolab_load_drives_the_shm_engine_and_stops_at_its_slot_count() {
     let name = unique("load");
     let server = start(&name);
     let json = std::env::temp_dir().join(format!("iolab-shm-load-{}.json", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_iolab"))
-        .args([
-            "load",
-            "--transport",
-            "shm",
-            "--shm",
-            &name,
-            "--rate",
-            "600",
-            "--duration",
-            "0.4s",
-        ])
+    let out = shm_load(&name, "600", "0.4s")
         .args(["--connections", "3", "--request-size", "uniform:0-3000", "--json"])
         .arg(&json)
         .output()
@@ -238,18 +244,7 @@ fn iolab_load_drives_the_shm_engine_and_stops_at_its_slot_count() {
     // More connections than the segment has slots: one clear line, no hang.
     let name = unique("full");
     let server = start_with(&name, &["--shm-slots", "2"]);
-    let out = Command::new(env!("CARGO_BIN_EXE_iolab"))
-        .args([
-            "load",
-            "--transport",
-            "shm",
-            "--shm",
-            &name,
-            "--rate",
-            "100",
-            "--duration",
-            "0.2s",
-        ])
+    let out = shm_load(&name, "100", "0.2s")
         .args(["--connections", "3"])
         .output()
         .unwrap();
