@@ -17,6 +17,7 @@ fn unique(tag: &str) -> String {
 
 /// A server child that is killed if the test fails before it stops it.
 struct Served {
+    name: String,
     child: Option<Child>,
     stdout: Option<ChildStdout>,
 }
@@ -33,6 +34,8 @@ impl Drop for Served {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            // Killed, the server could not remove its segment.
+            let _ = std::fs::remove_file(segment_path(&self.name));
         }
     }
 }
@@ -58,6 +61,7 @@ fn start_with(name: &str, extra: &[&str]) -> Served {
     let first = common::read_line(&mut stdout);
     assert_eq!(first.trim(), format!("listening on shm:{name}"));
     Served {
+        name: name.to_string(),
         child: Some(child),
         stdout: Some(stdout),
     }
@@ -239,7 +243,7 @@ fn iolab_load_drives_the_shm_engine_and_stops_at_its_slot_count() {
     assert_eq!(summary["config"]["addr"], format!("shm:{name}"));
     assert_eq!(summary["config"]["driver"], "shm");
     let _ = std::fs::remove_file(&json);
-    drop(server);
+    server.stop();
 
     // More connections than the segment has slots: one clear line, no hang.
     let name = unique("full");
@@ -251,5 +255,5 @@ fn iolab_load_drives_the_shm_engine_and_stops_at_its_slot_count() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("every one of the 2 connection slots"), "{err}");
-    drop(server);
+    server.stop();
 }
