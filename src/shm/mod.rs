@@ -108,8 +108,15 @@ impl Segment {
     /// Server: creates segment `name` with `slots` connections of `capacity`-byte rings (a
     /// power of two). A leftover segment whose server died is replaced; a live one refused.
     pub fn create(name: &str, slots: u32, capacity: usize) -> Result<Segment, ShmError> {
-        assert!(capacity.is_power_of_two() && slots > 0);
         let path = segment_path(name);
+        if !capacity.is_power_of_two() || capacity < 64 || slots == 0 {
+            return Err(ShmError::NotASegment {
+                path: path.display().to_string(),
+                why: format!(
+                    "cannot lay out {slots} slots of {capacity}-byte rings (a power of two, at least 64)"
+                ),
+            });
+        }
         let io = |source| ShmError::Io {
             path: path.display().to_string(),
             source,
