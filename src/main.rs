@@ -41,7 +41,7 @@ enum Command {
     Serve(ServeArgs),
     /// Drive a server with open-loop load and report latency and throughput.
     Load(Box<LoadArgs>),
-    /// Every engine, the same Poisson load, one comparison table (loopback, no setup).
+    /// A one-minute sweep of every engine, then the HTML report and notebook (loopback, no setup).
     Demo(DemoArgs),
     /// Engines × offered rates, each engine its own pinned server process, into a results
     /// folder (points.csv, meta.json, per-point JSON and HdrHistogram logs).
