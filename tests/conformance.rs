@@ -34,6 +34,13 @@ pub struct Setup {
     sqpoll: bool,
 }
 
+/// A fresh shared-memory segment name for each server the suite starts.
+fn shm_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("conf-{}-{n}", std::process::id())
+}
+
 const fn setup(kind: EngineKind) -> Setup {
     Setup {
         kind,
@@ -121,11 +128,20 @@ impl Setup {
 fn start(s: Setup) -> RunningServer {
     let mut cfg = s.config();
     cfg.log_errors = std::env::var_os("IOLAB_TEST_LOG").is_some();
+    if s.kind == EngineKind::Shm {
+        cfg.shm.name = Some(shm_name());
+        cfg.shm.ring_bytes = 64 << 10;
+    }
     engine::start(cfg).expect("server starts")
 }
 
-fn run_load(addr: SocketAddr, request_size: &str, reply: &str, rate: f64) -> loadgen::LoadReport {
+fn run_load(endpoint: &str, request_size: &str, reply: &str, rate: f64) -> loadgen::LoadReport {
+    let (addr, shm) = match endpoint.strip_prefix("shm:") {
+        Some(name) => (SocketAddr::from(([0, 0, 0, 0], 0)), Some(name.to_string())),
+        None => (endpoint.parse().expect("an address"), None),
+    };
     let mut cfg = LoadConfig::new(addr, rate, Duration::from_secs(1));
+    cfg.shm = shm;
     cfg.connections = 8;
     cfg.request_size = request_size.parse::<SizeDist>().unwrap();
     cfg.reply = reply.parse::<ReplyDist>().unwrap();
@@ -153,8 +169,8 @@ fn run_load(addr: SocketAddr, request_size: &str, reply: &str, rate: f64) -> loa
 
 pub fn load_with_mixed_payloads(engine: Setup) {
     let server = start(engine);
-    let echo = run_load(server.addr, "uniform:0-64KiB", "echo", 400.0);
-    let big = run_load(server.addr, "uniform:0-64KiB", "uniform:0-1MiB", 150.0);
+    let echo = run_load(&server.endpoint, "uniform:0-64KiB", "echo", 400.0);
+    let big = run_load(&server.endpoint, "uniform:0-64KiB", "uniform:0-1MiB", 150.0);
     let summary = server.stop().unwrap();
     assert!(summary.requests >= echo.m.completed + big.m.completed);
     assert_eq!(summary.protocol_errors, 0);
@@ -162,7 +178,7 @@ pub fn load_with_mixed_payloads(engine: Setup) {
 
 pub fn echo_at_the_edges(engine: Setup) {
     let server = start(engine);
-    let mut s = connect(server.addr);
+    let mut s = connect_to(&server.endpoint);
     for (id, len) in [
         (1u64, 0usize),
         (2, 1),
@@ -181,7 +197,7 @@ pub fn echo_at_the_edges(engine: Setup) {
 
 pub fn pipelined_replies_stay_in_order(engine: Setup) {
     let server = start(engine);
-    let mut s = connect(server.addr);
+    let mut s = connect_to(&server.endpoint);
     let mut all = Vec::new();
     for id in 0..100u64 {
         // Varied work, so that engines running requests in parallel finish them out of order.
@@ -204,8 +220,8 @@ pub fn pipelined_replies_stay_in_order(engine: Setup) {
 
 pub fn one_byte_at_a_time(engine: Setup) {
     let server = start(engine);
-    let mut s = connect(server.addr);
-    s.set_nodelay(true).unwrap();
+    let mut s = connect_to(&server.endpoint);
+    s.set_nodelay();
     let bytes = [
         request(1, 300, ReplySize::Echo),
         request(2, 0, ReplySize::Bytes(5000)),
@@ -224,7 +240,7 @@ pub fn one_byte_at_a_time(engine: Setup) {
 
 pub fn half_close_after_last_request(engine: Setup) {
     let server = start(engine);
-    let mut s = connect(server.addr);
+    let mut s = connect_to(&server.endpoint);
     s.write_all(
         &[
             request(7, 10_000, ReplySize::Echo),
@@ -233,7 +249,10 @@ pub fn half_close_after_last_request(engine: Setup) {
         .concat(),
     )
     .unwrap();
-    s.shutdown(Shutdown::Write).unwrap();
+    let Client::Tcp(tcp) = &s else {
+        panic!("half-close is a TCP case");
+    };
+    tcp.shutdown(Shutdown::Write).unwrap();
     let r = read_replies(&mut s, 2);
     check_echo(&r[0], 7, 10_000);
     check_echo(&r[1], 8, 3);
@@ -244,14 +263,14 @@ pub fn half_close_after_last_request(engine: Setup) {
 pub fn a_client_that_never_reads_does_not_stall_others(engine: Setup) {
     let server = start(engine);
     // Ask for far more reply bytes than the socket buffers hold, and never read them.
-    let mut lazy = connect(server.addr);
+    let mut lazy = connect_to(&server.endpoint);
     let mut asks = Vec::new();
     for id in 0..64u64 {
         asks.extend(request(id, 0, ReplySize::Bytes(1 << 20)));
     }
     lazy.write_all(&asks).unwrap();
-    run_load(server.addr, "64", "echo", 500.0);
-    let mut s = connect(server.addr);
+    run_load(&server.endpoint, "64", "echo", 500.0);
+    let mut s = connect_to(&server.endpoint);
     s.write_all(&request(99, 10, ReplySize::Echo)).unwrap();
     check_echo(&read_replies(&mut s, 1)[0], 99, 10);
     drop((lazy, s));
@@ -260,17 +279,17 @@ pub fn a_client_that_never_reads_does_not_stall_others(engine: Setup) {
 
 pub fn bad_frames_close_only_their_connection(engine: Setup) {
     let server = start(engine);
-    let mut good = connect(server.addr);
+    let mut good = connect_to(&server.endpoint);
     good.write_all(&request(1, 100, ReplySize::Echo)).unwrap();
     check_echo(&read_replies(&mut good, 1)[0], 1, 100);
 
-    let mut garbage = connect(server.addr);
+    let mut garbage = connect_to(&server.endpoint);
     garbage
         .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n and some more bytes")
         .unwrap();
     assert_closed_by_server(&mut garbage);
 
-    let mut oversized = connect(server.addr);
+    let mut oversized = connect_to(&server.endpoint);
     let mut head = request(2, 0, ReplySize::Echo);
     head[..4].copy_from_slice(&(1u32 << 30).to_le_bytes()); // announces 1 GiB
     oversized.write_all(&head[..RequestHeader::LEN]).unwrap();
@@ -279,7 +298,7 @@ pub fn bad_frames_close_only_their_connection(engine: Setup) {
     // The well-behaved connection opened before is still served, and new ones are too.
     good.write_all(&request(3, 5000, ReplySize::Echo)).unwrap();
     check_echo(&read_replies(&mut good, 1)[0], 3, 5000);
-    run_load(server.addr, "64", "echo", 300.0);
+    run_load(&server.endpoint, "64", "echo", 300.0);
     drop(good);
     let summary = server.stop().unwrap();
     assert_eq!(summary.protocol_errors, 2, "{summary}");
@@ -327,6 +346,39 @@ macro_rules! conformance {
             #[test] fn sigterm_answers_requests_in_flight() { super::sigterm_answers_requests_in_flight($engine) }
         }
     )*};
+}
+
+/// `shm`, with the cases that apply. Two do not: `half_close_after_last_request` (a slot has
+/// no half-close: a client that closes is done, and the server drains and frees the slot) and
+/// `sigterm_answers_requests_in_flight`, which reads the TCP address the binary prints
+/// (tests/shm.rs runs the shm binary, SIGTERM included).
+mod shm {
+    use super::*;
+    const SHM: Setup = setup(EngineKind::Shm);
+    #[test]
+    fn load_with_mixed_payloads() {
+        super::load_with_mixed_payloads(SHM)
+    }
+    #[test]
+    fn echo_at_the_edges() {
+        super::echo_at_the_edges(SHM)
+    }
+    #[test]
+    fn pipelined_replies_stay_in_order() {
+        super::pipelined_replies_stay_in_order(SHM)
+    }
+    #[test]
+    fn one_byte_at_a_time() {
+        super::one_byte_at_a_time(SHM)
+    }
+    #[test]
+    fn a_client_that_never_reads_does_not_stall_others() {
+        super::a_client_that_never_reads_does_not_stall_others(SHM)
+    }
+    #[test]
+    fn bad_frames_close_only_their_connection() {
+        super::bad_frames_close_only_their_connection(SHM)
+    }
 }
 
 conformance! {

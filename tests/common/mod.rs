@@ -47,7 +47,7 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 /// Reads replies until `count` have arrived (or the bound expires, which fails the test).
-pub fn read_replies(s: &mut TcpStream, count: usize) -> Vec<Frame<ReplyHeader>> {
+pub fn read_replies(s: &mut impl Read, count: usize) -> Vec<Frame<ReplyHeader>> {
     let mut dec = FrameDecoder::<ReplyHeader>::new(64 << 20);
     let mut frames = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -72,7 +72,7 @@ pub fn check_echo(f: &Frame<ReplyHeader>, id: u64, len: usize) {
 }
 
 /// The peer closed (or reset) the connection, within the bound.
-pub fn assert_closed_by_server(s: &mut TcpStream) {
+pub fn assert_closed_by_server(s: &mut impl Read) {
     let mut buf = [0u8; 256];
     loop {
         match s.read(&mut buf) {
@@ -81,6 +81,78 @@ pub fn assert_closed_by_server(s: &mut TcpStream) {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
             Err(e) => panic!("expected the server to close the connection, got {e}"),
         }
+    }
+}
+
+/// A client connection over either transport: TCP to `HOST:PORT`, or a shared-memory slot of
+/// `shm:NAME`. Reads and writes are bounded by [`BOUND`] on both.
+pub enum Client {
+    Tcp(TcpStream),
+    Shm(Box<iolab::shm::Connection>),
+}
+
+pub fn connect_to(endpoint: &str) -> Client {
+    match endpoint.strip_prefix("shm:") {
+        Some(name) => Client::Shm(Box::new(iolab::shm::Connection::connect(name).expect("attach"))),
+        None => Client::Tcp(connect(endpoint.parse().expect("an address"))),
+    }
+}
+
+impl Client {
+    pub fn set_nodelay(&self) {
+        if let Client::Tcp(s) = self {
+            s.set_nodelay(true).unwrap();
+        }
+    }
+}
+
+impl Read for Client {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Client::Tcp(s) => s.read(buf),
+            Client::Shm(c) => {
+                let deadline = std::time::Instant::now() + BOUND;
+                loop {
+                    let n = c.down.pop(buf).map_err(std::io::Error::other)?;
+                    // A server that ended the connection leaves what it sent readable first.
+                    if n > 0 || buf.is_empty() || c.server_gone() {
+                        return Ok(n);
+                    }
+                    if std::time::Instant::now() > deadline {
+                        return Err(std::io::ErrorKind::TimedOut.into());
+                    }
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+}
+
+impl std::io::Write for Client {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Client::Tcp(s) => s.write(buf),
+            Client::Shm(c) => {
+                let deadline = std::time::Instant::now() + BOUND;
+                loop {
+                    let n = c.up.push(buf).map_err(std::io::Error::other)?;
+                    if n > 0 || buf.is_empty() {
+                        return Ok(n);
+                    }
+                    if c.server_gone() {
+                        return Err(std::io::ErrorKind::BrokenPipe.into());
+                    }
+                    if std::time::Instant::now() > deadline {
+                        return Err(std::io::ErrorKind::TimedOut.into());
+                    }
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
