@@ -692,13 +692,10 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
 
 fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let engines = if a.engines.is_empty() {
-        EngineKind::ALL.to_vec()
+        demo::ENGINES.to_vec()
     } else {
         a.engines
     };
-    if let Some(kind) = engines.iter().find(|e| !e.is_tcp()) {
-        anyhow::bail!("the demo drives engines over TCP; {kind} has no TCP address");
-    }
     let out = a.out.unwrap_or_else(demo::default_out);
     let mut cfg = demo::config(&engines, a.rates.0, out.clone())?;
     cfg.duration = a.duration.0;
@@ -812,11 +809,8 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
         .filter(|e| !e.is_empty())
         .collect();
     for e in &engines {
-        let kind = <EngineKind as clap::ValueEnum>::from_str(&e[0], false)
+        <EngineKind as clap::ValueEnum>::from_str(&e[0], false)
             .map_err(|_| anyhow::anyhow!("unknown engine '{}' in --engines", e[0]))?;
-        if !kind.is_tcp() {
-            anyhow::bail!("a sweep drives engines over TCP; {kind} has no TCP address");
-        }
     }
     let cpus = engine::num_cpus();
     let server_cpus = a.server_cpus.map_or_else(|| vec![0], |c| c.0);

@@ -251,7 +251,7 @@ pub fn run(cfg: &SweepConfig, mut progress: impl FnMut(Progress<'_>)) -> anyhow:
                     n => format!("{file_label}-{}-attempt{n}", rate as u64),
                 };
                 let cpu_before = server.cpu_seconds();
-                let report = loadgen::run(load_config(cfg, server.addr, rate), &mut |_| {})?;
+                let report = loadgen::run(load_config(cfg, &server.endpoint, rate), &mut |_| {})?;
                 let server_cpu = server.cpu_seconds() - cpu_before;
                 report.write_json(&points_dir.join(format!("{stem}.json")))?;
                 report.write_hdr_log(&points_dir.join(format!("{stem}.hlog")))?;
@@ -325,8 +325,15 @@ pub fn run(cfg: &SweepConfig, mut progress: impl FnMut(Progress<'_>)) -> anyhow:
     Ok(points)
 }
 
-fn load_config(cfg: &SweepConfig, addr: std::net::SocketAddr, rate: f64) -> LoadConfig {
+fn load_config(cfg: &SweepConfig, endpoint: &Endpoint, rate: f64) -> LoadConfig {
+    let addr = match endpoint {
+        Endpoint::Tcp(addr) => *addr,
+        Endpoint::Shm(_) => std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+    };
     let mut load = LoadConfig::new(addr, rate, cfg.duration);
+    if let Endpoint::Shm(name) = endpoint {
+        load.shm = Some(name.clone());
+    }
     load.warmup = cfg.warmup;
     load.connections = cfg.connections;
     load.request_size = cfg.request_size;
@@ -465,8 +472,15 @@ fn write_meta(cfg: &SweepConfig) -> anyhow::Result<()> {
 /// An engine under test, as its own process.
 struct Server {
     child: Child,
-    addr: std::net::SocketAddr,
+    /// What the load connects to: a TCP address, or a shared-memory segment's name.
+    endpoint: Endpoint,
     _stdout: BufReader<ChildStdout>,
+}
+
+#[derive(Debug, Clone)]
+enum Endpoint {
+    Tcp(std::net::SocketAddr),
+    Shm(String),
 }
 
 impl Server {
@@ -488,6 +502,10 @@ impl Server {
             let list: Vec<String> = cfg.server_cpus.iter().map(|c| c.to_string()).collect();
             cmd.args(["--pin", &list.join(",")]);
         }
+        if engine == "shm" && !extra.iter().any(|a| a == "--shm") {
+            // A segment of its own per sweep, so two sweeps never meet.
+            cmd.args(["--shm", &format!("sweep-{}", std::process::id())]);
+        }
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", cfg.server_binary.display()))?;
@@ -502,10 +520,13 @@ impl Server {
             let why = why.lines().last().unwrap_or("no message");
             anyhow::bail!("the {} server did not start ({status}): {why}", spec.join(" "));
         };
-        let addr = addr.parse().context("the server printed a bad address")?;
+        let endpoint = match addr.strip_prefix("shm:") {
+            Some(name) => Endpoint::Shm(name.to_string()),
+            None => Endpoint::Tcp(addr.parse().context("the server printed a bad address")?),
+        };
         Ok(Server {
             child,
-            addr,
+            endpoint,
             _stdout: stdout,
         })
     }

@@ -111,11 +111,6 @@ impl EngineKind {
             EngineKind::Threads | EngineKind::Iovec | EngineKind::Pool | EngineKind::Shm
         )
     }
-
-    /// Engines reached over TCP (all but `shm`): the ones `demo`, `sweep` and `load` drive.
-    pub fn is_tcp(self) -> bool {
-        self != EngineKind::Shm
-    }
 }
 
 /// How epoll reports readiness.

@@ -9,7 +9,7 @@ use plotters::prelude::*;
 
 use crate::results::Point;
 
-pub const PALETTE: [RGBColor; 9] = [
+pub const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -19,6 +19,7 @@ pub const PALETTE: [RGBColor; 9] = [
     RGBColor(227, 119, 194),
     RGBColor(127, 127, 127),
     RGBColor(23, 190, 207),
+    RGBColor(188, 189, 34),
 ];
 
 /// How an axis is described and labelled.
