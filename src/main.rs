@@ -692,7 +692,7 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
 
 fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let engines = if a.engines.is_empty() {
-        demo::ENGINES.to_vec()
+        demo::engines()
     } else {
         a.engines
     };
