@@ -81,10 +81,7 @@ pub fn write(dir: &Path, html: &Path, opts: &ReportOptions) -> anyhow::Result<Wr
     let at_rate = match opts.at_rate {
         Some(r) if rows.iter().any(|p| p.offered_rps == r) => r,
         Some(r) => {
-            let mut rates: Vec<f64> = rows.iter().map(|p| p.offered_rps).collect();
-            rates.sort_by(f64::total_cmp);
-            rates.dedup();
-            let list: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+            let list: Vec<String> = offered_rates(&rows).iter().map(|r| format!("{r:.0}")).collect();
             anyhow::bail!("no point at {r:.0} rps; this sweep has {}", list.join(", "));
         }
         None => default_rate(&rows),
@@ -136,13 +133,19 @@ fn same_dir(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// The sweep's offered rates, rising, each once.
+fn offered_rates(rows: &[Point]) -> Vec<f64> {
+    let mut rates: Vec<f64> = rows.iter().map(|r| r.offered_rps).collect();
+    rates.sort_by(f64::total_cmp);
+    rates.dedup();
+    rates
+}
+
 /// The highest rate at which every engine has a valid point; failing that, the rate with
 /// the most valid points (the higher on a tie).
 fn default_rate(rows: &[Point]) -> f64 {
     let engines = engine_order(rows).len();
-    let mut rates: Vec<f64> = rows.iter().map(|r| r.offered_rps).collect();
-    rates.sort_by(f64::total_cmp);
-    rates.dedup();
+    let rates = offered_rates(rows);
     // Engines, not rows: a rate measured twice has two rows.
     let valid_at = |rate: f64| {
         let mut engines: Vec<&str> = rows
