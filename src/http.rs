@@ -15,17 +15,21 @@ use std::fmt::Write as _;
 pub struct HttpLimits {
     /// Request line plus header fields, in bytes.
     pub max_head: usize,
-    /// Header fields per request.
+    /// Header fields per request (at most [`MAX_HEADER_FIELDS`]).
     pub max_headers: usize,
     /// A request body (Content-Length), read and dropped.
     pub max_body: usize,
 }
 
+/// The most header fields a request may ever carry: the parser's fields live on the stack,
+/// so parsing a request allocates nothing.
+pub const MAX_HEADER_FIELDS: usize = 64;
+
 impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
             max_head: 8 << 10,
-            max_headers: 64,
+            max_headers: MAX_HEADER_FIELDS,
             max_body: 64 << 10,
         }
     }
@@ -154,8 +158,9 @@ impl HttpDecoder {
         if pending.is_empty() {
             return None;
         }
-        let mut fields = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
-        let mut req = httparse::Request::new(&mut fields);
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADER_FIELDS];
+        let max_fields = self.limits.max_headers.min(MAX_HEADER_FIELDS);
+        let mut req = httparse::Request::new(&mut fields[..max_fields]);
         let head_len = match req.parse(pending) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => {
@@ -175,7 +180,7 @@ impl HttpDecoder {
             Err(httparse::Error::TooManyHeaders) => {
                 return Some(Err(HttpError::new(
                     Status::HeaderFieldsTooLarge,
-                    format!("more than {} header fields", self.limits.max_headers),
+                    format!("more than {} header fields", max_fields),
                 )))
             }
             Err(e) => {
