@@ -18,6 +18,10 @@
 //!   event-driven connection drivers, histograms and its own accuracy checks.
 //! - [`uring`]: io_uring plumbing the `uring` engine and the generator's io_uring driver
 //!   share (ring set-up and its failures, the provided-buffer ring, gathered sends).
+//! - [`shm`]: the shared-memory transport: a segment of connection slots, each a pair of
+//!   lock-free single-producer/single-consumer byte rings.
+//! - [`tap`] and [`netns`]: a multi-queue TAP device as smoltcp's Ethernet device, and the
+//!   network namespace the `userspace` engine and its clients live in.
 //! - [`stats`]: latency histograms and the Poisson check, pure math shared by the generator
 //!   and the report.
 //! - [`sweep`]: engines × rates, each engine its own pinned server process, into a results
@@ -37,6 +41,7 @@ pub mod engine;
 pub mod frame;
 pub mod http;
 pub mod loadgen;
+pub mod netns;
 pub mod report;
 pub mod results;
 pub mod session;
@@ -45,6 +50,7 @@ pub mod static_files;
 pub mod stats;
 pub mod sweep;
 pub mod sys;
+pub mod tap;
 pub mod units;
 pub mod uring;
 pub mod workload;

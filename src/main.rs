@@ -243,6 +243,8 @@ struct ServeArgs {
     uring: UringArgs,
     #[command(flatten)]
     shm: ShmArgs,
+    #[command(flatten)]
+    userspace: UserspaceArgs,
     /// Longest spin a request may ask for; a peer asking more is disconnected.
     #[arg(long, default_value = "1s")]
     max_spin: Dur,
@@ -272,6 +274,36 @@ struct ShmArgs {
     /// between polls (0: nap at once; a large value: always spin, for the lowest latency).
     #[arg(long, default_value = "1ms")]
     shm_spin: Dur,
+}
+
+/// Options of the `userspace` engine.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "User-space TCP/IP (--engine userspace)")]
+struct UserspaceArgs {
+    /// The TAP device the server creates (one queue per --threads), and removes on exit. A
+    /// name already in use in the namespace is refused.
+    #[arg(long, default_value = "iolab0")]
+    tap: String,
+    /// The stack's address and the link's prefix; clients connect to this address (and the
+    /// --addr port, 7000 if 0). The kernel's end of the link takes the subnet's first other
+    /// host (10.77.0.2 for the default).
+    #[arg(long, default_value = "10.77.0.1/24")]
+    tap_ip: String,
+    /// The link's IP MTU (1500: an Ethernet NIC's; up to 65000).
+    #[arg(long, default_value_t = 1500)]
+    tap_mtu: usize,
+    /// Receive and send buffer of each connection, each (64 KiB: a full window unscaled).
+    #[arg(long, default_value = "64KiB")]
+    tap_buffer: Size,
+    /// Listening sockets each queue keeps ready: a smoltcp listener takes one connection,
+    /// so this bounds the connections a queue can take in one burst.
+    #[arg(long, default_value_t = 64)]
+    tap_backlog: usize,
+    /// Run in this network namespace: joined if it exists, else created for the run and
+    /// deleted on exit. Without it the server must already run inside one (ip netns exec):
+    /// the TAP device never goes in the host's namespace.
+    #[arg(long)]
+    netns: Option<String>,
 }
 
 /// Options of the `uring` engine.
@@ -582,6 +614,20 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         (_, Some(_)) => anyhow::bail!("--shm names the segment of --engine shm"),
         (_, None) => {}
+    }
+    if a.engine == EngineKind::Userspace {
+        let (ip, prefix) = engine::userspace::parse_cidr(&a.userspace.tap_ip).map_err(anyhow::Error::msg)?;
+        cfg.userspace = engine::userspace::UserspaceOptions {
+            tap: a.userspace.tap.clone(),
+            ip,
+            prefix,
+            mtu: a.userspace.tap_mtu,
+            socket_buffer: usize::try_from(a.userspace.tap_buffer.0).unwrap_or(usize::MAX),
+            backlog: a.userspace.tap_backlog,
+            netns: a.userspace.netns.clone(),
+        };
+    } else if a.userspace.netns.is_some() {
+        anyhow::bail!("--netns, --tap and --tap-* set up the network of --engine userspace");
     }
     // Signals are routed to a thread of their own before any engine thread exists.
     let mut signals =

@@ -35,6 +35,7 @@ mod shm;
 mod threads;
 mod tokio_engine;
 mod uring;
+pub mod userspace;
 
 use std::fmt;
 use std::io;
@@ -74,6 +75,9 @@ pub enum EngineKind {
     /// No sockets: clients attach to a shared-memory segment (--shm NAME) and exchange frames
     /// through a pair of lock-free rings per connection, polled by one thread.
     Shm,
+    /// A user-space TCP/IP stack (smoltcp) per thread, each on one queue of a TAP device
+    /// (--tap, --tap-ip) in a network namespace (--netns); clients use plain kernel TCP.
+    Userspace,
 }
 
 impl EngineKind {
@@ -101,6 +105,7 @@ impl EngineKind {
             EngineKind::Tokio => "tokio",
             EngineKind::Monoio => "monoio",
             EngineKind::Shm => "shm",
+            EngineKind::Userspace => "userspace",
         }
     }
 
@@ -191,6 +196,8 @@ pub struct ServeConfig {
     pub uring: UringOptions,
     /// The `shm` engine's segment name, connection slots and ring size (a power of two).
     pub shm: ShmOptions,
+    /// The `userspace` engine's TAP device, addresses, sizing and namespace.
+    pub userspace: userspace::UserspaceOptions,
 }
 
 /// Options of the `shm` engine.
@@ -228,6 +235,7 @@ impl ServeConfig {
             log_errors: true,
             uring: UringOptions::default(),
             shm: ShmOptions::default(),
+            userspace: userspace::UserspaceOptions::default(),
         }
     }
 }
@@ -484,6 +492,9 @@ pub fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     }
     if config.engine == EngineKind::Shm {
         return shm::start(config);
+    }
+    if config.engine == EngineKind::Userspace {
+        return userspace::start(config);
     }
     if matches!(config.engine, EngineKind::Uring | EngineKind::Monoio) {
         // Fail before listening, with the reason, where io_uring cannot run.

@@ -1,0 +1,523 @@
+//! `userspace`: the session core on a user-space TCP/IP stack (smoltcp) over a TAP device.
+//!
+//! The kernel's socket layer is gone from the server's side: each thread owns one queue of a
+//! multi-queue TAP device and one smoltcp interface, reads Ethernet frames from its queue,
+//! runs TCP itself, and hands the byte streams to the same sessions every engine uses. The
+//! kernel picks a queue per flow, so a connection lives its whole life on one thread: share
+//! nothing, no locks, handlers run in the stack's own loop (the thread-per-core design of
+//! user-space stacks such as Seastar's).
+//!
+//! Clients are plain kernel TCP at the TAP's address. The device, its addresses and the
+//! clients live in a network namespace made for the run (`--netns NAME`, or the server is
+//! started inside one); the engine refuses to create a TAP in the host's namespace.
+//!
+//! Sizing, not smoltcp's example defaults: each connection has `--tap-buffer` of receive and
+//! of send buffer (64 KiB: a full window without scaling), each queue keeps `--tap-backlog`
+//! listening sockets (a smoltcp listener takes one connection; a new one replaces it as it
+//! goes), and the socket set grows with the connections. The neighbour cache holds 16
+//! entries (the crate feature), far more than the one neighbour a TAP link has: the kernel.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
+
+use super::{ConnError, EngineCtx, RunningServer, ServeConfig, ServerStats, Shutdown};
+use crate::netns::Netns;
+use crate::session::ServerSession;
+use crate::tap::{self, ArpShare, TapQueue};
+
+/// Port when `--addr` asks for port 0: the stack is alone on its link, nothing can clash.
+pub const DEFAULT_PORT: u16 = 7000;
+/// Longest wait in one poll, so a shutdown without traffic is noticed.
+const MAX_WAIT: Duration = Duration::from_millis(100);
+
+/// Options of the `userspace` engine.
+#[derive(Debug, Clone)]
+pub struct UserspaceOptions {
+    pub tap: String,
+    /// The stack's address and prefix; the kernel's end of the link takes another host.
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    /// IP MTU of the link (an Ethernet frame is 14 bytes more).
+    pub mtu: usize,
+    /// Receive and send buffer per connection, each.
+    pub socket_buffer: usize,
+    /// Listening sockets per queue.
+    pub backlog: usize,
+    /// Network namespace to run in: joined if it exists, else created and deleted on exit.
+    pub netns: Option<String>,
+}
+
+impl Default for UserspaceOptions {
+    fn default() -> Self {
+        UserspaceOptions {
+            tap: "iolab0".into(),
+            ip: Ipv4Addr::new(10, 77, 0, 1),
+            prefix: 24,
+            mtu: 1500,
+            socket_buffer: 64 << 10,
+            backlog: 64,
+            netns: None,
+        }
+    }
+}
+
+/// Parses `A.B.C.D/P` as `--tap-ip` takes it.
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let bad = || format!("'{s}' is not an IPv4 address with a prefix (like 10.77.0.1/24)");
+    let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+    let addr: Ipv4Addr = addr.trim().parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix.trim().parse().map_err(|_| bad())?;
+    if !(8..=30).contains(&prefix) {
+        return Err(format!(
+            "--tap-ip {s}: the prefix must be 8 to 30 (the link needs two hosts)"
+        ));
+    }
+    let mask = tap::prefix_mask(prefix);
+    let host = u32::from(addr) & !mask;
+    if host == 0 || host == !mask {
+        return Err(format!(
+            "--tap-ip {s}: that is the subnet's network or broadcast address"
+        ));
+    }
+    if addr.is_loopback() || addr.is_multicast() || addr.is_unspecified() {
+        return Err(format!("--tap-ip {s}: not a unicast address for a link"));
+    }
+    Ok((addr, prefix))
+}
+
+/// The kernel's address on the link: the subnet's first host that is not the stack's.
+pub fn kernel_side(ip: Ipv4Addr, prefix: u8) -> Ipv4Addr {
+    let net = u32::from(ip) & tap::prefix_mask(prefix);
+    let first = Ipv4Addr::from(net + 1);
+    if first == ip {
+        Ipv4Addr::from(net + 2)
+    } else {
+        first
+    }
+}
+
+pub fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
+    let opts = config.userspace.clone();
+    if opts.socket_buffer < 1024 {
+        anyhow::bail!("--tap-buffer must be at least 1 KiB");
+    }
+    if !(576..=65_000).contains(&opts.mtu) {
+        anyhow::bail!("--tap-mtu must be between 576 and 65000");
+    }
+    if opts.backlog == 0 {
+        anyhow::bail!("--tap-backlog must be at least 1");
+    }
+    let port = match config.addr.port() {
+        0 => DEFAULT_PORT,
+        p => p,
+    };
+    let endpoint = SocketAddr::from((opts.ip, port));
+    let ctx = Arc::new(EngineCtx {
+        config,
+        stats: ServerStats::default(),
+        shutdown: Shutdown::new().context("cannot create the shutdown eventfd")?,
+        announced: std::sync::Once::new(),
+    });
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let engine_ctx = ctx.clone();
+    let thread = std::thread::Builder::new()
+        .name("iolab-userspace".into())
+        .spawn(move || serve(engine_ctx, port, ready_tx))?;
+    // The set-up happens on the engine's thread (inside the namespace); its verdict comes back.
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            return Err(e);
+        }
+        Err(_) => {
+            let result = thread.join();
+            return Err(match result {
+                Ok(Err(e)) => e,
+                _ => anyhow::anyhow!("the userspace engine stopped during set-up"),
+            });
+        }
+    }
+    Ok(RunningServer {
+        addr: endpoint,
+        endpoint: endpoint.to_string(),
+        ctx,
+        started: Instant::now(),
+        thread: Some(thread),
+    })
+}
+
+/// Enters the namespace, makes the device, runs one thread per queue, and cleans up.
+fn serve(
+    ctx: Arc<EngineCtx>,
+    port: u16,
+    ready: std::sync::mpsc::Sender<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let opts = &ctx.config.userspace;
+    let set_up = || -> anyhow::Result<(Option<Netns>, Vec<std::os::fd::OwnedFd>)> {
+        let netns = match &opts.netns {
+            Some(name) => {
+                let ns = Netns::create_or_join(name)?;
+                ns.enter()?;
+                Some(ns)
+            }
+            None => None,
+        };
+        if crate::netns::in_host_namespace() {
+            anyhow::bail!(
+                "the userspace engine keeps its TAP device out of the host's network: add --netns NAME \
+                 (iolab creates the namespace and deletes it on exit) or start it under `ip netns exec NAME`"
+            );
+        }
+        let queues = tap::create(&opts.tap, ctx.config.threads)?;
+        let kernel = kernel_side(opts.ip, opts.prefix);
+        tap::configure_kernel_side(&opts.tap, kernel, opts.prefix, opts.mtu as u32)
+            .with_context(|| format!("cannot configure TAP device {}", opts.tap))?;
+        ctx.announce(&format!(
+            "userspace: TAP {} with {} queue(s), smoltcp at {}/{} port {port}, kernel side {kernel}, MTU {}{}",
+            opts.tap,
+            queues.len(),
+            opts.ip,
+            opts.prefix,
+            opts.mtu,
+            netns.as_ref().map(|n| format!(", namespace {}", n.name())).unwrap_or_default(),
+        ));
+        Ok((netns, queues))
+    };
+    let (netns, queues) = match set_up() {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return Ok(());
+        }
+    };
+    let share = ArpShare::new(queues.len()).context("cannot create the queues' eventfds")?;
+    let n = queues.len();
+    let cpus: Vec<usize> = match ctx.config.pin.as_slice() {
+        [] if n > 1 => (0..n).collect(),
+        pins => pins.to_vec(),
+    };
+    let mut loops = Vec::with_capacity(n);
+    for (i, fd) in queues.into_iter().enumerate() {
+        let ctx = ctx.clone();
+        let device = TapQueue::new(i, fd, opts.mtu, share.clone());
+        let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
+        let share = share.clone();
+        loops.push(
+            std::thread::Builder::new()
+                .name(format!("userspace-q{i}"))
+                .spawn(move || -> anyhow::Result<()> {
+                    if let Some(cpu) = cpu {
+                        super::pin_current_thread(&[cpu])?;
+                    }
+                    Stack::new(&ctx, device, port)?.run(&ctx, &share)
+                })?,
+        );
+    }
+    let _ = ready.send(Ok(()));
+    let mut first_error = None;
+    for l in loops {
+        let result = l
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("a userspace stack thread panicked")));
+        if let Err(e) = result {
+            ctx.shutdown.trigger();
+            first_error.get_or_insert(e);
+        }
+    }
+    // The device went with its last queue's descriptor; the namespace goes now, if ours.
+    drop(netns);
+    first_error.map_or(Ok(()), Err)
+}
+
+/// One accepted connection.
+struct Conn {
+    handle: SocketHandle,
+    session: ServerSession,
+    peer: String,
+    /// Set once the connection is ending, with how; the socket is closed once replies are out.
+    ending: Option<Result<(), ConnError>>,
+    close_sent: bool,
+}
+
+/// One queue's stack: its interface, sockets, listeners and connections.
+struct Stack {
+    device: TapQueue,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    listeners: Vec<SocketHandle>,
+    conns: Vec<Conn>,
+    port: u16,
+    buffer: usize,
+}
+
+impl Stack {
+    fn new(ctx: &EngineCtx, mut device: TapQueue, port: u16) -> anyhow::Result<Stack> {
+        let opts = &ctx.config.userspace;
+        let ip = opts.ip.octets();
+        // A locally administered MAC made from the address; every queue answers with it.
+        let mac = EthernetAddress([0x02, 0x00, ip[0], ip[1], ip[2], ip[3]]);
+        let mut config = Config::new(HardwareAddress::Ethernet(mac));
+        config.random_seed = crate::clock::now_ns() ^ (device.raw_fd() as u64) << 32;
+        let mut iface = Interface::new(config, &mut device, smoltcp::time::Instant::now());
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(opts.ip), opts.prefix));
+        });
+        let mut stack = Stack {
+            device,
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            listeners: Vec::with_capacity(opts.backlog),
+            conns: Vec::new(),
+            port,
+            buffer: opts.socket_buffer,
+        };
+        for _ in 0..opts.backlog {
+            let l = stack.listener()?;
+            stack.listeners.push(l);
+        }
+        Ok(stack)
+    }
+
+    fn listener(&mut self) -> anyhow::Result<SocketHandle> {
+        let rx = tcp::SocketBuffer::new(vec![0; self.buffer]);
+        let tx = tcp::SocketBuffer::new(vec![0; self.buffer]);
+        let mut socket = tcp::Socket::new(rx, tx);
+        // Replies go out when the session has them, not when a segment fills.
+        socket.set_nagle_enabled(false);
+        socket
+            .listen(self.port)
+            .map_err(|e| anyhow::anyhow!("smoltcp cannot listen on port {}: {e}", self.port))?;
+        Ok(self.sockets.add(socket))
+    }
+
+    fn run(mut self, ctx: &EngineCtx, share: &ArpShare) -> anyhow::Result<()> {
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            if ctx.shutdown.is_triggered() && drain_deadline.is_none() {
+                drain_deadline = Some(Instant::now() + ctx.config.drain_timeout);
+                for l in std::mem::take(&mut self.listeners) {
+                    self.sockets.get_mut::<tcp::Socket>(l).abort();
+                }
+            }
+            let now = smoltcp::time::Instant::now();
+            self.iface.poll(now, &mut self.device, &mut self.sockets);
+            if drain_deadline.is_none() {
+                self.accept(ctx)?;
+            }
+            let draining = drain_deadline.map(|d| Instant::now() >= d);
+            self.serve_connections(ctx, draining);
+            self.iface.poll(now, &mut self.device, &mut self.sockets);
+            if drain_deadline.is_some() && self.conns.is_empty() {
+                return Ok(());
+            }
+            let delay = self
+                .iface
+                .poll_delay(smoltcp::time::Instant::now(), &self.sockets)
+                .map(|d| Duration::from_micros(d.total_micros()))
+                .unwrap_or(MAX_WAIT)
+                .min(MAX_WAIT);
+            if !delay.is_zero() {
+                self.wait(ctx, share, delay)?;
+            }
+        }
+    }
+
+    /// Sleeps until the device has a frame, another queue passed an ARP frame, the stack has
+    /// a timer due, or the server is stopping.
+    fn wait(&mut self, ctx: &EngineCtx, share: &ArpShare, timeout: Duration) -> anyhow::Result<()> {
+        let waker = share.waker(self.device.index());
+        let mut fds = [
+            libc::pollfd {
+                fd: self.device.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: waker.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: ctx.shutdown.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        // SAFETY: poll(2) over an array we own.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e).context("poll on the TAP queue");
+            }
+        }
+        if fds[1].revents != 0 {
+            self.device.clear_waker();
+        }
+        Ok(())
+    }
+
+    /// Listeners that left LISTEN became connections; fresh listeners replace them.
+    fn accept(&mut self, ctx: &EngineCtx) -> anyhow::Result<()> {
+        for i in 0..self.listeners.len() {
+            let handle = self.listeners[i];
+            let socket = self.sockets.get::<tcp::Socket>(handle);
+            if socket.state() == tcp::State::Listen {
+                continue;
+            }
+            let peer = socket
+                .remote_endpoint()
+                .map_or_else(|| "?".to_string(), |e| e.to_string());
+            ServerStats::bump(&ctx.stats.accepted);
+            self.conns.push(Conn {
+                handle,
+                session: ServerSession::new(&ctx.config.session),
+                peer,
+                ending: None,
+                close_sent: false,
+            });
+            self.listeners[i] = self.listener()?;
+        }
+        Ok(())
+    }
+
+    /// Moves bytes between every connection's socket and session, and retires the finished.
+    fn serve_connections(&mut self, ctx: &EngineCtx, draining: Option<bool>) {
+        let mut i = 0;
+        while i < self.conns.len() {
+            let conn = &mut self.conns[i];
+            let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+            if step(conn, socket, draining) {
+                let conn = self.conns.swap_remove(i);
+                self.sockets.remove(conn.handle);
+                let result = conn.ending.unwrap_or(Ok(()));
+                ctx.connection_closed(
+                    format!("{} (userspace)", conn.peer),
+                    result,
+                    conn.session.counters(),
+                );
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+/// One connection's turn; true when it is over and its socket can go.
+/// `draining`: None while serving, Some(past_deadline) once the server is stopping.
+fn step(conn: &mut Conn, socket: &mut tcp::Socket, draining: Option<bool>) -> bool {
+    use tcp::State;
+    let state = socket.state();
+    if matches!(state, State::Closed | State::TimeWait | State::Listen) {
+        // Reset by the peer (or its handshake failed): what was owed cannot be delivered.
+        if conn.ending.is_none() {
+            conn.ending = Some(Err(ConnError::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "connection reset",
+            ))));
+        }
+        return true;
+    }
+    if state == State::SynReceived {
+        return false;
+    }
+    flush(conn, socket);
+    if conn.ending.is_none() {
+        while conn.session.wants_read() && !conn.session.finished() && socket.can_recv() {
+            let session = &mut conn.session;
+            match socket.recv(|data| (data.len(), session.receive(data))) {
+                Ok(Ok(_)) => flush(conn, socket),
+                Ok(Err(e)) => {
+                    // The replies before the bad frame still go out, then the connection ends.
+                    flush(conn, socket);
+                    conn.ending = Some(Err(e.into()));
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    if conn.ending.is_none() {
+        let peer_done = !socket.may_recv() && !socket.can_recv();
+        if peer_done {
+            conn.ending = Some(conn.session.peer_closed().map_err(ConnError::from));
+        } else if conn.session.finished() && conn.session.out().is_empty() {
+            conn.ending = Some(Ok(()));
+        } else if draining.is_some() && conn.session.out().is_empty() {
+            conn.ending = Some(Ok(()));
+        }
+    }
+    if conn.ending.is_some() && !conn.close_sent {
+        if conn.session.out().is_empty() {
+            socket.close();
+            conn.close_sent = true;
+        } else if draining == Some(true) {
+            socket.abort();
+            return true;
+        }
+    }
+    if draining == Some(true) && conn.close_sent && socket.send_queue() > 0 {
+        socket.abort();
+        return true;
+    }
+    false
+}
+
+/// Copies the session's replies into the socket's send buffer as far as it has room.
+fn flush(conn: &mut Conn, socket: &mut tcp::Socket) {
+    while let Some(slice) = conn.session.out().front() {
+        match socket.send_slice(slice) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => conn.session.wrote(n),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tap_addresses_parse() {
+        assert_eq!(
+            parse_cidr("10.77.0.1/24").unwrap(),
+            (Ipv4Addr::new(10, 77, 0, 1), 24)
+        );
+        for bad in [
+            "10.77.0.1",
+            "10.77.0.1/31",
+            "10.77.0.0/24",
+            "10.77.0.255/24",
+            "127.0.0.2/8",
+            "x/24",
+            "10.77.0.1/x",
+        ] {
+            assert!(parse_cidr(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_kernel_takes_another_host_of_the_subnet() {
+        assert_eq!(
+            kernel_side(Ipv4Addr::new(10, 77, 0, 1), 24),
+            Ipv4Addr::new(10, 77, 0, 2)
+        );
+        assert_eq!(
+            kernel_side(Ipv4Addr::new(10, 77, 0, 9), 24),
+            Ipv4Addr::new(10, 77, 0, 1)
+        );
+        assert_eq!(
+            kernel_side(Ipv4Addr::new(192, 168, 5, 6), 30),
+            Ipv4Addr::new(192, 168, 5, 5)
+        );
+    }
+}

@@ -1,0 +1,436 @@
+//! A multi-queue TAP device, and one queue of it as a smoltcp [`Device`].
+//!
+//! A TAP device is an Ethernet link whose far end is a file descriptor: what the kernel
+//! sends on the link is read from the descriptor, what is written to it arrives as if from a
+//! wire. Opened with `IFF_MULTI_QUEUE` N times, it has N descriptors, and the kernel picks
+//! one per flow (by its hash, then by where that flow's packets were last written), so a
+//! thread that owns a queue owns its connections for their whole life.
+//!
+//! The one thing every queue must see is ARP: the kernel's answer to one thread's question
+//! may arrive on another thread's queue. A queue that reads an ARP frame hands a copy to
+//! every other queue (and wakes its thread), so each stack's neighbour cache fills.
+//!
+//! The device is created without `IFF_PERSIST`: it vanishes, with its addresses and routes,
+//! when the last descriptor closes, even if the process is killed.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use smoltcp::phy::{Device, DeviceCapabilities, Medium};
+
+/// Ethernet header bytes on top of the IP MTU.
+const ETHERNET_HEADER: usize = 14;
+const ETHERTYPE_ARP: [u8; 2] = [0x08, 0x06];
+/// Longest interface name, without the NUL (IFNAMSIZ - 1).
+pub const MAX_NAME: usize = 15;
+
+// The interface ioctls (linux/sockios.h); libc has them only for some targets.
+const SIOCGIFFLAGS: libc::c_ulong = 0x8913;
+const SIOCSIFFLAGS: libc::c_ulong = 0x8914;
+const SIOCSIFADDR: libc::c_ulong = 0x8916;
+const SIOCSIFNETMASK: libc::c_ulong = 0x891c;
+const SIOCSIFMTU: libc::c_ulong = 0x8922;
+const SIOCGIFINDEX: libc::c_ulong = 0x8933;
+
+/// `struct ifreq`: a name, then a union of which each call uses one member.
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    data: [u8; 24],
+}
+
+impl IfReq {
+    fn new(name: &str) -> IfReq {
+        let mut req = IfReq {
+            name: [0; 16],
+            data: [0; 24],
+        };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        req
+    }
+
+    fn set_addr(&mut self, addr: Ipv4Addr) {
+        // SAFETY: sockaddr_in is plain data; zeroed is a valid value.
+        let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_addr.s_addr = u32::from(addr).to_be();
+        // SAFETY: sockaddr_in (16 bytes) fits the union's 24; both are plain bytes.
+        let bytes: [u8; 16] = unsafe { std::mem::transmute(sin) };
+        self.data[..16].copy_from_slice(&bytes);
+    }
+}
+
+/// Why a TAP device could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    #[error("TAP name '{0}' is not usable (1 to {MAX_NAME} letters, digits, '-', '_' or '.')")]
+    BadName(String),
+    #[error("TAP name {0} is taken: a network device by that name already exists in this namespace")]
+    Taken(String),
+    #[error("no /dev/net/tun: the kernel's tun module is missing (try `modprobe tun`)")]
+    NoTun,
+    #[error("cannot create TAP device {0}: {1} (creating one needs root or CAP_NET_ADMIN)")]
+    NotPermitted(String, io::Error),
+    #[error("cannot create TAP device {0}: {1}")]
+    Io(String, io::Error),
+}
+
+/// Creates TAP device `name` with `queues` queues, one descriptor each (non-blocking).
+pub fn create(name: &str, queues: usize) -> Result<Vec<OwnedFd>, TapError> {
+    let usable = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !usable {
+        return Err(TapError::BadName(name.into()));
+    }
+    let io_err = |e| TapError::Io(name.into(), e);
+    // Asking the kernel, not /sys: /sys shows the namespace it was mounted in, not ours.
+    if interface_exists(name).map_err(io_err)? {
+        return Err(TapError::Taken(name.into()));
+    }
+    let mut fds = Vec::with_capacity(queues);
+    for _ in 0..queues {
+        // SAFETY: open with a constant NUL-terminated path.
+        let fd = unsafe {
+            libc::open(
+                c"/dev/net/tun".as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.kind() {
+                io::ErrorKind::NotFound => TapError::NoTun,
+                io::ErrorKind::PermissionDenied => TapError::NotPermitted(name.into(), e),
+                _ => io_err(e),
+            });
+        }
+        // SAFETY: a descriptor we just opened and own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut req = IfReq::new(name);
+        let flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE) as i16;
+        req.data[..2].copy_from_slice(&flags.to_ne_bytes());
+        // SAFETY: TUNSETIFF reads and writes an ifreq we own.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF as _, &mut req) } < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::EPERM) | Some(libc::EACCES) => TapError::NotPermitted(name.into(), e),
+                // A device of that name appeared meanwhile, or is of another kind.
+                Some(libc::EBUSY) | Some(libc::EINVAL) => TapError::Taken(name.into()),
+                _ => io_err(e),
+            });
+        }
+        fds.push(fd);
+    }
+    Ok(fds)
+}
+
+/// Gives the kernel's end of link `name` an address and MTU and brings it up. The subnet's
+/// route comes with the address and goes with the device.
+pub fn configure_kernel_side(name: &str, addr: Ipv4Addr, prefix: u8, mtu: u32) -> io::Result<()> {
+    let sock = inet_socket()?;
+    let ioctl = |request: libc::c_ulong, req: &mut IfReq| -> io::Result<()> {
+        // SAFETY: an interface ioctl on our socket with an ifreq we own.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), request as _, req as *mut IfReq) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    let mut req = IfReq::new(name);
+    req.data[..4].copy_from_slice(&(mtu as i32).to_ne_bytes());
+    ioctl(SIOCSIFMTU, &mut req)?;
+    let mut req = IfReq::new(name);
+    req.set_addr(addr);
+    ioctl(SIOCSIFADDR, &mut req)?;
+    let mut req = IfReq::new(name);
+    req.set_addr(Ipv4Addr::from(prefix_mask(prefix)));
+    ioctl(SIOCSIFNETMASK, &mut req)?;
+    let mut req = IfReq::new(name);
+    ioctl(SIOCGIFFLAGS, &mut req)?;
+    let flags = i16::from_ne_bytes([req.data[0], req.data[1]]) | (libc::IFF_UP | libc::IFF_RUNNING) as i16;
+    req.data[..2].copy_from_slice(&flags.to_ne_bytes());
+    ioctl(SIOCSIFFLAGS, &mut req)
+}
+
+fn interface_exists(name: &str) -> io::Result<bool> {
+    let sock = inet_socket()?;
+    let mut req = IfReq::new(name);
+    // SAFETY: SIOCGIFINDEX fills an ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCGIFINDEX as _, &mut req) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENODEV) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// A socket to hang interface ioctls on, in the calling thread's namespace.
+fn inet_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor we just made and own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn prefix_mask(prefix: u8) -> u32 {
+    match prefix {
+        0 => 0,
+        p => u32::MAX << (32 - u32::from(p.min(32))),
+    }
+}
+
+/// ARP frames passed between the queues of one device, and the eventfds that wake them.
+#[derive(Debug)]
+pub struct ArpShare {
+    inboxes: Vec<Mutex<Vec<Vec<u8>>>>,
+    mail: Vec<AtomicBool>,
+    wakers: Vec<OwnedFd>,
+}
+
+impl ArpShare {
+    pub fn new(queues: usize) -> io::Result<Arc<ArpShare>> {
+        let mut wakers = Vec::with_capacity(queues);
+        for _ in 0..queues {
+            // SAFETY: plain eventfd(2).
+            let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: a descriptor we just made and own.
+            wakers.push(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        Ok(Arc::new(ArpShare {
+            inboxes: (0..queues).map(|_| Mutex::new(Vec::new())).collect(),
+            mail: (0..queues).map(|_| AtomicBool::new(false)).collect(),
+            wakers,
+        }))
+    }
+
+    /// The eventfd that says queue `index` has ARP frames from the others.
+    pub fn waker(&self, index: usize) -> BorrowedFd<'_> {
+        self.wakers[index].as_fd()
+    }
+
+    fn broadcast(&self, from: usize, frame: &[u8]) {
+        for (i, inbox) in self.inboxes.iter().enumerate() {
+            if i == from {
+                continue;
+            }
+            if let Ok(mut q) = inbox.lock() {
+                // A queue that is not reading must not grow without bound; ARP is repeated.
+                if q.len() < 64 {
+                    q.push(frame.to_vec());
+                }
+            }
+            self.mail[i].store(true, Ordering::Release);
+            let one: u64 = 1;
+            // SAFETY: an 8-byte write to an eventfd we own. A full counter only means awake.
+            unsafe { libc::write(self.wakers[i].as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    fn take(&self, index: usize) -> Option<Vec<u8>> {
+        if !self.mail[index].load(Ordering::Acquire) {
+            return None;
+        }
+        let mut q = self.inboxes[index].lock().ok()?;
+        let frame = q.pop();
+        if q.is_empty() {
+            self.mail[index].store(false, Ordering::Release);
+        }
+        frame
+    }
+}
+
+/// Counts of one queue's traffic.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct QueueCounters {
+    pub frames_in: u64,
+    pub frames_out: u64,
+    /// Frames the kernel refused (a full queue or a device going down): lost like on a wire.
+    pub write_errors: u64,
+}
+
+/// One queue of a TAP device, as the Ethernet device of one smoltcp interface.
+pub struct TapQueue {
+    index: usize,
+    fd: OwnedFd,
+    mtu: usize,
+    rx: Vec<u8>,
+    tx: Vec<u8>,
+    share: Arc<ArpShare>,
+    pub counters: QueueCounters,
+}
+
+impl TapQueue {
+    /// Queue `index` of a device whose IP MTU is `mtu`.
+    pub fn new(index: usize, fd: OwnedFd, mtu: usize, share: Arc<ArpShare>) -> TapQueue {
+        let frame = mtu + ETHERNET_HEADER;
+        TapQueue {
+            index,
+            fd,
+            mtu,
+            rx: vec![0; frame.max(2048)],
+            tx: vec![0; frame.max(2048)],
+            share,
+            counters: QueueCounters::default(),
+        }
+    }
+
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Clears this queue's wake-up eventfd (after a poll said it was readable).
+    pub fn clear_waker(&self) {
+        let mut n: u64 = 0;
+        // SAFETY: an 8-byte read from an eventfd we own; EAGAIN just means nothing to clear.
+        unsafe {
+            libc::read(
+                self.share.waker(self.index).as_raw_fd(),
+                (&mut n as *mut u64).cast(),
+                8,
+            )
+        };
+    }
+
+    /// Reads the next frame: first those other queues passed on, then the device's own.
+    fn read_frame(&mut self) -> Option<usize> {
+        if let Some(frame) = self.share.take(self.index) {
+            let n = frame.len().min(self.rx.len());
+            self.rx[..n].copy_from_slice(&frame[..n]);
+            return Some(n);
+        }
+        // SAFETY: read(2) into a buffer we own, at most its length.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), self.rx.as_mut_ptr().cast(), self.rx.len()) };
+        if n <= 0 {
+            return None;
+        }
+        let n = n as usize;
+        if n >= ETHERNET_HEADER && self.rx[12..14] == ETHERTYPE_ARP && self.share.inboxes.len() > 1 {
+            self.share.broadcast(self.index, &self.rx[..n]);
+        }
+        Some(n)
+    }
+}
+
+pub struct RxToken<'a> {
+    frame: &'a [u8],
+}
+
+pub struct TxToken<'a> {
+    /// The queue's descriptor, alive as long as the borrowed queue is.
+    fd: RawFd,
+    buf: &'a mut Vec<u8>,
+    counters: &'a mut QueueCounters,
+}
+
+impl Device for TapQueue {
+    type RxToken<'a> = RxToken<'a>;
+    type TxToken<'a> = TxToken<'a>;
+
+    fn receive(&mut self, _now: smoltcp::time::Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
+        let n = self.read_frame()?;
+        self.counters.frames_in += 1;
+        let TapQueue {
+            fd, rx, tx, counters, ..
+        } = self;
+        Some((
+            RxToken { frame: &rx[..n] },
+            TxToken {
+                fd: fd.as_raw_fd(),
+                buf: tx,
+                counters,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _now: smoltcp::time::Instant) -> Option<TxToken<'_>> {
+        Some(TxToken {
+            fd: self.fd.as_raw_fd(),
+            buf: &mut self.tx,
+            counters: &mut self.counters,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        // For Ethernet smoltcp counts the header in the MTU.
+        caps.max_transmission_unit = self.mtu + ETHERNET_HEADER;
+        caps
+    }
+}
+
+impl smoltcp::phy::RxToken for RxToken<'_> {
+    fn consume<R, F>(self, f: F) -> R
+    where
+        F: FnOnce(&[u8]) -> R,
+    {
+        f(self.frame)
+    }
+}
+
+impl smoltcp::phy::TxToken for TxToken<'_> {
+    fn consume<R, F>(self, len: usize, f: F) -> R
+    where
+        F: FnOnce(&mut [u8]) -> R,
+    {
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
+        }
+        let result = f(&mut self.buf[..len]);
+        // SAFETY: write(2) of bytes we own.
+        let n = unsafe { libc::write(self.fd, self.buf.as_ptr().cast(), len) };
+        if n == len as isize {
+            self.counters.frames_out += 1;
+        } else {
+            self.counters.write_errors += 1;
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks() {
+        assert_eq!(prefix_mask(24), 0xffff_ff00);
+        assert_eq!(prefix_mask(32), u32::MAX);
+        assert_eq!(prefix_mask(0), 0);
+        assert_eq!(prefix_mask(30), 0xffff_fffc);
+    }
+
+    #[test]
+    fn bad_names_are_refused_before_any_syscall() {
+        for bad in ["", "a-name-longer-than-15", "a/b", "tap 0"] {
+            assert!(matches!(create(bad, 1), Err(TapError::BadName(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn arp_frames_reach_the_other_queues_once() {
+        let share = ArpShare::new(3).unwrap();
+        share.broadcast(1, b"frame");
+        assert_eq!(share.take(0).as_deref(), Some(&b"frame"[..]));
+        assert_eq!(share.take(0), None);
+        assert_eq!(share.take(1), None, "the reader keeps its own frame");
+        assert_eq!(share.take(2).as_deref(), Some(&b"frame"[..]));
+    }
+}
