@@ -450,9 +450,7 @@ fn step(conn: &mut Conn, socket: &mut tcp::Socket, draining: Option<bool>) -> bo
         let peer_done = !socket.may_recv() && !socket.can_recv();
         if peer_done {
             conn.ending = Some(conn.session.peer_closed().map_err(ConnError::from));
-        } else if conn.session.finished() && conn.session.out().is_empty() {
-            conn.ending = Some(Ok(()));
-        } else if draining.is_some() && conn.session.out().is_empty() {
+        } else if (conn.session.finished() || draining.is_some()) && conn.session.out().is_empty() {
             conn.ending = Some(Ok(()));
         }
     }
