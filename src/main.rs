@@ -38,7 +38,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run one engine as a server until SIGINT/SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Drive a server with open-loop load and report latency and throughput.
     Load(Box<LoadArgs>),
     /// A one-minute sweep of every engine, then the HTML report and notebook (loopback, no setup).
@@ -535,7 +535,7 @@ struct DemoArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(a) => serve(a),
+        Command::Serve(a) => serve(*a),
         Command::Load(a) => load(*a),
         Command::Demo(a) => run_demo(a),
         Command::Sweep(a) => sweep(*a),
