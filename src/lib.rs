@@ -42,6 +42,7 @@ pub mod frame;
 pub mod http;
 pub mod loadgen;
 pub mod netns;
+pub mod queue;
 pub mod report;
 pub mod results;
 pub mod session;

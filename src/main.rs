@@ -404,6 +404,8 @@ enum Transport {
     Tcp,
     /// Shared-memory rings (serve --engine shm).
     Shm,
+    /// A user-space TCP/IP stack (smoltcp) on a TAP device of the load's own, in --netns.
+    Userspace,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -419,13 +421,33 @@ struct LoadArgs {
     /// The server to load (TCP).
     #[arg(long, required_unless_present = "shm")]
     addr: Option<SocketAddr>,
-    /// How requests reach the server: `tcp` (to --addr) or `shm` (through the shared-memory
-    /// segment --shm of `iolab serve --engine shm`: no sockets, the driver polls the rings).
+    /// How requests reach the server: `tcp` (kernel sockets, to --addr), `shm` (through the
+    /// shared-memory segment --shm of `iolab serve --engine shm`: no sockets, the driver
+    /// polls the rings) or `userspace` (a smoltcp stack on a TAP device the load creates in
+    /// --netns, to --addr: a kernel-socket server reached at the TAP's kernel side). shm and
+    /// userspace always use the queue-API driver.
     #[arg(long, value_enum, default_value_t = Transport::Tcp)]
     transport: Transport,
     /// With --transport shm: the segment's name.
     #[arg(long, required_if_eq("transport", "shm"))]
     shm: Option<String>,
+    /// Run the load in this network namespace (it must exist: `ip netns add`, or a server's
+    /// --netns). Needed to reach `serve --engine userspace`, and for --transport userspace.
+    #[arg(long)]
+    netns: Option<String>,
+    /// With --transport userspace: the load's TAP device (removed when the load ends).
+    #[arg(long, default_value = "iolabc0")]
+    tap: String,
+    /// With --transport userspace: the load stack's address and prefix. The kernel's end
+    /// takes the subnet's first other host: point --addr at it.
+    #[arg(long, default_value = "10.78.0.1/24")]
+    tap_ip: String,
+    /// With --transport userspace: the link's IP MTU.
+    #[arg(long, default_value_t = 1500)]
+    tap_mtu: usize,
+    /// With --transport userspace: receive and send buffer of each connection, each.
+    #[arg(long, default_value = "64KiB")]
+    tap_buffer: Size,
     /// Wire protocol. With `http`, each request is a GET of a page drawn at random from
     /// --paths (or --path), checked for status 200 and its body length; non-200 statuses are
     /// counted by status. The workload flags (--request-size, --reply, --work) are frame-only.
@@ -651,8 +673,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
 
 fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     let addr = match (a.transport, a.addr, &a.shm) {
-        (Transport::Tcp, Some(addr), None) => addr,
-        (Transport::Tcp, _, Some(_)) => anyhow::bail!("--shm is for --transport shm"),
+        (Transport::Tcp | Transport::Userspace, Some(addr), None) => addr,
+        (Transport::Tcp | Transport::Userspace, _, Some(_)) => anyhow::bail!("--shm is for --transport shm"),
         (Transport::Shm, None, Some(_)) => SocketAddr::from(([0, 0, 0, 0], 0)),
         (Transport::Shm, Some(_), _) => {
             anyhow::bail!("--transport shm reaches the server by --shm NAME, not --addr")
@@ -661,6 +683,22 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     };
     let mut cfg = LoadConfig::new(addr, a.rate, a.duration.0);
     cfg.shm = a.shm.clone();
+    cfg.netns = a.netns.clone();
+    if a.transport == Transport::Userspace {
+        let (ip, prefix) = engine::userspace::parse_cidr(&a.tap_ip).map_err(anyhow::Error::msg)?;
+        if a.netns.is_none() {
+            anyhow::bail!(
+                "--transport userspace creates a TAP device: name the namespace it goes in with --netns NAME"
+            );
+        }
+        cfg.userspace = Some(iolab::queue::smol::SmolOptions {
+            tap: a.tap.clone(),
+            ip,
+            prefix,
+            mtu: a.tap_mtu,
+            socket_buffer: usize::try_from(a.tap_buffer.0).unwrap_or(usize::MAX),
+        });
+    }
     if a.protocol == Protocol::Http {
         let default = (SizeDist::Fixed(64), ReplyDist::Echo, WorkDist::None);
         if (a.workload.request_size, a.workload.reply, a.workload.work) != default {

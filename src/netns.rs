@@ -113,6 +113,26 @@ impl Saved {
     }
 }
 
+/// The calling thread's stay in a namespace: it returns to where it was when dropped.
+pub struct Visit(Saved);
+
+impl Visit {
+    /// Moves the calling thread into existing namespace `name` until the visit is dropped.
+    pub fn enter(name: &str) -> anyhow::Result<Visit> {
+        let saved = Saved::current()?;
+        Netns::existing(name)?.enter()?;
+        Ok(Visit(saved))
+    }
+}
+
+impl Drop for Visit {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.restore() {
+            eprintln!("iolab: {e:#}");
+        }
+    }
+}
+
 fn path_of(name: &str) -> PathBuf {
     PathBuf::from("/run/netns").join(name)
 }

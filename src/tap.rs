@@ -405,6 +405,65 @@ impl smoltcp::phy::TxToken for TxToken<'_> {
     }
 }
 
+/// A smoltcp interface on `device` at `ip/prefix`, with a locally administered MAC made
+/// from the address (every queue of a device answers with the same one).
+pub fn interface(device: &mut TapQueue, ip: Ipv4Addr, prefix: u8) -> smoltcp::iface::Interface {
+    use smoltcp::iface::{Config, Interface};
+    use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
+    let o = ip.octets();
+    let mac = EthernetAddress([0x02, 0x00, o[0], o[1], o[2], o[3]]);
+    let mut config = Config::new(HardwareAddress::Ethernet(mac));
+    config.random_seed = crate::clock::now_ns() ^ ((device.raw_fd() as u64) << 32);
+    let mut iface = Interface::new(config, device, smoltcp::time::Instant::now());
+    iface.update_ip_addrs(|addrs| {
+        let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(ip), prefix));
+    });
+    iface
+}
+
+/// A TCP socket with `buffer` bytes each way and Nagle off (a reply goes when it is ready).
+pub fn tcp_socket(buffer: usize) -> smoltcp::socket::tcp::Socket<'static> {
+    use smoltcp::socket::tcp;
+    let mut socket = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; buffer]),
+        tcp::SocketBuffer::new(vec![0; buffer]),
+    );
+    socket.set_nagle_enabled(false);
+    socket
+}
+
+/// Sleeps until the queue has a frame, another queue passed it an ARP frame, `extra` (if
+/// any) is readable, or `timeout` passes.
+pub fn wait(device: &TapQueue, extra: Option<RawFd>, timeout: std::time::Duration) -> io::Result<()> {
+    let ev = |fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let mut fds = [
+        ev(device.raw_fd()),
+        ev(device.share.waker(device.index).as_raw_fd()),
+        ev(extra.unwrap_or(-1)),
+    ];
+    // ppoll, not poll: a timeout in whole milliseconds would oversleep a send schedule.
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: ppoll(2) over an array we own; a negative fd is ignored by the kernel.
+    let n = unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, &ts, std::ptr::null()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    if fds[1].revents != 0 {
+        device.clear_waker();
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

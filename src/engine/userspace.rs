@@ -18,14 +18,12 @@
 //! entries (the crate feature), far more than the one neighbour a TAP link has: the kernel.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
 use super::{ConnError, EngineCtx, RunningServer, ServeConfig, ServerStats, Shutdown};
 use crate::netns::Netns;
@@ -209,7 +207,6 @@ fn serve(
         let ctx = ctx.clone();
         let device = TapQueue::new(i, fd, opts.mtu, share.clone());
         let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
-        let share = share.clone();
         loops.push(
             std::thread::Builder::new()
                 .name(format!("userspace-q{i}"))
@@ -217,7 +214,7 @@ fn serve(
                     if let Some(cpu) = cpu {
                         super::pin_current_thread(&[cpu])?;
                     }
-                    Stack::new(&ctx, device, port)?.run(&ctx, &share)
+                    Stack::new(&ctx, device, port)?.run(&ctx)
                 })?,
         );
     }
@@ -261,15 +258,7 @@ struct Stack {
 impl Stack {
     fn new(ctx: &EngineCtx, mut device: TapQueue, port: u16) -> anyhow::Result<Stack> {
         let opts = &ctx.config.userspace;
-        let ip = opts.ip.octets();
-        // A locally administered MAC made from the address; every queue answers with it.
-        let mac = EthernetAddress([0x02, 0x00, ip[0], ip[1], ip[2], ip[3]]);
-        let mut config = Config::new(HardwareAddress::Ethernet(mac));
-        config.random_seed = crate::clock::now_ns() ^ (device.raw_fd() as u64) << 32;
-        let mut iface = Interface::new(config, &mut device, smoltcp::time::Instant::now());
-        iface.update_ip_addrs(|addrs| {
-            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(opts.ip), opts.prefix));
-        });
+        let iface = tap::interface(&mut device, opts.ip, opts.prefix);
         let mut stack = Stack {
             device,
             iface,
@@ -287,18 +276,14 @@ impl Stack {
     }
 
     fn listener(&mut self) -> anyhow::Result<SocketHandle> {
-        let rx = tcp::SocketBuffer::new(vec![0; self.buffer]);
-        let tx = tcp::SocketBuffer::new(vec![0; self.buffer]);
-        let mut socket = tcp::Socket::new(rx, tx);
-        // Replies go out when the session has them, not when a segment fills.
-        socket.set_nagle_enabled(false);
+        let mut socket = tap::tcp_socket(self.buffer);
         socket
             .listen(self.port)
             .map_err(|e| anyhow::anyhow!("smoltcp cannot listen on port {}: {e}", self.port))?;
         Ok(self.sockets.add(socket))
     }
 
-    fn run(mut self, ctx: &EngineCtx, share: &ArpShare) -> anyhow::Result<()> {
+    fn run(mut self, ctx: &EngineCtx) -> anyhow::Result<()> {
         let mut drain_deadline: Option<Instant> = None;
         loop {
             if ctx.shutdown.is_triggered() && drain_deadline.is_none() {
@@ -325,45 +310,9 @@ impl Stack {
                 .unwrap_or(MAX_WAIT)
                 .min(MAX_WAIT);
             if !delay.is_zero() {
-                self.wait(ctx, share, delay)?;
+                tap::wait(&self.device, Some(ctx.shutdown.fd()), delay).context("poll on the TAP queue")?;
             }
         }
-    }
-
-    /// Sleeps until the device has a frame, another queue passed an ARP frame, the stack has
-    /// a timer due, or the server is stopping.
-    fn wait(&mut self, ctx: &EngineCtx, share: &ArpShare, timeout: Duration) -> anyhow::Result<()> {
-        let waker = share.waker(self.device.index());
-        let mut fds = [
-            libc::pollfd {
-                fd: self.device.raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: waker.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: ctx.shutdown.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-        // SAFETY: poll(2) over an array we own.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e).context("poll on the TAP queue");
-            }
-        }
-        if fds[1].revents != 0 {
-            self.device.clear_waker();
-        }
-        Ok(())
     }
 
     /// Listeners that left LISTEN became connections; fresh listeners replace them.

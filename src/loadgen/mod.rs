@@ -55,9 +55,10 @@ pub enum DriverKind {
     Epoll,
     /// io_uring: multishot receives into a shared buffer ring, sends submitted as scheduled.
     Uring,
-    /// Shared-memory rings (`--transport shm`), polled; chosen by the transport, not here.
-    #[value(skip)]
-    Shm,
+    /// The LibOS queue API (push/pop tokens, wait_any): one loop over any transport. The
+    /// only driver for `--transport shm` and `--transport userspace`; over TCP, a baseline
+    /// for what the abstraction costs.
+    Queue,
 }
 
 /// Mean message size up to which `--driver auto` picks io_uring. Measured on the 2-core VM
@@ -133,6 +134,11 @@ pub struct LoadConfig {
     /// Reach the server through the shared-memory segment of this name (`serve --engine
     /// shm`) instead of TCP; `addr` is then unused.
     pub shm: Option<String>,
+    /// Reach the server through a user-space TCP/IP stack (smoltcp) on a TAP device of the
+    /// load's own, instead of the kernel's sockets. Needs `netns`.
+    pub userspace: Option<crate::queue::smol::SmolOptions>,
+    /// Run the load inside this (existing) network namespace.
+    pub netns: Option<String>,
 }
 
 impl LoadConfig {
@@ -163,6 +169,8 @@ impl LoadConfig {
             idle_connections: 0,
             http: None,
             shm: None,
+            userspace: None,
+            netns: None,
         }
     }
 
@@ -190,6 +198,14 @@ impl LoadConfig {
         }
         if self.shm.is_some() && self.idle_connections > 0 {
             return Err("--idle-connections opens TCP connections; a shm run has none".into());
+        }
+        if self.userspace.is_some() && self.idle_connections > 0 {
+            return Err(
+                "--idle-connections opens kernel TCP connections; use them with --transport tcp".into(),
+            );
+        }
+        if self.userspace.is_some() && self.threads > 1 {
+            return Err("--transport userspace runs one stack on one TAP queue: --threads 1".into());
         }
         if self.shm.is_some() && self.http.is_some() {
             return Err("the shm transport carries the frame protocol only".into());
@@ -600,7 +616,11 @@ impl LoadReport {
             c.threads.min(c.connections),
             match c.driver {
                 DriverKind::Uring => "uring",
-                DriverKind::Shm => "shared-memory",
+                DriverKind::Queue => match (&c.shm, &c.userspace) {
+                    (Some(_), _) => "queue-API (shared memory)",
+                    (None, Some(_)) => "queue-API (smoltcp)",
+                    (None, None) => "queue-API (kernel TCP)",
+                },
                 _ => "epoll",
             },
             c.duration.as_secs_f64(),
@@ -752,8 +772,13 @@ impl LoadReport {
 /// whatever was measured up to then.
 pub fn run(mut config: LoadConfig, on_interval: &mut dyn FnMut(&IntervalLine)) -> anyhow::Result<LoadReport> {
     config.validate().map_err(anyhow::Error::msg)?;
+    // Every thread of the load is born inside the namespace; this one returns when done.
+    let _visit = match &config.netns {
+        Some(name) => Some(crate::netns::Visit::enter(name)?),
+        None => None,
+    };
     config.driver = match (&config.http, config.driver) {
-        _ if config.shm.is_some() => DriverKind::Shm,
+        _ if config.shm.is_some() || config.userspace.is_some() => DriverKind::Queue,
         // A page's size decides as a reply's does; unknown sizes are taken as large.
         (Some(pages), DriverKind::Auto) => match pages.mean_size() {
             Some(mean) => DriverKind::Auto.resolve(

@@ -6,17 +6,18 @@
 //! without blocking, and sends at the scheduled instant.
 //!
 //! How the bytes move is the driver's I/O model, chosen with `--driver`: [`epoll`] (non-
-//! blocking sockets, edge-triggered readiness, a read and a write per event) or [`uring`]
+//! blocking sockets, edge-triggered readiness, a read and a write per event), [`uring`]
 //! (multishot receives into a provided-buffer ring, sends submitted as they are scheduled,
-//! one `io_uring_enter` to submit and reap). The schedule, the bookkeeping and the
-//! measurements here are the same for both.
+//! one `io_uring_enter` to submit and reap) or [`queue`] (the LibOS queue API of
+//! `crate::queue`, one loop for every transport: kernel TCP, shared memory, the user-space
+//! stack). The schedule, the bookkeeping and the measurements here are the same for all.
 //!
 //! Latency is taken from the *scheduled* send time to the arrival of the whole reply, so a
 //! late send (the generator's fault) or a stalled server (the server's) shows up in it rather
 //! than being hidden by a send that simply waited (coordinated omission).
 
 mod epoll;
-mod shm;
+mod queue;
 mod uring;
 
 use std::cmp::Reverse;
@@ -122,7 +123,8 @@ struct Conn {
 /// What carries a connection's bytes.
 enum Link {
     Tcp(TcpStream),
-    Shm(Box<crate::shm::Connection>),
+    /// A queue of the queue driver's LibOs.
+    Queue(crate::queue::Qd),
 }
 
 impl Conn {
@@ -130,7 +132,7 @@ impl Conn {
     fn fd(&self) -> Result<std::os::fd::RawFd, String> {
         match &self.link {
             Link::Tcp(s) => Ok(s.as_raw_fd()),
-            Link::Shm(_) => Err("internal: a shared-memory connection in a TCP driver".into()),
+            Link::Queue(_) => Err("internal: a queue-API connection in a socket driver".into()),
         }
     }
 }
@@ -148,7 +150,7 @@ pub struct Polled {
 enum Io {
     Epoll(epoll::EpollIo),
     Uring(Box<uring::UringIo>),
-    Shm(shm::ShmIo),
+    Queue(Box<queue::QueueIo>),
 }
 
 impl Io {
@@ -158,7 +160,7 @@ impl Io {
             DriverKind::Uring | DriverKind::Auto => {
                 Io::Uring(Box::new(uring::UringIo::new(cfg.addr, connections)?))
             }
-            DriverKind::Shm => Io::Shm(shm::ShmIo::new(cfg.chunk_size)),
+            DriverKind::Queue => Io::Queue(Box::new(queue::QueueIo::new(cfg)?)),
         })
     }
 
@@ -167,7 +169,7 @@ impl Io {
         match self {
             Io::Epoll(io) => io.add(slot, conn),
             Io::Uring(io) => io.add(slot, conn),
-            Io::Shm(_) => Ok(()),
+            Io::Queue(_) => Ok(()),
         }
     }
 
@@ -176,7 +178,7 @@ impl Io {
         match self {
             Io::Epoll(io) => io.poll(conns, tally, timeout),
             Io::Uring(io) => io.poll(conns, tally, timeout),
-            Io::Shm(io) => io.poll(conns, tally, timeout),
+            Io::Queue(io) => io.poll(conns, tally, timeout),
         }
     }
 
@@ -185,7 +187,7 @@ impl Io {
         match self {
             Io::Epoll(io) => io.flush(conns, tally, slot),
             Io::Uring(io) => io.send(conns, slot),
-            Io::Shm(_) => shm::flush(&mut conns[slot], tally, slot),
+            Io::Queue(io) => io.send(conns, tally, slot),
         }
     }
 }
@@ -279,6 +281,9 @@ pub fn run(plan: ThreadPlan) -> ThreadOutcome {
         driver.plan.abort.store(true, Ordering::SeqCst);
         driver.tally.out.error.get_or_insert(e);
     }
+    if let Io::Queue(io) = &mut driver.io {
+        io.close_all(&driver.conns);
+    }
     driver.tally.out
 }
 
@@ -307,13 +312,10 @@ impl Driver {
 
     fn connect_all(&mut self, cfg: &LoadConfig) -> Result<(), String> {
         for (slot, _) in self.plan.connections.iter().enumerate() {
-            let (link, connected) = match (&cfg.shm, cfg.connect) {
-                (Some(name), _) => {
-                    let c = crate::shm::Connection::connect(name).map_err(|e| e.to_string())?;
-                    (Link::Shm(Box::new(c)), true)
-                }
-                (None, ConnectMode::Sequential) => (Link::Tcp(connect_blocking(cfg.addr)?), true),
-                (None, ConnectMode::Concurrent) => (Link::Tcp(connect_nonblocking(cfg.addr)?), false),
+            let (link, connected) = match (&mut self.io, cfg.connect) {
+                (Io::Queue(io), mode) => io.connect(slot, mode)?,
+                (_, ConnectMode::Sequential) => (Link::Tcp(connect_blocking(cfg.addr)?), true),
+                (_, ConnectMode::Concurrent) => (Link::Tcp(connect_nonblocking(cfg.addr)?), false),
             };
             if let Link::Tcp(stream) = &link {
                 let _ = stream.set_nodelay(true);

@@ -1,0 +1,165 @@
+//! The queue-API driver: the generator's connections are queues of a [`LibOs`], so this
+//! one loop drives every transport the queue API has (kernel TCP, shared memory, the
+//! user-space TCP/IP stack). Connects, sends and receives are tokens; a poll is one
+//! `wait_any` over all of them, then a sweep of whatever else completed meanwhile.
+//!
+//! With shared memory the wait is a spin over the rings (nothing enters the kernel); with
+//! kernel TCP it is an epoll wait; with the user-space stack, a poll on its TAP device.
+
+use std::time::Duration;
+
+use super::{Conn, Link, Polled, Tally};
+use crate::clock::now_ns;
+use crate::loadgen::{ConnectMode, LoadConfig};
+use crate::queue::{Endpoint, LibOs, Outcome, QToken};
+
+/// How long a sequential connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Completions handled in one poll before the schedule gets its turn again.
+const MAX_PER_POLL: usize = 4096;
+
+#[derive(Clone, Copy)]
+enum Waiting {
+    Connect,
+    Pop,
+    Push,
+}
+
+pub struct QueueIo {
+    os: LibOs,
+    endpoint: Endpoint,
+    /// Every token in flight, and for each the connection it serves and what it is.
+    tokens: Vec<QToken>,
+    owners: Vec<(usize, Waiting)>,
+}
+
+impl QueueIo {
+    pub fn new(cfg: &LoadConfig) -> Result<QueueIo, String> {
+        let (os, endpoint) = match (&cfg.shm, &cfg.userspace) {
+            (Some(name), _) => (LibOs::shm(), Endpoint::Shm(name.clone())),
+            (None, Some(stack)) => (
+                LibOs::smoltcp(stack).map_err(|e| format!("{e:#}"))?,
+                Endpoint::Tcp(cfg.addr),
+            ),
+            (None, None) => (
+                LibOs::tcp().map_err(|e| format!("cannot create an epoll instance: {e}"))?,
+                Endpoint::Tcp(cfg.addr),
+            ),
+        };
+        Ok(QueueIo {
+            os,
+            endpoint,
+            tokens: Vec::new(),
+            owners: Vec::new(),
+        })
+    }
+
+    fn track(&mut self, token: QToken, slot: usize, what: Waiting) {
+        self.tokens.push(token);
+        self.owners.push((slot, what));
+    }
+
+    /// Opens connection `slot`: waited for (sequential) or left to complete in `poll`.
+    pub fn connect(&mut self, slot: usize, mode: ConnectMode) -> Result<(Link, bool), String> {
+        let failed = |e: &dyn std::fmt::Display| format!("cannot connect to {}: {e}", self.endpoint);
+        let (qd, token) = self.os.connect(&self.endpoint).map_err(|e| failed(&e))?;
+        if mode == ConnectMode::Concurrent {
+            self.track(token, slot, Waiting::Connect);
+            return Ok((Link::Queue(qd), false));
+        }
+        match self
+            .os
+            .wait_any(&[token], CONNECT_TIMEOUT)
+            .map_err(|e| failed(&e))?
+        {
+            Some((_, c)) if c.outcome == Outcome::Connected => {
+                let pop = self.os.pop(qd);
+                self.track(pop, slot, Waiting::Pop);
+                Ok((Link::Queue(qd), true))
+            }
+            Some((_, c)) => Err(failed(&format!("{:?}", c.outcome))),
+            None => Err(failed(&format!("no answer in {CONNECT_TIMEOUT:?}"))),
+        }
+    }
+
+    pub fn poll(
+        &mut self,
+        conns: &mut [Conn],
+        tally: &mut Tally,
+        timeout: Duration,
+    ) -> Result<Polled, String> {
+        let start = now_ns();
+        let mut events = 0;
+        let mut wait = timeout;
+        while events < MAX_PER_POLL {
+            let done = self
+                .os
+                .wait_any(&self.tokens, wait)
+                .map_err(|e| format!("queue wait: {e}"))?;
+            let Some((i, completion)) = done else { break };
+            wait = Duration::ZERO;
+            events += 1;
+            self.tokens.swap_remove(i);
+            let (slot, what) = self.owners.swap_remove(i);
+            let qd = completion.qd;
+            match (what, completion.outcome) {
+                (Waiting::Connect, Outcome::Connected) => {
+                    conns[slot].connected = true;
+                    let pop = self.os.pop(qd);
+                    self.track(pop, slot, Waiting::Pop);
+                    self.send(conns, tally, slot)?;
+                }
+                (Waiting::Pop, Outcome::Popped(data)) => {
+                    super::received(&mut conns[slot], tally, slot, &data, now_ns())?;
+                    let pop = self.os.pop(qd);
+                    self.track(pop, slot, Waiting::Pop);
+                }
+                (Waiting::Push, Outcome::Pushed(n)) => tally.out.m.bytes_sent += n as u64,
+                (Waiting::Pop, Outcome::Closed) => return Err(super::server_closed(slot, &conns[slot])),
+                (Waiting::Connect, Outcome::Failed(why)) => {
+                    return Err(format!("cannot connect to {}: {why}", self.endpoint))
+                }
+                (_, Outcome::Failed(why)) => return Err(format!("connection {slot} failed: {why}")),
+                (_, other) => return Err(format!("internal: connection {slot}: unexpected {other:?}")),
+            }
+        }
+        Ok(Polled {
+            events,
+            waited_ns: if events > 0 {
+                0
+            } else {
+                now_ns().saturating_sub(start)
+            },
+        })
+    }
+
+    /// Pushes what connection `slot` has queued (once it is connected).
+    pub fn send(&mut self, conns: &mut [Conn], _tally: &mut Tally, slot: usize) -> Result<(), String> {
+        let conn = &mut conns[slot];
+        if !conn.connected {
+            return Ok(());
+        }
+        let Link::Queue(qd) = conn.link else {
+            return Err("internal: a TCP socket in the queue driver".into());
+        };
+        while let Some(s) = conn.client.out().front() {
+            let n = s.len();
+            let token = self
+                .os
+                .push(qd, s)
+                .map_err(|e| format!("connection {slot} failed: {e}"))?;
+            conn.client.wrote(n);
+            self.track(token, slot, Waiting::Push);
+        }
+        Ok(())
+    }
+
+    /// Closes every queue (a shared-memory slot is handed back, a stack's socket sends FIN).
+    pub fn close_all(&mut self, conns: &[Conn]) {
+        for conn in conns {
+            if let Link::Queue(qd) = conn.link {
+                self.os.close(qd);
+            }
+        }
+    }
+}
