@@ -381,6 +381,33 @@ mod shm {
     }
 }
 
+/// The user-space stack: every case, each inside a network namespace made for it (the TAP
+/// device, its addresses, the server and every client live there; nothing touches the host's
+/// network). The server is at the TAP's address, reached with plain kernel TCP.
+macro_rules! conformance_in_netns {
+    ($($name:ident => $engine:expr),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            fn run(case: fn(Setup)) {
+                in_private_netns(stringify!($name), || case($engine));
+            }
+            #[test] fn load_with_mixed_payloads() { run(super::load_with_mixed_payloads) }
+            #[test] fn echo_at_the_edges() { run(super::echo_at_the_edges) }
+            #[test] fn pipelined_replies_stay_in_order() { run(super::pipelined_replies_stay_in_order) }
+            #[test] fn one_byte_at_a_time() { run(super::one_byte_at_a_time) }
+            #[test] fn half_close_after_last_request() { run(super::half_close_after_last_request) }
+            #[test] fn a_client_that_never_reads_does_not_stall_others() { run(super::a_client_that_never_reads_does_not_stall_others) }
+            #[test] fn bad_frames_close_only_their_connection() { run(super::bad_frames_close_only_their_connection) }
+            #[test] fn sigterm_answers_requests_in_flight() { run(super::sigterm_answers_requests_in_flight) }
+        }
+    )*};
+}
+
+conformance_in_netns! {
+    userspace => setup(EngineKind::Userspace),
+    userspace_threads2 => setup(EngineKind::Userspace).threads(2),
+}
+
 conformance! {
     threads => setup(EngineKind::Threads),
     iovec => setup(EngineKind::Iovec),

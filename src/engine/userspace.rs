@@ -412,7 +412,13 @@ fn step(conn: &mut Conn, socket: &mut tcp::Socket, draining: Option<bool>) -> bo
             return true;
         }
     }
-    if draining == Some(true) && conn.close_sent && socket.send_queue() > 0 {
+    if conn.close_sent && matches!(state, State::FinWait2) {
+        // Everything we sent, FIN included, is acknowledged: the session is over. The peer's
+        // own FIN, if it ever comes, is the stack's business (as an orphan is the kernel's).
+        return true;
+    }
+    if draining == Some(true) {
+        // Past the drain deadline: whatever is still owed is cut off.
         socket.abort();
         return true;
     }

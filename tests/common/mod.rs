@@ -226,3 +226,48 @@ pub fn terminate_with_stderr(
     stderr.read_to_string(&mut err).expect("read stderr");
     (status, rest, err)
 }
+
+/// Why this machine cannot give a test a network namespace with a TAP device, if it cannot.
+pub fn netns_unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        return Some("no /dev/net/tun".into());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Some("no `ip` command (iproute2)".into());
+    }
+    None
+}
+
+/// Runs `f` on a thread inside a network namespace made for it (and deleted after), so the
+/// TAP devices and every connection `f` makes stay off the host's network. Where namespaces
+/// cannot be made the test is skipped with the reason, except under CI=true, where it fails.
+pub fn in_private_netns<R: Send>(tag: &str, f: impl FnOnce() -> R + Send) -> Option<R> {
+    if let Some(why) = netns_unavailable() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI must run the namespace tests, but: {why}"
+        );
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("iolab-t{}-{tag}-{n}", std::process::id());
+    std::thread::scope(|scope| {
+        let run = scope.spawn(|| {
+            let ns = iolab::netns::Netns::create_or_join(&name).expect("create a network namespace");
+            ns.enter().expect("enter it");
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            drop(ns); // deleted even when the case failed
+            result
+        });
+        match run.join().expect("the namespace thread") {
+            Ok(r) => Some(r),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
