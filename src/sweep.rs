@@ -251,7 +251,7 @@ pub fn run(cfg: &SweepConfig, mut progress: impl FnMut(Progress<'_>)) -> anyhow:
                     n => format!("{file_label}-{}-attempt{n}", rate as u64),
                 };
                 let cpu_before = server.cpu_seconds();
-                let report = loadgen::run(load_config(cfg, &server.endpoint, rate), &mut |_| {})?;
+                let report = loadgen::run(load_config(cfg, &server.endpoint, server.netns.as_deref(), rate), &mut |_| {})?;
                 let server_cpu = server.cpu_seconds() - cpu_before;
                 report.write_json(&points_dir.join(format!("{stem}.json")))?;
                 report.write_hdr_log(&points_dir.join(format!("{stem}.hlog")))?;
@@ -325,7 +325,7 @@ pub fn run(cfg: &SweepConfig, mut progress: impl FnMut(Progress<'_>)) -> anyhow:
     Ok(points)
 }
 
-fn load_config(cfg: &SweepConfig, endpoint: &Endpoint, rate: f64) -> LoadConfig {
+fn load_config(cfg: &SweepConfig, endpoint: &Endpoint, netns: Option<&str>, rate: f64) -> LoadConfig {
     let addr = match endpoint {
         Endpoint::Tcp(addr) => *addr,
         Endpoint::Shm(_) => std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -334,6 +334,7 @@ fn load_config(cfg: &SweepConfig, endpoint: &Endpoint, rate: f64) -> LoadConfig 
     if let Endpoint::Shm(name) = endpoint {
         load.shm = Some(name.clone());
     }
+    load.netns = netns.map(str::to_string);
     load.warmup = cfg.warmup;
     load.connections = cfg.connections;
     load.request_size = cfg.request_size;
@@ -474,6 +475,9 @@ struct Server {
     child: Child,
     /// What the load connects to: a TCP address, or a shared-memory segment's name.
     endpoint: Endpoint,
+    /// The network namespace the server made for itself (the `userspace` engine's), which
+    /// the load joins.
+    netns: Option<String>,
     _stdout: BufReader<ChildStdout>,
 }
 
@@ -506,6 +510,17 @@ impl Server {
             // A segment of its own per sweep, so two sweeps never meet.
             cmd.args(["--shm", &format!("sweep-{}", std::process::id())]);
         }
+        let netns = match extra.iter().position(|a| a == "--netns") {
+            Some(i) => extra.get(i + 1).cloned(),
+            // The user-space stack's TAP device and the load live in a namespace the server
+            // makes for the run and deletes when it exits.
+            None if engine == "userspace" => {
+                let name = format!("iolab-sweep-{}", std::process::id());
+                cmd.args(["--netns", &name]);
+                Some(name)
+            }
+            None => None,
+        };
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", cfg.server_binary.display()))?;
@@ -527,6 +542,7 @@ impl Server {
         Ok(Server {
             child,
             endpoint,
+            netns,
             _stdout: stdout,
         })
     }
