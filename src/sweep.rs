@@ -251,7 +251,10 @@ pub fn run(cfg: &SweepConfig, mut progress: impl FnMut(Progress<'_>)) -> anyhow:
                     n => format!("{file_label}-{}-attempt{n}", rate as u64),
                 };
                 let cpu_before = server.cpu_seconds();
-                let report = loadgen::run(load_config(cfg, &server.endpoint, server.netns.as_deref(), rate), &mut |_| {})?;
+                let report = loadgen::run(
+                    load_config(cfg, &server.endpoint, server.netns.as_deref(), rate),
+                    &mut |_| {},
+                )?;
                 let server_cpu = server.cpu_seconds() - cpu_before;
                 report.write_json(&points_dir.join(format!("{stem}.json")))?;
                 report.write_hdr_log(&points_dir.join(format!("{stem}.hlog")))?;

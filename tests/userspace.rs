@@ -1,0 +1,298 @@
+//! The `userspace` engine and the queue API outside the conformance suite: namespace
+//! hygiene, misuse, real HTTP clients, and each queue backend end to end.
+//!
+//! Everything that makes a TAP device runs inside a namespace made for the test and deleted
+//! after it ([`common::in_private_netns`]); nothing is routed in the host's namespace.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use iolab::engine::{self, EngineKind, ServeConfig};
+use iolab::frame::ReplySize;
+use iolab::queue::smol::SmolOptions;
+use iolab::queue::{Endpoint, LibOs, Outcome, Qd};
+
+const BOUND: Duration = Duration::from_secs(10);
+
+fn iolab() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_iolab"))
+}
+
+#[test]
+fn the_host_namespace_is_refused_in_one_line() {
+    let out = iolab()
+        .args(["serve", "--engine", "userspace"])
+        .output()
+        .expect("run iolab");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("keeps its TAP device out of the host's network"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_taken_tap_name_is_refused_in_one_line() {
+    in_private_netns("taken", || {
+        let made = Command::new("ip")
+            .args(["tuntap", "add", "dev", "iolab0", "mode", "tap"])
+            .status()
+            .expect("ip link add");
+        assert!(made.success());
+        let out = iolab()
+            .args(["serve", "--engine", "userspace", "--tap", "iolab0"])
+            .output()
+            .expect("run iolab");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("TAP name iolab0 is taken"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    });
+}
+
+#[test]
+fn the_server_makes_its_namespace_and_removes_it_and_the_device() {
+    if let Some(why) = netns_unavailable() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        return eprintln!("skipped: {why}");
+    }
+    let ns = format!("iolab-own-{}", std::process::id());
+    let (child, addr, stdout) = spawn_server(&[
+        "--engine".into(),
+        "userspace".into(),
+        "--netns".into(),
+        ns.clone(),
+        "--threads".into(),
+        "2".into(),
+    ]);
+    assert_eq!(addr, SocketAddr::from((Ipv4Addr::new(10, 77, 0, 1), 7000)));
+    let devices = Command::new("ip")
+        .args(["-n", &ns, "-o", "link"])
+        .output()
+        .unwrap();
+    let devices = String::from_utf8_lossy(&devices.stdout).to_string();
+    let json = std::env::temp_dir().join(format!("{ns}.json"));
+    let load = iolab()
+        .args([
+            "load",
+            "--netns",
+            &ns,
+            "--addr",
+            "10.77.0.1:7000",
+            "--rate",
+            "2000",
+        ])
+        .args([
+            "--duration",
+            "500ms",
+            "--connections",
+            "8",
+            "--connect",
+            "concurrent",
+        ])
+        .args(["--driver", "queue", "--json", json.to_str().unwrap()])
+        .output()
+        .expect("run the load");
+    let (status, rest) = terminate(child, stdout);
+    assert!(devices.contains("iolab0"), "{devices}");
+    assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(summary["errors"], 0, "{summary}");
+    assert!(summary["completed"].as_u64().unwrap() > 0, "{summary}");
+    assert!(status.success(), "{status}");
+    assert!(rest.contains("summary: engine=userspace"), "{rest}");
+    assert!(
+        !std::path::Path::new("/run/netns").join(&ns).exists(),
+        "the namespace {ns} outlived the server"
+    );
+}
+
+#[test]
+fn curl_and_wrk_reach_it_unchanged() {
+    let root = std::env::temp_dir().join(format!("iolab-us-http-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    let page: Vec<u8> = (0..50_000u32).map(|i| b"abcdefghij"[(i % 10) as usize]).collect();
+    std::fs::write(root.join("page.html"), &page).unwrap();
+    let tools = ["curl", "wrk"].map(|t| Command::new(t).arg("--version").output().is_ok());
+    if tools.contains(&false) {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI needs curl and wrk"
+        );
+        return eprintln!("skipped: curl or wrk missing");
+    }
+    in_private_netns("http", || {
+        let (child, addr, stdout) = spawn_server(&[
+            "--engine".into(),
+            "userspace".into(),
+            "--protocol".into(),
+            "http".into(),
+            "--root".into(),
+            root.display().to_string(),
+        ]);
+        let url = format!("http://{addr}/page.html");
+        let curl = Command::new("curl")
+            .args(["-sS", "--max-time", "10", &url])
+            .output()
+            .expect("curl");
+        assert!(curl.status.success(), "{}", String::from_utf8_lossy(&curl.stderr));
+        assert!(curl.stdout == page, "curl got {} bytes", curl.stdout.len());
+        let wrk = Command::new("wrk")
+            .args(["-t1", "-c8", "-d1s", &url])
+            .stdout(Stdio::piped())
+            .output()
+            .expect("wrk");
+        let text = String::from_utf8_lossy(&wrk.stdout);
+        assert!(wrk.status.success(), "{text}");
+        assert!(text.contains("requests in"), "{text}");
+        assert!(
+            !text.contains("Non-2xx") && !text.contains("Socket errors"),
+            "{text}"
+        );
+        let (status, rest) = terminate(child, stdout);
+        assert!(status.success() && rest.contains("protocol_errors=0"), "{rest}");
+    });
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The queue API: one echo exchange per backend, through push/pop tokens and wait_any.
+
+/// Waits for `token`'s completion, bounded.
+fn wait(os: &mut LibOs, token: iolab::queue::QToken) -> Outcome {
+    os.wait_any(&[token], BOUND)
+        .expect("wait_any")
+        .expect("completed within the bound")
+        .1
+        .outcome
+}
+
+/// Pops on `qd` until `n` bytes have arrived.
+fn pop_exactly(os: &mut LibOs, qd: Qd, n: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    for _ in 0..10_000 {
+        if got.len() >= n {
+            break;
+        }
+        let pop = os.pop(qd);
+        match wait(os, pop) {
+            Outcome::Popped(bytes) => got.extend(bytes),
+            other => panic!("pop ended with {other:?} after {} bytes", got.len()),
+        }
+    }
+    got
+}
+
+/// A client queue talks to an iolab server: one echo request out, its reply back.
+fn echo_through(os: &mut LibOs, to: &Endpoint) {
+    let (qd, connect) = os.connect(to).expect("connect starts");
+    assert_eq!(wait(os, connect), Outcome::Connected);
+    let req = request(5, 3000, ReplySize::Echo);
+    let push = os.push(qd, &req).expect("push");
+    assert_eq!(wait(os, push), Outcome::Pushed(req.len()));
+    let reply = pop_exactly(os, qd, 16 + 3000);
+    let frames = read_replies(&mut &reply[..], 1);
+    check_echo(&frames[0], 5, 3000);
+    os.close(qd);
+}
+
+#[test]
+fn queue_api_over_kernel_tcp() {
+    let server = engine::start(ServeConfig::new(
+        EngineKind::Epoll,
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .unwrap();
+    let mut os = LibOs::tcp().unwrap();
+    echo_through(&mut os, &Endpoint::Tcp(server.addr));
+    // Nothing listening: the connect token completes as failed, it does not hang.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = closed.local_addr().unwrap();
+    drop(closed);
+    let (_, connect) = os.connect(&Endpoint::Tcp(gone)).unwrap();
+    assert!(matches!(wait(&mut os, connect), Outcome::Failed(_)));
+    server.stop().unwrap();
+}
+
+#[test]
+fn queue_api_over_shared_memory_both_ends() {
+    let name = format!("qtest-{}", std::process::id());
+    // A server of the real engine, reached through the queue API...
+    let mut cfg = ServeConfig::new(EngineKind::Shm, "127.0.0.1:0".parse().unwrap());
+    cfg.shm.name = Some(name.clone());
+    let server = engine::start(cfg).unwrap();
+    let mut os = LibOs::shm();
+    echo_through(&mut os, &Endpoint::Shm(name.clone()));
+    server.stop().unwrap();
+    // ...and both ends on the queue API: listen, accept, pop, push back.
+    let mut listener_os = LibOs::shm();
+    let listen = listener_os.listen(&Endpoint::Shm(name.clone())).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut os = LibOs::shm();
+            let (qd, connect) = os.connect(&Endpoint::Shm(name.clone())).unwrap();
+            assert_eq!(wait(&mut os, connect), Outcome::Connected);
+            let push = os.push(qd, b"over shared memory").unwrap();
+            assert_eq!(wait(&mut os, push), Outcome::Pushed(18));
+            assert_eq!(pop_exactly(&mut os, qd, 18), b"over shared memory");
+            os.close(qd);
+        });
+        let accept = listener_os.accept(listen);
+        let Outcome::Accepted(qd) = wait(&mut listener_os, accept) else {
+            panic!("no connection accepted");
+        };
+        let got = pop_exactly(&mut listener_os, qd, 18);
+        let push = listener_os.push(qd, &got).unwrap();
+        assert_eq!(wait(&mut listener_os, push), Outcome::Pushed(18));
+    });
+}
+
+#[test]
+fn queue_api_over_the_user_space_stack_both_ways() {
+    in_private_netns("queue", || {
+        let options = SmolOptions {
+            tap: "iolabq0".into(),
+            ip: Ipv4Addr::new(10, 79, 0, 1),
+            prefix: 24,
+            mtu: 1500,
+            socket_buffer: 64 << 10,
+        };
+        let mut os = LibOs::smoltcp(&options).expect("a stack on a TAP device");
+        // Outward: to an iolab server on kernel sockets at the link's kernel side.
+        let server = engine::start(ServeConfig::new(
+            EngineKind::Epoll,
+            "10.79.0.2:0".parse().unwrap(),
+        ))
+        .unwrap();
+        echo_through(&mut os, &Endpoint::Tcp(server.addr));
+        server.stop().unwrap();
+        // Inward: a kernel client connects to the stack's address; accept, pop, push back.
+        let listen = os
+            .listen(&Endpoint::Tcp("10.79.0.1:7100".parse().unwrap()))
+            .unwrap();
+        let client = std::thread::spawn(|| {
+            let mut s = TcpStream::connect_timeout(&"10.79.0.1:7100".parse().unwrap(), BOUND).unwrap();
+            s.set_read_timeout(Some(BOUND)).unwrap();
+            s.write_all(b"over smoltcp").unwrap();
+            let mut back = [0u8; 12];
+            s.read_exact(&mut back).unwrap();
+            back
+        });
+        let accept = os.accept(listen);
+        let Outcome::Accepted(qd) = wait(&mut os, accept) else {
+            panic!("no connection accepted");
+        };
+        let got = pop_exactly(&mut os, qd, 12);
+        let push = os.push(qd, &got).unwrap();
+        assert_eq!(wait(&mut os, push), Outcome::Pushed(12));
+        assert_eq!(&client.join().unwrap(), b"over smoltcp");
+    });
+}
