@@ -241,7 +241,10 @@ fn iolab_load_drives_the_shm_engine_and_stops_at_its_slot_count() {
     assert_eq!(summary["errors"], 0, "{summary}");
     assert!(summary["completed"].as_u64().unwrap() > 100, "{summary}");
     assert_eq!(summary["config"]["addr"], format!("shm:{name}"));
-    assert_eq!(summary["config"]["driver"], "queue", "shm goes through the queue-API driver");
+    assert_eq!(
+        summary["config"]["driver"], "queue",
+        "shm goes through the queue-API driver"
+    );
     let _ = std::fs::remove_file(&json);
     server.stop();
 
