@@ -556,14 +556,27 @@ fn run_engine(ctx: Arc<EngineCtx>, mut listeners: Vec<TcpListener>) -> anyhow::R
         EngineKind::Monoio => monoio_engine::serve,
         _ => epoll::serve,
     };
-    let n = listeners.len();
+    run_loops(&ctx, listeners, event_loop)
+}
+
+/// Runs `serve(ctx, item)` for each item on a thread of its own, loop i pinned to
+/// `pin[i % len]` (default CPUs 0..n-1 for n > 1 loops), and waits for them all. One loop
+/// failing takes the server down: the others stop and drain too.
+pub fn run_loops<T, F>(ctx: &Arc<EngineCtx>, items: Vec<T>, serve: F) -> anyhow::Result<()>
+where
+    T: Send + 'static,
+    F: Fn(Arc<EngineCtx>, T) -> anyhow::Result<()> + Send + Clone + 'static,
+{
+    let kind = ctx.config.engine;
+    let n = items.len();
     let cpus: Vec<usize> = match ctx.config.pin.as_slice() {
         [] if n > 1 => (0..n).collect(),
         pins => pins.to_vec(),
     };
     let mut loops = Vec::with_capacity(n);
-    for (i, listener) in listeners.into_iter().enumerate() {
+    for (i, item) in items.into_iter().enumerate() {
         let ctx = ctx.clone();
+        let serve = serve.clone();
         let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
         loops.push(
             std::thread::Builder::new()
@@ -572,7 +585,7 @@ fn run_engine(ctx: Arc<EngineCtx>, mut listeners: Vec<TcpListener>) -> anyhow::R
                     if let Some(cpu) = cpu {
                         pin_current_thread(&[cpu])?;
                     }
-                    event_loop(ctx, listener)
+                    serve(ctx, item)
                 })?,
         );
     }
@@ -582,7 +595,6 @@ fn run_engine(ctx: Arc<EngineCtx>, mut listeners: Vec<TcpListener>) -> anyhow::R
             .join()
             .unwrap_or_else(|_| Err(anyhow::anyhow!("an event loop panicked")));
         if let Err(e) = result {
-            // One loop failing takes the server down: the others stop and drain too.
             ctx.shutdown.trigger();
             first_error.get_or_insert(e);
         }

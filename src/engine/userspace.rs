@@ -197,41 +197,19 @@ fn serve(
         }
     };
     let share = ArpShare::new(queues.len()).context("cannot create the queues' eventfds")?;
-    let n = queues.len();
-    let cpus: Vec<usize> = match ctx.config.pin.as_slice() {
-        [] if n > 1 => (0..n).collect(),
-        pins => pins.to_vec(),
-    };
-    let mut loops = Vec::with_capacity(n);
-    for (i, fd) in queues.into_iter().enumerate() {
-        let ctx = ctx.clone();
-        let device = TapQueue::new(i, fd, opts.mtu, share.clone());
-        let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
-        loops.push(
-            std::thread::Builder::new()
-                .name(format!("userspace-q{i}"))
-                .spawn(move || -> anyhow::Result<()> {
-                    if let Some(cpu) = cpu {
-                        super::pin_current_thread(&[cpu])?;
-                    }
-                    Stack::new(&ctx, device, port)?.run(&ctx)
-                })?,
-        );
-    }
+    let mtu = opts.mtu;
+    let devices: Vec<TapQueue> = queues
+        .into_iter()
+        .enumerate()
+        .map(|(i, fd)| TapQueue::new(i, fd, mtu, share.clone()))
+        .collect();
     let _ = ready.send(Ok(()));
-    let mut first_error = None;
-    for l in loops {
-        let result = l
-            .join()
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("a userspace stack thread panicked")));
-        if let Err(e) = result {
-            ctx.shutdown.trigger();
-            first_error.get_or_insert(e);
-        }
-    }
+    let result = super::run_loops(&ctx, devices, move |ctx, device| {
+        Stack::new(&ctx, device, port)?.run(&ctx)
+    });
     // The device went with its last queue's descriptor; the namespace goes now, if ours.
     drop(netns);
-    first_error.map_or(Ok(()), Err)
+    result
 }
 
 /// One accepted connection.
