@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -214,9 +214,10 @@ fn queue_api_over_kernel_tcp() {
     let mut os = LibOs::tcp().unwrap();
     echo_through(&mut os, &Endpoint::Tcp(server.addr));
     // Nothing listening: the connect token completes as failed, it does not hang.
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
-    let gone = closed.local_addr().unwrap();
-    drop(closed);
+    // The port is held (bound, never listening) so no other test can take it meanwhile.
+    let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    held.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    let gone = held.local_addr().unwrap().as_socket().unwrap();
     let (_, connect) = os.connect(&Endpoint::Tcp(gone)).unwrap();
     assert!(matches!(wait(&mut os, connect), Outcome::Failed(_)));
     server.stop().unwrap();
