@@ -638,13 +638,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         (_, None) => {}
     }
     if a.engine == EngineKind::Userspace {
-        let (ip, prefix) = engine::userspace::parse_cidr(&a.userspace.tap_ip).map_err(anyhow::Error::msg)?;
+        let u = &a.userspace;
         cfg.userspace = engine::userspace::UserspaceOptions {
-            tap: a.userspace.tap.clone(),
-            ip,
-            prefix,
-            mtu: a.userspace.tap_mtu,
-            socket_buffer: usize::try_from(a.userspace.tap_buffer.0).unwrap_or(usize::MAX),
+            link: link_options(&u.tap, &u.tap_ip, u.tap_mtu, u.tap_buffer)?,
             backlog: a.userspace.tap_backlog,
             netns: a.userspace.netns.clone(),
         };
@@ -671,6 +667,23 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A TAP link from the `--tap*` arguments `serve` and `load` both take.
+fn link_options(
+    tap: &str,
+    tap_ip: &str,
+    mtu: usize,
+    buffer: Size,
+) -> anyhow::Result<iolab::tap::LinkOptions> {
+    let (ip, prefix) = iolab::tap::parse_cidr(tap_ip).map_err(anyhow::Error::msg)?;
+    Ok(iolab::tap::LinkOptions {
+        tap: tap.to_string(),
+        ip,
+        prefix,
+        mtu,
+        socket_buffer: usize::try_from(buffer.0).unwrap_or(usize::MAX),
+    })
+}
+
 fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     let addr = match (a.transport, a.addr, &a.shm) {
         (Transport::Tcp | Transport::Userspace, Some(addr), None) => addr,
@@ -685,19 +698,12 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     cfg.shm = a.shm.clone();
     cfg.netns = a.netns.clone();
     if a.transport == Transport::Userspace {
-        let (ip, prefix) = engine::userspace::parse_cidr(&a.tap_ip).map_err(anyhow::Error::msg)?;
         if a.netns.is_none() {
             anyhow::bail!(
                 "--transport userspace creates a TAP device: name the namespace it goes in with --netns NAME"
             );
         }
-        cfg.userspace = Some(iolab::queue::smol::SmolOptions {
-            tap: a.tap.clone(),
-            ip,
-            prefix,
-            mtu: a.tap_mtu,
-            socket_buffer: usize::try_from(a.tap_buffer.0).unwrap_or(usize::MAX),
-        });
+        cfg.userspace = Some(link_options(&a.tap, &a.tap_ip, a.tap_mtu, a.tap_buffer)?);
     }
     if a.protocol == Protocol::Http {
         let default = (SizeDist::Fixed(64), ReplyDist::Echo, WorkDist::None);

@@ -15,11 +15,13 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use smoltcp::phy::{Device, DeviceCapabilities, Medium};
+
+use crate::sys::EventFd;
 
 /// Ethernet header bytes on top of the IP MTU.
 const ETHERNET_HEADER: usize = 14;
@@ -61,6 +63,88 @@ impl IfReq {
         let bytes: [u8; 16] = unsafe { std::mem::transmute(sin) };
         self.data[..16].copy_from_slice(&bytes);
     }
+}
+
+/// A TAP link as iolab sets one up, server or load alike: the device, the stack's address
+/// and prefix (the kernel's end takes another host), the IP MTU, and each connection's
+/// receive and send buffer.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    pub tap: String,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub mtu: usize,
+    pub socket_buffer: usize,
+}
+
+impl Default for LinkOptions {
+    fn default() -> Self {
+        LinkOptions {
+            tap: "iolab0".into(),
+            ip: Ipv4Addr::new(10, 77, 0, 1),
+            prefix: 24,
+            mtu: 1500,
+            socket_buffer: 64 << 10,
+        }
+    }
+}
+
+impl LinkOptions {
+    /// The kernel's address on the link: the subnet's first host that is not the stack's.
+    pub fn kernel_side(&self) -> Ipv4Addr {
+        let net = u32::from(self.ip) & prefix_mask(self.prefix);
+        let first = Ipv4Addr::from(net + 1);
+        if first == self.ip {
+            Ipv4Addr::from(net + 2)
+        } else {
+            first
+        }
+    }
+
+    /// Refuses the host's namespace, creates the device with `queues` queues and gives the
+    /// kernel's end its address, in the calling thread's namespace.
+    pub fn open(&self, queues: usize) -> anyhow::Result<Vec<OwnedFd>> {
+        if self.socket_buffer < 1024 {
+            anyhow::bail!("--tap-buffer must be at least 1 KiB");
+        }
+        if !(576..=65_000).contains(&self.mtu) {
+            anyhow::bail!("--tap-mtu must be between 576 and 65000");
+        }
+        if crate::netns::in_host_namespace() {
+            anyhow::bail!(
+                "the user-space stack keeps its TAP device out of the host's network: add --netns NAME \
+                 or run it under `ip netns exec NAME`"
+            );
+        }
+        let fds = create(&self.tap, queues)?;
+        configure_kernel_side(&self.tap, self.kernel_side(), self.prefix, self.mtu as u32)
+            .map_err(|e| anyhow::anyhow!("cannot configure TAP device {}: {e}", self.tap))?;
+        Ok(fds)
+    }
+}
+
+/// Parses `A.B.C.D/P` as `--tap-ip` takes it.
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let bad = || format!("'{s}' is not an IPv4 address with a prefix (like 10.77.0.1/24)");
+    let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+    let addr: Ipv4Addr = addr.trim().parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix.trim().parse().map_err(|_| bad())?;
+    if !(8..=30).contains(&prefix) {
+        return Err(format!(
+            "--tap-ip {s}: the prefix must be 8 to 30 (the link needs two hosts)"
+        ));
+    }
+    let mask = prefix_mask(prefix);
+    let host = u32::from(addr) & !mask;
+    if host == 0 || host == !mask {
+        return Err(format!(
+            "--tap-ip {s}: that is the subnet's network or broadcast address"
+        ));
+    }
+    if addr.is_loopback() || addr.is_multicast() || addr.is_unspecified() {
+        return Err(format!("--tap-ip {s}: not a unicast address for a link"));
+    }
+    Ok((addr, prefix))
 }
 
 /// Why a TAP device could not be made.
@@ -194,31 +278,17 @@ pub fn prefix_mask(prefix: u8) -> u32 {
 pub struct ArpShare {
     inboxes: Vec<Mutex<Vec<Vec<u8>>>>,
     mail: Vec<AtomicBool>,
-    wakers: Vec<OwnedFd>,
+    wakers: Vec<EventFd>,
 }
 
 impl ArpShare {
     pub fn new(queues: usize) -> io::Result<Arc<ArpShare>> {
-        let mut wakers = Vec::with_capacity(queues);
-        for _ in 0..queues {
-            // SAFETY: plain eventfd(2).
-            let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: a descriptor we just made and own.
-            wakers.push(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
+        let wakers = (0..queues).map(|_| EventFd::new()).collect::<io::Result<_>>()?;
         Ok(Arc::new(ArpShare {
             inboxes: (0..queues).map(|_| Mutex::new(Vec::new())).collect(),
             mail: (0..queues).map(|_| AtomicBool::new(false)).collect(),
             wakers,
         }))
-    }
-
-    /// The eventfd that says queue `index` has ARP frames from the others.
-    pub fn waker(&self, index: usize) -> BorrowedFd<'_> {
-        self.wakers[index].as_fd()
     }
 
     fn broadcast(&self, from: usize, frame: &[u8]) {
@@ -233,9 +303,7 @@ impl ArpShare {
                 }
             }
             self.mail[i].store(true, Ordering::Release);
-            let one: u64 = 1;
-            // SAFETY: an 8-byte write to an eventfd we own. A full counter only means awake.
-            unsafe { libc::write(self.wakers[i].as_raw_fd(), (&one as *const u64).cast(), 8) };
+            self.wakers[i].notify();
         }
     }
 
@@ -252,15 +320,6 @@ impl ArpShare {
     }
 }
 
-/// Counts of one queue's traffic.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct QueueCounters {
-    pub frames_in: u64,
-    pub frames_out: u64,
-    /// Frames the kernel refused (a full queue or a device going down): lost like on a wire.
-    pub write_errors: u64,
-}
-
 /// One queue of a TAP device, as the Ethernet device of one smoltcp interface.
 pub struct TapQueue {
     index: usize,
@@ -269,7 +328,6 @@ pub struct TapQueue {
     rx: Vec<u8>,
     tx: Vec<u8>,
     share: Arc<ArpShare>,
-    pub counters: QueueCounters,
 }
 
 impl TapQueue {
@@ -283,7 +341,6 @@ impl TapQueue {
             rx: vec![0; frame.max(2048)],
             tx: vec![0; frame.max(2048)],
             share,
-            counters: QueueCounters::default(),
         }
     }
 
@@ -293,19 +350,6 @@ impl TapQueue {
 
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
-    }
-
-    /// Clears this queue's wake-up eventfd (after a poll said it was readable).
-    pub fn clear_waker(&self) {
-        let mut n: u64 = 0;
-        // SAFETY: an 8-byte read from an eventfd we own; EAGAIN just means nothing to clear.
-        unsafe {
-            libc::read(
-                self.share.waker(self.index).as_raw_fd(),
-                (&mut n as *mut u64).cast(),
-                8,
-            )
-        };
     }
 
     /// Reads the next frame: first those other queues passed on, then the device's own.
@@ -336,7 +380,6 @@ pub struct TxToken<'a> {
     /// The queue's descriptor, alive as long as the borrowed queue is.
     fd: RawFd,
     buf: &'a mut Vec<u8>,
-    counters: &'a mut QueueCounters,
 }
 
 impl Device for TapQueue {
@@ -345,16 +388,12 @@ impl Device for TapQueue {
 
     fn receive(&mut self, _now: smoltcp::time::Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
         let n = self.read_frame()?;
-        self.counters.frames_in += 1;
-        let TapQueue {
-            fd, rx, tx, counters, ..
-        } = self;
+        let TapQueue { fd, rx, tx, .. } = self;
         Some((
             RxToken { frame: &rx[..n] },
             TxToken {
                 fd: fd.as_raw_fd(),
                 buf: tx,
-                counters,
             },
         ))
     }
@@ -363,7 +402,6 @@ impl Device for TapQueue {
         Some(TxToken {
             fd: self.fd.as_raw_fd(),
             buf: &mut self.tx,
-            counters: &mut self.counters,
         })
     }
 
@@ -394,13 +432,10 @@ impl smoltcp::phy::TxToken for TxToken<'_> {
             self.buf.resize(len, 0);
         }
         let result = f(&mut self.buf[..len]);
+        // A frame the kernel refuses (a full queue, a device going down) is lost as on a wire;
+        // TCP sends it again.
         // SAFETY: write(2) of bytes we own.
-        let n = unsafe { libc::write(self.fd, self.buf.as_ptr().cast(), len) };
-        if n == len as isize {
-            self.counters.frames_out += 1;
-        } else {
-            self.counters.write_errors += 1;
-        }
+        unsafe { libc::write(self.fd, self.buf.as_ptr().cast(), len) };
         result
     }
 }
@@ -432,6 +467,15 @@ pub fn tcp_socket(buffer: usize) -> smoltcp::socket::tcp::Socket<'static> {
     socket
 }
 
+/// A [`tcp_socket`] listening on `port`.
+pub fn listening_socket(buffer: usize, port: u16) -> anyhow::Result<smoltcp::socket::tcp::Socket<'static>> {
+    let mut socket = tcp_socket(buffer);
+    socket
+        .listen(port)
+        .map_err(|e| anyhow::anyhow!("smoltcp cannot listen on port {port}: {e}"))?;
+    Ok(socket)
+}
+
 /// Sleeps until the queue has a frame, another queue passed it an ARP frame, `extra` (if
 /// any) is readable, or `timeout` passes.
 pub fn wait(device: &TapQueue, extra: Option<RawFd>, timeout: std::time::Duration) -> io::Result<()> {
@@ -442,7 +486,7 @@ pub fn wait(device: &TapQueue, extra: Option<RawFd>, timeout: std::time::Duratio
     };
     let mut fds = [
         ev(device.raw_fd()),
-        ev(device.share.waker(device.index).as_raw_fd()),
+        ev(device.share.wakers[device.index].fd()),
         ev(extra.unwrap_or(-1)),
     ];
     // ppoll, not poll: a timeout in whole milliseconds would oversleep a send schedule.
@@ -459,7 +503,7 @@ pub fn wait(device: &TapQueue, extra: Option<RawFd>, timeout: std::time::Duratio
         }
     }
     if fds[1].revents != 0 {
-        device.clear_waker();
+        device.share.wakers[device.index].drain();
     }
     Ok(())
 }
@@ -474,6 +518,43 @@ mod tests {
         assert_eq!(prefix_mask(32), u32::MAX);
         assert_eq!(prefix_mask(0), 0);
         assert_eq!(prefix_mask(30), 0xffff_fffc);
+    }
+
+    #[test]
+    fn tap_addresses_parse() {
+        assert_eq!(
+            parse_cidr("10.77.0.1/24").unwrap(),
+            (Ipv4Addr::new(10, 77, 0, 1), 24)
+        );
+        for bad in [
+            "10.77.0.1",
+            "10.77.0.1/31",
+            "10.77.0.0/24",
+            "10.77.0.255/24",
+            "127.0.0.2/8",
+            "x/24",
+            "10.77.0.1/x",
+        ] {
+            assert!(parse_cidr(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_kernel_takes_another_host_of_the_subnet() {
+        let side = |ip, prefix| {
+            LinkOptions {
+                ip,
+                prefix,
+                ..LinkOptions::default()
+            }
+            .kernel_side()
+        };
+        assert_eq!(side(Ipv4Addr::new(10, 77, 0, 1), 24), Ipv4Addr::new(10, 77, 0, 2));
+        assert_eq!(side(Ipv4Addr::new(10, 77, 0, 9), 24), Ipv4Addr::new(10, 77, 0, 1));
+        assert_eq!(
+            side(Ipv4Addr::new(192, 168, 5, 6), 30),
+            Ipv4Addr::new(192, 168, 5, 5)
+        );
     }
 
     #[test]

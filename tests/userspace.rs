@@ -14,7 +14,6 @@ use std::time::Duration;
 use common::*;
 use iolab::engine::{self, EngineKind, ServeConfig};
 use iolab::frame::ReplySize;
-use iolab::queue::smol::SmolOptions;
 use iolab::queue::{Endpoint, LibOs, Outcome, Qd};
 
 const BOUND: Duration = Duration::from_secs(10);
@@ -259,7 +258,7 @@ fn queue_api_over_shared_memory_both_ends() {
 #[test]
 fn queue_api_over_the_user_space_stack_both_ways() {
     in_private_netns("queue", || {
-        let options = SmolOptions {
+        let options = iolab::tap::LinkOptions {
             tap: "iolabq0".into(),
             ip: Ipv4Addr::new(10, 79, 0, 1),
             prefix: 24,

@@ -17,7 +17,7 @@
 //! goes), and the socket set grows with the connections. The neighbour cache holds 16
 //! entries (the crate feature), far more than the one neighbour a TAP link has: the kernel.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use smoltcp::socket::tcp;
 use super::{ConnError, EngineCtx, RunningServer, ServeConfig, ServerStats, Shutdown};
 use crate::netns::Netns;
 use crate::session::ServerSession;
-use crate::tap::{self, ArpShare, TapQueue};
+use crate::tap::{self, ArpShare, LinkOptions, TapQueue};
 
 /// Port when `--addr` asks for port 0: the stack is alone on its link, nothing can clash.
 pub const DEFAULT_PORT: u16 = 7000;
@@ -38,14 +38,8 @@ const MAX_WAIT: Duration = Duration::from_millis(100);
 /// Options of the `userspace` engine.
 #[derive(Debug, Clone)]
 pub struct UserspaceOptions {
-    pub tap: String,
-    /// The stack's address and prefix; the kernel's end of the link takes another host.
-    pub ip: Ipv4Addr,
-    pub prefix: u8,
-    /// IP MTU of the link (an Ethernet frame is 14 bytes more).
-    pub mtu: usize,
-    /// Receive and send buffer per connection, each.
-    pub socket_buffer: usize,
+    /// The TAP device, addresses, MTU and socket buffers.
+    pub link: LinkOptions,
     /// Listening sockets per queue.
     pub backlog: usize,
     /// Network namespace to run in: joined if it exists, else created and deleted on exit.
@@ -55,60 +49,15 @@ pub struct UserspaceOptions {
 impl Default for UserspaceOptions {
     fn default() -> Self {
         UserspaceOptions {
-            tap: "iolab0".into(),
-            ip: Ipv4Addr::new(10, 77, 0, 1),
-            prefix: 24,
-            mtu: 1500,
-            socket_buffer: 64 << 10,
+            link: LinkOptions::default(),
             backlog: 64,
             netns: None,
         }
     }
 }
 
-/// Parses `A.B.C.D/P` as `--tap-ip` takes it.
-pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
-    let bad = || format!("'{s}' is not an IPv4 address with a prefix (like 10.77.0.1/24)");
-    let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
-    let addr: Ipv4Addr = addr.trim().parse().map_err(|_| bad())?;
-    let prefix: u8 = prefix.trim().parse().map_err(|_| bad())?;
-    if !(8..=30).contains(&prefix) {
-        return Err(format!(
-            "--tap-ip {s}: the prefix must be 8 to 30 (the link needs two hosts)"
-        ));
-    }
-    let mask = tap::prefix_mask(prefix);
-    let host = u32::from(addr) & !mask;
-    if host == 0 || host == !mask {
-        return Err(format!(
-            "--tap-ip {s}: that is the subnet's network or broadcast address"
-        ));
-    }
-    if addr.is_loopback() || addr.is_multicast() || addr.is_unspecified() {
-        return Err(format!("--tap-ip {s}: not a unicast address for a link"));
-    }
-    Ok((addr, prefix))
-}
-
-/// The kernel's address on the link: the subnet's first host that is not the stack's.
-pub fn kernel_side(ip: Ipv4Addr, prefix: u8) -> Ipv4Addr {
-    let net = u32::from(ip) & tap::prefix_mask(prefix);
-    let first = Ipv4Addr::from(net + 1);
-    if first == ip {
-        Ipv4Addr::from(net + 2)
-    } else {
-        first
-    }
-}
-
 pub fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let opts = config.userspace.clone();
-    if opts.socket_buffer < 1024 {
-        anyhow::bail!("--tap-buffer must be at least 1 KiB");
-    }
-    if !(576..=65_000).contains(&opts.mtu) {
-        anyhow::bail!("--tap-mtu must be between 576 and 65000");
-    }
     if opts.backlog == 0 {
         anyhow::bail!("--tap-backlog must be at least 1");
     }
@@ -116,7 +65,7 @@ pub fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         0 => DEFAULT_PORT,
         p => p,
     };
-    let endpoint = SocketAddr::from((opts.ip, port));
+    let endpoint = SocketAddr::from((opts.link.ip, port));
     let ctx = Arc::new(EngineCtx {
         config,
         stats: ServerStats::default(),
@@ -168,24 +117,20 @@ fn serve(
             }
             None => None,
         };
-        if crate::netns::in_host_namespace() {
-            anyhow::bail!(
-                "the userspace engine keeps its TAP device out of the host's network: add --netns NAME \
-                 (iolab creates the namespace and deletes it on exit) or start it under `ip netns exec NAME`"
-            );
-        }
-        let queues = tap::create(&opts.tap, ctx.config.threads)?;
-        let kernel = kernel_side(opts.ip, opts.prefix);
-        tap::configure_kernel_side(&opts.tap, kernel, opts.prefix, opts.mtu as u32)
-            .with_context(|| format!("cannot configure TAP device {}", opts.tap))?;
+        let link = &opts.link;
+        let queues = link.open(ctx.config.threads)?;
         ctx.announce(&format!(
-            "userspace: TAP {} with {} queue(s), smoltcp at {}/{} port {port}, kernel side {kernel}, MTU {}{}",
-            opts.tap,
+            "userspace: TAP {} with {} queue(s), smoltcp at {}/{} port {port}, kernel side {}, MTU {}{}",
+            link.tap,
             queues.len(),
-            opts.ip,
-            opts.prefix,
-            opts.mtu,
-            netns.as_ref().map(|n| format!(", namespace {}", n.name())).unwrap_or_default(),
+            link.ip,
+            link.prefix,
+            link.kernel_side(),
+            link.mtu,
+            netns
+                .as_ref()
+                .map(|n| format!(", namespace {}", n.name()))
+                .unwrap_or_default(),
         ));
         Ok((netns, queues))
     };
@@ -197,7 +142,7 @@ fn serve(
         }
     };
     let share = ArpShare::new(queues.len()).context("cannot create the queues' eventfds")?;
-    let mtu = opts.mtu;
+    let mtu = opts.link.mtu;
     let devices: Vec<TapQueue> = queues
         .into_iter()
         .enumerate()
@@ -236,7 +181,7 @@ struct Stack {
 impl Stack {
     fn new(ctx: &EngineCtx, mut device: TapQueue, port: u16) -> anyhow::Result<Stack> {
         let opts = &ctx.config.userspace;
-        let iface = tap::interface(&mut device, opts.ip, opts.prefix);
+        let iface = tap::interface(&mut device, opts.link.ip, opts.link.prefix);
         let mut stack = Stack {
             device,
             iface,
@@ -244,7 +189,7 @@ impl Stack {
             listeners: Vec::with_capacity(opts.backlog),
             conns: Vec::new(),
             port,
-            buffer: opts.socket_buffer,
+            buffer: opts.link.socket_buffer,
         };
         for _ in 0..opts.backlog {
             let l = stack.listener()?;
@@ -254,11 +199,7 @@ impl Stack {
     }
 
     fn listener(&mut self) -> anyhow::Result<SocketHandle> {
-        let mut socket = tap::tcp_socket(self.buffer);
-        socket
-            .listen(self.port)
-            .map_err(|e| anyhow::anyhow!("smoltcp cannot listen on port {}: {e}", self.port))?;
-        Ok(self.sockets.add(socket))
+        Ok(self.sockets.add(tap::listening_socket(self.buffer, self.port)?))
     }
 
     fn run(mut self, ctx: &EngineCtx) -> anyhow::Result<()> {
@@ -410,45 +351,5 @@ fn flush(conn: &mut Conn, socket: &mut tcp::Socket) {
             Ok(0) | Err(_) => break,
             Ok(n) => conn.session.wrote(n),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tap_addresses_parse() {
-        assert_eq!(
-            parse_cidr("10.77.0.1/24").unwrap(),
-            (Ipv4Addr::new(10, 77, 0, 1), 24)
-        );
-        for bad in [
-            "10.77.0.1",
-            "10.77.0.1/31",
-            "10.77.0.0/24",
-            "10.77.0.255/24",
-            "127.0.0.2/8",
-            "x/24",
-            "10.77.0.1/x",
-        ] {
-            assert!(parse_cidr(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn the_kernel_takes_another_host_of_the_subnet() {
-        assert_eq!(
-            kernel_side(Ipv4Addr::new(10, 77, 0, 1), 24),
-            Ipv4Addr::new(10, 77, 0, 2)
-        );
-        assert_eq!(
-            kernel_side(Ipv4Addr::new(10, 77, 0, 9), 24),
-            Ipv4Addr::new(10, 77, 0, 1)
-        );
-        assert_eq!(
-            kernel_side(Ipv4Addr::new(192, 168, 5, 6), 30),
-            Ipv4Addr::new(192, 168, 5, 5)
-        );
     }
 }

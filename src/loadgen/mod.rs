@@ -136,7 +136,7 @@ pub struct LoadConfig {
     pub shm: Option<String>,
     /// Reach the server through a user-space TCP/IP stack (smoltcp) on a TAP device of the
     /// load's own, instead of the kernel's sockets. Needs `netns`.
-    pub userspace: Option<crate::queue::smol::SmolOptions>,
+    pub userspace: Option<crate::tap::LinkOptions>,
     /// Run the load inside this (existing) network namespace.
     pub netns: Option<String>,
 }

@@ -236,7 +236,7 @@ impl LibOs {
     }
 
     /// A smoltcp stack on a TAP device of its own (created in the calling thread's namespace).
-    pub fn smoltcp(options: &smol::SmolOptions) -> anyhow::Result<LibOs> {
+    pub fn smoltcp(options: &crate::tap::LinkOptions) -> anyhow::Result<LibOs> {
         Ok(LibOs::new(Box::new(smol::SmolBackend::new(options)?)))
     }
 

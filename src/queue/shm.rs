@@ -31,13 +31,23 @@ enum Link {
     },
 }
 
-#[derive(Default)]
 pub struct ShmBackend {
     links: HashMap<u32, Link>,
     /// Our segments, by listening queue, with the queue of each claimed slot.
     segments: HashMap<u32, (Segment, HashMap<u32, Qd>)>,
     buf: Vec<u8>,
     polls: u32,
+}
+
+impl Default for ShmBackend {
+    fn default() -> Self {
+        ShmBackend {
+            links: HashMap::new(),
+            segments: HashMap::new(),
+            buf: vec![0; 64 << 10],
+            polls: 0,
+        }
+    }
 }
 
 fn corrupt(e: crate::shm::Corrupt) -> String {
@@ -142,9 +152,6 @@ impl Backend for ShmBackend {
     }
 
     fn progress(&mut self, queues: &mut Queues, timeout: Duration) -> io::Result<()> {
-        if self.buf.is_empty() {
-            self.buf = vec![0; 64 << 10];
-        }
         let deadline = now_ns().saturating_add(timeout.as_nanos() as u64);
         loop {
             let mut moved = self.watch_segments(queues);
@@ -183,9 +190,6 @@ impl Backend for ShmBackend {
     }
 
     fn kick(&mut self, qd: Qd, queues: &mut Queues) -> io::Result<()> {
-        if self.buf.is_empty() {
-            self.buf = vec![0; 64 << 10];
-        }
         if let (Some(link), Some(q)) = (self.links.get(&qd.0), queues.get_mut(qd)) {
             if q.state == State::Open {
                 Self::turn(&mut self.buf, link, q);

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
@@ -17,21 +16,10 @@ use smoltcp::socket::tcp;
 use smoltcp::wire::IpAddress;
 
 use super::{Backend, Endpoint, Qd, Queue, Queues, State};
-use crate::tap::{self, ArpShare, TapQueue};
+use crate::tap::{self, ArpShare, LinkOptions, TapQueue};
 
 /// Listening sockets kept per listening queue.
 const BACKLOG: usize = 64;
-
-/// The TAP device and stack the backend makes.
-#[derive(Debug, Clone)]
-pub struct SmolOptions {
-    pub tap: String,
-    pub ip: Ipv4Addr,
-    pub prefix: u8,
-    pub mtu: usize,
-    /// Receive and send buffer per connection, each.
-    pub socket_buffer: usize,
-}
 
 pub struct SmolBackend {
     device: TapQueue,
@@ -46,16 +34,8 @@ pub struct SmolBackend {
 }
 
 impl SmolBackend {
-    pub fn new(o: &SmolOptions) -> anyhow::Result<SmolBackend> {
-        if crate::netns::in_host_namespace() {
-            anyhow::bail!(
-                "the user-space stack keeps its TAP device out of the host's network: run in a network namespace (--netns NAME)"
-            );
-        }
-        let mut fds = tap::create(&o.tap, 1)?;
-        let kernel = crate::engine::userspace::kernel_side(o.ip, o.prefix);
-        tap::configure_kernel_side(&o.tap, kernel, o.prefix, o.mtu as u32)
-            .map_err(|e| anyhow::anyhow!("cannot configure TAP device {}: {e}", o.tap))?;
+    pub fn new(o: &LinkOptions) -> anyhow::Result<SmolBackend> {
+        let mut fds = o.open(1)?;
         let Some(fd) = fds.pop() else {
             anyhow::bail!("internal: no TAP queue");
         };
@@ -82,16 +62,26 @@ impl SmolBackend {
     fn service(&mut self, queues: &mut Queues) -> bool {
         let mut moved = false;
         for (&listener, (port, handles)) in self.listeners.iter_mut() {
-            for h in handles.iter_mut() {
-                if self.sockets.get::<tcp::Socket>(*h).state() == tcp::State::Listen {
+            // A listener that took a connection becomes that connection's socket, and a fresh
+            // listener takes its place (one that cannot be made leaves the backlog shorter).
+            let mut i = 0;
+            while i < handles.len() {
+                let h = handles[i];
+                if self.sockets.get::<tcp::Socket>(h).state() == tcp::State::Listen {
+                    i += 1;
                     continue;
                 }
                 let qd = queues.add(Queue::new(State::Connecting));
-                self.conns.insert(qd.0, *h);
+                self.conns.insert(qd.0, h);
                 queues.accepted(Qd(listener), qd);
-                let mut fresh = tap::tcp_socket(self.buffer);
-                if fresh.listen(*port).is_ok() {
-                    *h = self.sockets.add(fresh);
+                match tap::listening_socket(self.buffer, *port) {
+                    Ok(fresh) => {
+                        handles[i] = self.sockets.add(fresh);
+                        i += 1;
+                    }
+                    Err(_) => {
+                        handles.swap_remove(i);
+                    }
                 }
                 moved = true;
             }
@@ -202,10 +192,8 @@ impl Backend for SmolBackend {
         };
         let mut handles = Vec::with_capacity(BACKLOG);
         for _ in 0..BACKLOG {
-            let mut socket = tap::tcp_socket(self.buffer);
-            socket
-                .listen(addr.port())
-                .map_err(|e| io::Error::other(format!("smoltcp listen on port {}: {e}", addr.port())))?;
+            let socket = tap::listening_socket(self.buffer, addr.port())
+                .map_err(|e| io::Error::other(format!("{e:#}")))?;
             handles.push(self.sockets.add(socket));
         }
         self.listeners.insert(qd.0, (addr.port(), handles));
