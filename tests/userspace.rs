@@ -58,9 +58,8 @@ fn a_taken_tap_name_is_refused_in_one_line() {
 
 #[test]
 fn the_server_makes_its_namespace_and_removes_it_and_the_device() {
-    if let Some(why) = netns_unavailable() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-        return eprintln!("skipped: {why}");
+    if !netns_available_or_skip() {
+        return;
     }
     let ns = format!("iolab-own-{}", std::process::id());
     let (child, addr, stdout) = spawn_server(&[

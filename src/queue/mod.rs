@@ -312,24 +312,18 @@ impl LibOs {
         timeout: Duration,
     ) -> io::Result<Option<(usize, Completion)>> {
         let deadline = now_ns().saturating_add(timeout.as_nanos() as u64);
+        let mut last_look = false;
         loop {
             if let Some(i) = tokens.iter().position(|t| self.ready(*t)) {
                 let c = self.complete(tokens[i]);
                 return Ok(Some((i, c)));
             }
+            if tokens.is_empty() || last_look {
+                return Ok(None);
+            }
             let now = now_ns();
-            if now >= deadline && !tokens.is_empty() {
-                // One last look at the transport before saying "nothing".
-                self.backend.progress(&mut self.queues, Duration::ZERO)?;
-                if let Some(i) = tokens.iter().position(|t| self.ready(*t)) {
-                    let c = self.complete(tokens[i]);
-                    return Ok(Some((i, c)));
-                }
-                return Ok(None);
-            }
-            if tokens.is_empty() {
-                return Ok(None);
-            }
+            // Past the deadline the transport still gets one look (without waiting).
+            last_look = now >= deadline;
             self.backend.progress(
                 &mut self.queues,
                 Duration::from_nanos(deadline.saturating_sub(now)),

@@ -242,16 +242,25 @@ pub fn netns_unavailable() -> Option<String> {
     None
 }
 
+/// Whether namespace tests can run here; if not, says why and skips, except under CI=true,
+/// where it fails.
+pub fn netns_available_or_skip() -> bool {
+    let Some(why) = netns_unavailable() else {
+        return true;
+    };
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI must run the namespace tests, but: {why}"
+    );
+    eprintln!("skipped: {why}");
+    false
+}
+
 /// Runs `f` on a thread inside a network namespace made for it (and deleted after), so the
 /// TAP devices and every connection `f` makes stay off the host's network. Where namespaces
-/// cannot be made the test is skipped with the reason, except under CI=true, where it fails.
+/// cannot be made the test is skipped ([`netns_available_or_skip`]).
 pub fn in_private_netns<R: Send>(tag: &str, f: impl FnOnce() -> R + Send) -> Option<R> {
-    if let Some(why) = netns_unavailable() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI must run the namespace tests, but: {why}"
-        );
-        eprintln!("skipped: {why}");
+    if !netns_available_or_skip() {
         return None;
     }
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
