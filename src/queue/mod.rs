@@ -51,6 +51,14 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
+impl Endpoint {
+    /// The error of a backend handed an endpoint of another transport: `what` says what
+    /// it takes ("kernel TCP connects to an address").
+    pub fn refused(&self, what: &str) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidInput, format!("{what}, not {self}"))
+    }
+}
+
 /// How an operation ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {

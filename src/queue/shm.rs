@@ -125,10 +125,7 @@ impl ShmBackend {
 impl Backend for ShmBackend {
     fn connect(&mut self, qd: Qd, to: &Endpoint, queues: &mut Queues) -> io::Result<()> {
         let Endpoint::Shm(name) = to else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("shared memory connects to a segment name, not {to}"),
-            ));
+            return Err(to.refused("shared memory connects to a segment name"));
         };
         let conn = Connection::connect(name).map_err(|e| io::Error::other(e.to_string()))?;
         self.links.insert(qd.0, Link::Client(Box::new(conn)));
@@ -140,10 +137,7 @@ impl Backend for ShmBackend {
 
     fn listen(&mut self, qd: Qd, at: &Endpoint, _queues: &mut Queues) -> io::Result<()> {
         let Endpoint::Shm(name) = at else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("shared memory listens on a segment name, not {at}"),
-            ));
+            return Err(at.refused("shared memory listens on a segment name"));
         };
         let segment =
             Segment::create(name, LISTEN_SLOTS, LISTEN_RING).map_err(|e| io::Error::other(e.to_string()))?;

@@ -156,10 +156,7 @@ fn step(socket: &mut tcp::Socket, q: &mut Queue) -> bool {
 impl Backend for SmolBackend {
     fn connect(&mut self, qd: Qd, to: &Endpoint, _queues: &mut Queues) -> io::Result<()> {
         let Endpoint::Tcp(addr) = to else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("the user-space stack connects to a TCP address, not {to}"),
-            ));
+            return Err(to.refused("the user-space stack connects to a TCP address"));
         };
         let std::net::IpAddr::V4(ip) = addr.ip() else {
             return Err(io::Error::new(
@@ -185,10 +182,7 @@ impl Backend for SmolBackend {
 
     fn listen(&mut self, qd: Qd, at: &Endpoint, _queues: &mut Queues) -> io::Result<()> {
         let Endpoint::Tcp(addr) = at else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("the user-space stack listens on a TCP port, not {at}"),
-            ));
+            return Err(at.refused("the user-space stack listens on a TCP port"));
         };
         let mut handles = Vec::with_capacity(BACKLOG);
         for _ in 0..BACKLOG {

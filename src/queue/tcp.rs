@@ -106,10 +106,7 @@ impl Backend for TcpBackend {
     fn connect(&mut self, qd: Qd, to: &Endpoint, _queues: &mut Queues) -> io::Result<()> {
         use socket2::{Domain, Socket, Type};
         let Endpoint::Tcp(addr) = to else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("kernel TCP connects to an address, not {to}"),
-            ));
+            return Err(to.refused("kernel TCP connects to an address"));
         };
         let socket = Socket::new(Domain::for_address(*addr), Type::STREAM, None)?;
         socket.set_nonblocking(true)?;
@@ -124,10 +121,7 @@ impl Backend for TcpBackend {
 
     fn listen(&mut self, qd: Qd, at: &Endpoint, _queues: &mut Queues) -> io::Result<()> {
         let Endpoint::Tcp(addr) = at else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("kernel TCP listens on an address, not {at}"),
-            ));
+            return Err(at.refused("kernel TCP listens on an address"));
         };
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
