@@ -153,11 +153,29 @@ struct SweepArgs {
     /// this fraction of the run is invalid: its core, not the server, was the limit.
     #[arg(long, default_value_t = 0.9)]
     max_generator_busy: f64,
-    /// Measurements of a rate whose point came out saturated or invalid before the last one
-    /// counts: one stray stall of the machine should not end an engine's sweep or hide its
-    /// knee. Every attempt is kept in points.csv.
-    #[arg(long, default_value_t = 2)]
-    attempts: u32,
+    /// Valid repeats of every point: each engine and rate is measured until K valid
+    /// measurements agree (or a majority of K says the engine is over the SLO there), in
+    /// rounds that interleave the engines, so a burst of machine noise falls on several of them
+    /// once each instead of on one. Figures are medians over the repeats, with their spread.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=99))]
+    repeat: u32,
+    /// Most measurements of one point, repeats and re-measurements of invalid ones together
+    /// (default: twice --repeat). An invalid point is measured again in a later round.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=999))]
+    max_tries: Option<u32>,
+    /// A point during which the machine stalled (canary threads at real-time priority, one
+    /// per CPU, saw stalls beyond half the SLO each) for more than this fraction of its
+    /// measured time is invalid and measured again: such stalls alone can move a p99.
+    #[arg(long, default_value_t = 0.0025)]
+    max_stall: f64,
+    /// Before each point, wait until the machine is quiet (no stall, every CPU idle),
+    /// looking in 100 ms windows, at most this long.
+    #[arg(long, default_value = "2s")]
+    quiet_timeout: Dur,
+    /// Start no new point after this much time; cells still unsettled then are reported as
+    /// such.
+    #[arg(long)]
+    budget: Option<Dur>,
     /// CPUs for the server (default: 0).
     #[arg(long, value_parser = cpus)]
     server_cpus: Option<CpuList>,
@@ -200,6 +218,11 @@ struct KneeArgs {
     /// The p99 bound.
     #[arg(long, default_value = "1ms")]
     slo: Dur,
+    /// Print the table as JSON: per engine the knee in rps (null if none), whether it is a
+    /// lower bound or uncertain, the p99 there with its spread, and which engines it cannot
+    /// be told apart from.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -538,14 +561,20 @@ struct DemoArgs {
     #[arg(long, value_parser = rates, default_value = "10000,40000,80000,150000")]
     rates: Rates,
     /// Measured time per point.
-    #[arg(long, default_value = "1s")]
+    #[arg(long, default_value = "800ms")]
     duration: Dur,
     /// Load before each point's measurement starts.
-    #[arg(long, default_value = "500ms")]
+    #[arg(long, default_value = "300ms")]
     warmup: Dur,
     /// Connections.
     #[arg(long, default_value_t = 64)]
     connections: usize,
+    /// Repeats per point: a point is settled once a majority of them agree.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=99))]
+    repeat: u32,
+    /// Start no new point after this long (the report follows).
+    #[arg(long, default_value = "150s")]
+    budget: Dur,
     /// Only these engines (default: all).
     #[arg(long, value_delimiter = ',')]
     engines: Vec<EngineKind>,
@@ -791,12 +820,15 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     cfg.duration = a.duration.0;
     cfg.warmup = a.warmup.0;
     cfg.connections = a.connections;
+    cfg.repeat = a.repeat;
+    cfg.max_tries = cfg.max_tries.max(a.repeat);
+    cfg.budget = Some(a.budget.0);
     let ladder: Vec<String> = cfg.rates.iter().map(|r| format!("{r:.0}")).collect();
     println!(
-        "iolab demo: {} engine(s), each its own server process on CPU {:?}, the generator on CPU {:?};\n\
-         64 B echo, {} connections, open-loop Poisson at {} rps, {} per point after {} warm-up\n\
-         (about a minute, at most {:.0} s; a saturated or invalid point is measured again, and an\n\
-         engine stops at the first rate it cannot sustain)",
+        "iolab demo: {} engine(s), each point a fresh server process on CPU {:?}, the generator on CPU {:?};\n\
+         64 B echo, {} connections, open-loop Poisson at {} rps, {} per point after {} warm-up;\n\
+         each point measured until {} of {} repeats agree, in rounds that interleave the engines\n\
+         (at most {:.0} s of points; a point during which the machine stalled is measured again)",
         cfg.engines.len(),
         cfg.server_cpus,
         cfg.load_cpus,
@@ -804,7 +836,9 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         ladder.join(", "),
         Dur(cfg.duration),
         Dur(cfg.warmup),
-        demo::longest(&cfg).as_secs_f64()
+        cfg.repeat / 2 + 1,
+        cfg.repeat,
+        a.budget.0.as_secs_f64()
     );
     run_sweep(&cfg)?;
     let rows = iolab::results::read_points(&out)?;
@@ -828,9 +862,8 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
 /// Runs a sweep with a progress bar and one line per point.
 fn run_sweep(cfg: &iolab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::results::Point>> {
     use iolab::sweep::Progress;
-    let total = (cfg.engines.len() * cfg.rates.len()) as u64;
     let per_point = cfg.duration + cfg.warmup;
-    let bar = indicatif::ProgressBar::new(total);
+    let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} points, {elapsed} | {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -845,46 +878,51 @@ fn run_sweep(cfg: &iolab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::resul
         }
     };
     let points = iolab::sweep::run(cfg, |p| match p {
-        Progress::Point { engine, rate } => bar.set_message(format!(
-            "{engine} at {rate} rps ({:.1}s)",
+        Progress::Round { round, points } => {
+            bar.set_length(bar.position() + points as u64);
+            say(format!("round {round}: up to {points} point(s)"));
+        }
+        Progress::Point {
+            engine,
+            rate,
+            round,
+            attempt,
+        } => bar.set_message(format!(
+            "round {round}: {engine} at {rate} rps, try {attempt} ({:.1}s)",
             per_point.as_secs_f64()
         )),
         Progress::Done(point) => {
             bar.inc(1);
             // The reasons in short; points.csv and the report have them in full.
             let why: Vec<&str> = [
+                ("machine stalled", "machine stalled"),
                 ("send-lag", "send lag"),
                 ("busy", "busy"),
                 ("Poisson", "K-S"),
-                ("did not complete", "error"),
             ]
             .into_iter()
             .filter(|(key, _)| point.invalid_reason.contains(key))
             .map(|(_, short)| short)
             .collect();
-            let mark = if point.valid {
-                String::new()
+            let mark = if !point.valid {
+                format!("  INVALID ({}: {})", point.blame, why.join(", "))
+            } else if point.saturated {
+                "  saturated".to_string()
+            } else if point.over_slo {
+                "  over SLO".to_string()
             } else {
-                format!("  INVALID ({})", why.join(", "))
+                String::new()
             };
             say(format!(
-                "  {:<24} {:>9.0} rps  achieved {:>9.0}  p50 {:>8.1}us  p99 {:>8.1}us  send-lag99 {:>6.1}us  busy {:>3.0}%{mark}",
-                point.engine, point.offered_rps, point.achieved_rps, point.p50_us, point.p99_us,
-                point.send_lag_p99_us, point.generator_busy * 100.0
+                "  {:<12} {:>7.0} rps #{}  achieved {:>7.0}  p50 {:>8.1}us  p99 {:>8.1}us  lag99 {:>6.1}us  busy {:>3.0}%  stalls {:>5.1}ms{mark}",
+                point.engine, point.offered_rps, point.attempt, point.achieved_rps, point.p50_us, point.p99_us,
+                point.send_lag_p99_us, point.generator_busy * 100.0, point.stall_excess_us / 1e3
             ));
         }
-        Progress::Retry { engine, rate, how } => {
-            bar.inc_length(1);
-            say(format!("  {engine}: {how} at {rate} rps, measuring it again"));
-        }
-        Progress::EngineStopped {
-            engine,
-            why,
-            remaining,
-        } => {
-            say(format!("  {engine}: stopped, {why}"));
-            bar.inc(remaining as u64);
-        }
+        Progress::Skipped { engine, why } => say(format!("  {engine}: skipped, it did not start: {why}")),
+        Progress::OutOfTime { unsettled } => say(format!(
+            "  time budget spent: {unsettled} point(s) not settled; their knees say so"
+        )),
     });
     bar.finish_and_clear();
     points
@@ -926,7 +964,14 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
     cfg.ks_timescale = a.arrivals_check.ks_timescale.0;
     cfg.ks_resolution = a.arrivals_check.ks_resolution.0;
     cfg.max_generator_busy = a.max_generator_busy;
-    cfg.attempts = a.attempts.max(1);
+    cfg.repeat = a.repeat;
+    cfg.max_tries = a.max_tries.unwrap_or(2 * a.repeat).max(a.repeat);
+    if !(0.0..1.0).contains(&a.max_stall) {
+        anyhow::bail!("--max-stall is a fraction of a point's measured time, from 0 to below 1");
+    }
+    cfg.max_stall_fraction = a.max_stall;
+    cfg.quiet.timeout = a.quiet_timeout.0;
+    cfg.budget = a.budget.map(|b| b.0);
     cfg.server_cpus = server_cpus;
     cfg.load_cpus = load_cpus;
     cfg.seed = a.seed;
@@ -963,7 +1008,12 @@ fn corpus(a: CorpusArgs) -> anyhow::Result<ExitCode> {
 
 fn knee(a: KneeArgs) -> anyhow::Result<ExitCode> {
     let rows = iolab::results::read_points(&a.dir)?;
-    print!("{}", iolab::results::knee_table(&rows, a.slo.0));
+    if a.json {
+        let json = iolab::results::knee_json(&rows, a.slo.0);
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        print!("{}", iolab::results::knee_table(&rows, a.slo.0));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,6 +1,19 @@
 //! The results folder's format, shared by the sweep that writes it and the report that reads
-//! it: one [`Point`] per row of `points.csv`, and the knee rule ("the highest rate each engine
-//! sustains with p99 under X"). No I/O beyond reading the folder.
+//! it, and the rules that turn measurements into conclusions. No I/O beyond reading the folder.
+//!
+//! - A [`Point`] is one measurement: one row of `points.csv`, one engine at one offered rate,
+//!   with its verdict as a measurement (valid or invalid, and whose fault) and as a result
+//!   (saturated, over the SLO).
+//! - A [`Cell`] is every measurement of one engine at one rate: a sweep repeats points, and a
+//!   cell's verdict is the majority of its valid repeats, its figures their median with the
+//!   range of the repeats and the envelope of their confidence intervals. One stalled repeat
+//!   cannot move a median of three, and cannot decide a verdict.
+//! - The [`Knee`] is the highest rate an engine sustains within the SLO, walking up its cells;
+//!   it says when it is a lower bound (the generator or the ladder could not show more) and
+//!   when its deciding cells are uncertain (repeats that disagree, or an interval across the
+//!   SLO), and which ladder steps it may really be at.
+//! - Two engines are told apart only when their intervals do not overlap ([`Comparison`],
+//!   [`Knee::told_apart`]): the report calls a difference only when it exceeds the noise.
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,8 +21,11 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use crate::stats::median;
+
 /// One row of points.csv.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Point {
     pub engine: String,
     pub workload: String,
@@ -33,13 +49,58 @@ pub struct Point {
     pub valid: bool,
     /// Why the point is not a valid measurement (empty when it is).
     pub invalid_reason: String,
+    /// The server fell behind: fewer replies than scheduled requests, a backlog that grew
+    /// through the point, or errors.
     pub saturated: bool,
     pub summary: String,
     pub hdr_log: String,
     pub gaps: String,
-    /// 1 for a rate's first measurement; 2 and up when a saturated or invalid point was
-    /// measured again.
+    /// 1 for a cell's first measurement, counting up with every further one (repeats and
+    /// re-measurements of invalid ones alike).
     pub attempt: u32,
+    /// The sweep's round this measurement belongs to (1 up): every engine and rate still
+    /// being measured gets one point per round, interleaved.
+    pub round: u32,
+    /// p99 above the SLO.
+    pub over_slo: bool,
+    /// Whose fault an invalid point was: `generator`, `machine`, or empty.
+    pub blame: String,
+    /// 95% confidence intervals (order statistics) of the percentiles; NaN where the sample
+    /// cannot bound a side.
+    pub p50_ci_low_us: f64,
+    pub p50_ci_high_us: f64,
+    pub p99_ci_low_us: f64,
+    pub p99_ci_high_us: f64,
+    pub p999_ci_low_us: f64,
+    pub p999_ci_high_us: f64,
+    /// Requests unanswered when the measured window ended.
+    pub backlog_at_end: u64,
+    /// Machine stalls the canaries saw inside the measured window.
+    pub stall_count: u64,
+    pub stall_max_us: f64,
+    /// Of the stalls, the time beyond the grace (half the SLO) each, summed.
+    pub stall_excess_us: f64,
+    /// How long the sweep waited for the machine to be quiet before this point, and whether
+    /// it was.
+    pub quiet_wait_ms: f64,
+    pub quiet: bool,
+}
+
+impl Point {
+    /// A valid measurement within the SLO, the server keeping up.
+    pub fn good(&self) -> bool {
+        self.valid && !self.saturated && !self.over_slo
+    }
+
+    /// A valid measurement past the SLO or of a server falling behind.
+    pub fn over(&self) -> bool {
+        self.valid && (self.saturated || self.over_slo)
+    }
+
+    /// Invalid because the generator could not drive the rate (not a passing stall).
+    pub fn generator_limited(&self) -> bool {
+        !self.valid && self.blame == "generator"
+    }
 }
 
 /// Reads a results folder's points.csv.
@@ -65,114 +126,713 @@ pub fn engine_order(rows: &[Point]) -> Vec<String> {
     engines
 }
 
+/// The offered rates, rising, each once.
+pub fn offered_rates(rows: &[Point]) -> Vec<f64> {
+    let mut rates: Vec<f64> = rows.iter().map(|r| r.offered_rps).collect();
+    rates.sort_by(f64::total_cmp);
+    rates.dedup();
+    rates
+}
+
+/// What the repeats of a cell say together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Most valid repeats met the SLO with the server keeping up.
+    Good,
+    /// Most valid repeats were over the SLO or saturated.
+    Over,
+    /// As many valid repeats one way as the other.
+    Undecided,
+    /// No valid repeat: the generator could not drive it, or the machine stalled every time.
+    Unmeasured,
+}
+
+/// Every measurement of one engine at one rate.
+#[derive(Debug, Clone)]
+pub struct Cell<'a> {
+    pub engine: &'a str,
+    pub rate: f64,
+    pub points: Vec<&'a Point>,
+}
+
+/// A robust figure over a cell's valid repeats: their median, the range of the repeats, and
+/// the envelope of their confidence intervals (the repeats' spread and each one's sampling
+/// error together).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub low: f64,
+    pub high: f64,
+    pub repeats: usize,
+}
+
+impl Spread {
+    /// Whether the intervals of two figures overlap (so the difference is within the noise).
+    pub fn overlaps(&self, other: &Spread) -> bool {
+        self.low <= other.high && other.low <= self.high
+    }
+}
+
+impl<'a> Cell<'a> {
+    pub fn valid(&self) -> impl Iterator<Item = &&'a Point> + '_ {
+        self.points.iter().filter(|p| p.valid)
+    }
+
+    pub fn good(&self) -> usize {
+        self.points.iter().filter(|p| p.good()).count()
+    }
+
+    pub fn over(&self) -> usize {
+        self.points.iter().filter(|p| p.over()).count()
+    }
+
+    pub fn invalid(&self) -> usize {
+        self.points.iter().filter(|p| !p.valid).count()
+    }
+
+    pub fn verdict(&self) -> Verdict {
+        let (good, over) = (self.good(), self.over());
+        match good.cmp(&over) {
+            _ if good + over == 0 => Verdict::Unmeasured,
+            std::cmp::Ordering::Greater => Verdict::Good,
+            std::cmp::Ordering::Less => Verdict::Over,
+            std::cmp::Ordering::Equal => Verdict::Undecided,
+        }
+    }
+
+    /// The median, range and interval envelope of a percentile over the valid repeats
+    /// (`None` without any). A side a repeat's sample could not bound is taken from the
+    /// value itself below and as unbounded above.
+    pub fn spread(&self, pick: fn(&Point) -> (f64, f64, f64)) -> Option<Spread> {
+        let v: Vec<(f64, f64, f64)> = self.valid().map(|p| pick(p)).collect();
+        if v.is_empty() {
+            return None;
+        }
+        let values: Vec<f64> = v.iter().map(|x| x.0).collect();
+        let fold =
+            |f: fn(f64, f64) -> f64, init: f64, g: fn(&(f64, f64, f64)) -> f64| v.iter().map(g).fold(init, f);
+        Some(Spread {
+            median: median(&values),
+            min: fold(f64::min, f64::INFINITY, |x| x.0),
+            max: fold(f64::max, f64::NEG_INFINITY, |x| x.0),
+            low: fold(f64::min, f64::INFINITY, |x| if x.1.is_nan() { x.0 } else { x.1 }),
+            high: fold(f64::max, f64::NEG_INFINITY, |x| {
+                if x.2.is_nan() {
+                    f64::INFINITY
+                } else {
+                    x.2
+                }
+            }),
+            repeats: v.len(),
+        })
+    }
+
+    pub fn p99(&self) -> Option<Spread> {
+        self.spread(|p| (p.p99_us, p.p99_ci_low_us, p.p99_ci_high_us))
+    }
+
+    pub fn p50(&self) -> Option<Spread> {
+        self.spread(|p| (p.p50_us, p.p50_ci_low_us, p.p50_ci_high_us))
+    }
+
+    pub fn p999(&self) -> Option<Spread> {
+        self.spread(|p| (p.p999_us, p.p999_ci_low_us, p.p999_ci_high_us))
+    }
+
+    /// A figure without intervals (achieved rate, CPU per request) over the valid repeats.
+    pub fn plain(&self, pick: fn(&Point) -> f64) -> Option<Spread> {
+        let values: Vec<f64> = self.valid().map(|p| pick(p)).collect();
+        let s = Spread {
+            median: median(&values),
+            min: values.iter().copied().fold(f64::INFINITY, f64::min),
+            max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            low: 0.0,
+            high: 0.0,
+            repeats: values.len(),
+        };
+        (!values.is_empty()).then_some(Spread {
+            low: s.min,
+            high: s.max,
+            ..s
+        })
+    }
+}
+
+/// Every cell, engines in sweep order, rates rising within each.
+pub fn cells(rows: &[Point]) -> Vec<Cell<'_>> {
+    let rates = offered_rates(rows);
+    let mut out = Vec::new();
+    for engine in engine_order(rows) {
+        for &rate in &rates {
+            let points: Vec<&Point> = rows
+                .iter()
+                .filter(|r| r.engine == engine && r.offered_rps == rate)
+                .collect();
+            if let Some(first) = points.first() {
+                out.push(Cell {
+                    engine: first.engine.as_str(),
+                    rate,
+                    points,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// One cell of an engine.
+pub fn cell<'a>(rows: &'a [Point], engine: &str, rate: f64) -> Option<Cell<'a>> {
+    cells(rows)
+        .into_iter()
+        .find(|c| c.engine == engine && c.rate == rate)
+}
+
 /// One engine's row of the knee table.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Knee {
     pub engine: String,
-    /// The highest offered rate whose point was valid, not saturated and had p99 within
-    /// the SLO (`None`: no point met it).
+    /// The highest offered rate, walking up, whose cell was good (`None`: not even the first).
     pub rate: Option<f64>,
-    /// Points left out because they were not valid measurements.
-    pub invalid: usize,
-    /// An invalid point above the knee met the SLO: the engine may sustain more than the
-    /// generator could show, so the knee is a lower bound.
+    /// The engine may sustain more than shown: the cell above could not be measured (the
+    /// generator's limit), or the knee is the top of the ladder.
     pub lower_bound: bool,
+    /// A deciding cell is uncertain: its repeats disagree, or its p99 interval crosses the
+    /// SLO.
+    pub uncertain: bool,
+    /// What ended the walk, in words.
+    pub why: String,
+    /// Measurements left out as invalid.
+    pub invalid: usize,
+    /// The p99 at the knee (median of the repeats, their range and interval envelope).
+    pub p99_at_knee: Option<Spread>,
+    /// The p99 of the cell that ended the walk, if one did.
+    pub p99_above: Option<Spread>,
+    /// The ladder indices the true knee may lie between: the lowest (-1: below the first
+    /// rate) and the highest (`None`: unbounded above). Two knees whose ranges do not overlap
+    /// are told apart.
+    pub steps: (i64, Option<i64>),
+}
+
+impl Knee {
+    /// Whether this knee and another are different beyond the noise.
+    pub fn told_apart(&self, other: &Knee) -> bool {
+        let hi = |k: &Knee| k.steps.1.unwrap_or(i64::MAX);
+        hi(self) < other.steps.0 || hi(other) < self.steps.0
+    }
 }
 
 /// The knee table, one row per engine.
 pub fn knees(rows: &[Point], slo_us: f64) -> Vec<Knee> {
+    let rates = offered_rates(rows);
+    let all = cells(rows);
     engine_order(rows)
         .into_iter()
         .map(|engine| {
-            let mine = || rows.iter().filter(|r| r.engine == engine);
-            let rate = mine()
-                .filter(|r| r.valid && !r.saturated && r.p99_us <= slo_us)
-                .map(|r| r.offered_rps)
-                .fold(None, |acc: Option<f64>, r| Some(acc.map_or(r, |a| a.max(r))));
-            let invalid = mine().filter(|r| !r.valid).count();
-            let lower_bound = mine().any(|r| {
-                !r.valid && !r.saturated && r.p99_us <= slo_us && rate.is_none_or(|k| r.offered_rps > k)
-            });
-            Knee {
-                engine,
-                rate,
-                invalid,
-                lower_bound,
-            }
+            let mine: Vec<&Cell> = all.iter().filter(|c| c.engine == engine).collect();
+            knee_of(engine.clone(), &mine, &rates, slo_us)
         })
         .collect()
+}
+
+fn knee_of(engine: String, cells: &[&Cell], rates: &[f64], slo_us: f64) -> Knee {
+    let step = |c: &Cell| rates.iter().position(|&r| r == c.rate).map_or(-1, |s| s as i64);
+    let mut knee: Option<&Cell> = None;
+    let mut stop: Option<(&Cell, Verdict)> = None;
+    for c in cells {
+        match c.verdict() {
+            Verdict::Good => knee = Some(c),
+            v => {
+                stop = Some((c, v));
+                break;
+            }
+        }
+    }
+    let knee_step = knee.map_or(-1, step);
+    // The knee cell is shaky when a repeat was over or its interval reaches past the SLO: the
+    // true knee may be a step lower.
+    let shaky_knee = knee.is_some_and(|c| c.over() > 0 || c.p99().is_some_and(|s| s.high > slo_us));
+    let low = if shaky_knee { knee_step - 1 } else { knee_step };
+    let (high, lower_bound, shaky_above, why) = match stop {
+        None => (
+            None,
+            true,
+            false,
+            if knee.is_some() {
+                "the top of the ladder: the engine may sustain more".to_string()
+            } else {
+                "no point was measured".to_string()
+            },
+        ),
+        Some((c, Verdict::Over)) => {
+            // Over, but a repeat was good, or the p99 interval reaches under the SLO without
+            // the server falling behind: the true knee may be this step.
+            let shaky = c.good() > 0 || (c.p99().is_some_and(|s| s.low <= slo_us) && !any_saturated(c));
+            let high = if shaky { step(c) } else { knee_step };
+            (Some(high), false, shaky, over_reason(c, slo_us))
+        }
+        Some((c, Verdict::Undecided)) => (
+            Some(step(c)),
+            false,
+            true,
+            format!(
+                "at {:.0} rps the repeats disagree ({} within the SLO, {} not)",
+                c.rate,
+                c.good(),
+                c.over()
+            ),
+        ),
+        Some((c, _)) => (None, true, false, unmeasured_reason(c)),
+    };
+    Knee {
+        engine,
+        rate: knee.map(|c| c.rate),
+        lower_bound,
+        uncertain: shaky_knee || shaky_above,
+        why,
+        invalid: cells.iter().map(|c| c.invalid()).sum(),
+        p99_at_knee: knee.and_then(|c| c.p99()),
+        p99_above: stop.and_then(|(c, _)| c.p99()),
+        steps: (low, high),
+    }
+}
+
+fn any_saturated(c: &Cell) -> bool {
+    c.valid().any(|p| p.saturated)
+}
+
+fn over_reason(c: &Cell, slo_us: f64) -> String {
+    let p99 = c.p99().map_or(f64::NAN, |s| s.median);
+    if c.valid().filter(|p| p.saturated).count() * 2 > c.valid().count() {
+        format!(
+            "saturated at {:.0} rps (the server fell behind; p99 {})",
+            c.rate,
+            fmt_us(p99)
+        )
+    } else {
+        format!(
+            "p99 over {} at {:.0} rps ({})",
+            fmt_us(slo_us),
+            c.rate,
+            fmt_us(p99)
+        )
+    }
+}
+
+fn unmeasured_reason(c: &Cell) -> String {
+    let generator = c.points.iter().filter(|p| p.generator_limited()).count();
+    if generator * 2 >= c.points.len() {
+        format!(
+            "the generator could not drive {:.0} rps faithfully: a lower bound",
+            c.rate
+        )
+    } else {
+        format!(
+            "{:.0} rps was never measured cleanly (the machine stalled in {} of {} tries): a lower bound",
+            c.rate,
+            c.points.iter().filter(|p| p.blame == "machine").count(),
+            c.points.len()
+        )
+    }
+}
+
+/// Microseconds as people read them: `152 us`, `1.2 ms`.
+pub fn fmt_us(us: f64) -> String {
+    if us.is_nan() {
+        "-".into()
+    } else if us.is_infinite() {
+        "∞".into()
+    } else if us >= 10_000.0 {
+        format!("{:.0} ms", us / 1e3)
+    } else if us >= 1_000.0 {
+        format!("{:.2} ms", us / 1e3)
+    } else {
+        format!("{us:.0} us")
+    }
+}
+
+/// A figure with its interval: `152 us [140, 170]`.
+pub fn fmt_spread(s: &Spread) -> String {
+    let bound = |v: f64| {
+        if v.is_infinite() {
+            "∞".to_string()
+        } else if s.median >= 1_000.0 {
+            format!("{:.2}", v / 1e3)
+        } else {
+            format!("{v:.0}")
+        }
+    };
+    format!("{} [{}, {}]", fmt_us(s.median), bound(s.low), bound(s.high))
+}
+
+/// Two engines' p99 at one rate, and whether the difference exceeds the noise.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    pub a: String,
+    pub b: String,
+    pub rate: f64,
+    pub a_p99: Spread,
+    pub b_p99: Spread,
+    /// Their intervals do not overlap.
+    pub different: bool,
+}
+
+impl Comparison {
+    pub fn sentence(&self) -> String {
+        let (lead, a, b) = if self.different {
+            let (fast, slow) = if self.a_p99.median <= self.b_p99.median {
+                (&self.a, &self.b)
+            } else {
+                (&self.b, &self.a)
+            };
+            (format!("{fast} beats {slow}"), &self.a, &self.b)
+        } else {
+            (
+                format!("{} and {} are indistinguishable", self.a, self.b),
+                &self.a,
+                &self.b,
+            )
+        };
+        format!(
+            "{lead} at {}: p99 {} ({a}) vs {} ({b})",
+            fmt_rate(self.rate),
+            fmt_spread(&self.a_p99),
+            fmt_spread(&self.b_p99)
+        )
+    }
+}
+
+/// `80k`, `1.6M`, `500`.
+pub fn fmt_rate(r: f64) -> String {
+    if r >= 1e6 {
+        format!("{}M", trim(r / 1e6))
+    } else if r >= 1e3 {
+        format!("{}k", trim(r / 1e3))
+    } else {
+        format!("{r:.0}")
+    }
+}
+
+fn trim(x: f64) -> String {
+    let s = format!("{x:.1}");
+    s.strip_suffix(".0").map(str::to_string).unwrap_or(s)
+}
+
+/// Every pair of engines with valid repeats at `rate`, in sweep order.
+pub fn comparisons(rows: &[Point], rate: f64) -> Vec<Comparison> {
+    let here: Vec<(String, Spread)> = engine_order(rows)
+        .into_iter()
+        .filter_map(|e| {
+            let s = cell(rows, &e, rate)?.p99()?;
+            Some((e, s))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (i, (a, sa)) in here.iter().enumerate() {
+        for (b, sb) in &here[i + 1..] {
+            out.push(Comparison {
+                a: a.clone(),
+                b: b.clone(),
+                rate,
+                a_p99: *sa,
+                b_p99: *sb,
+                different: !sa.overlaps(sb),
+            });
+        }
+    }
+    out
 }
 
 /// The knee table as the terminal shows it.
 pub fn knee_table(rows: &[Point], slo: Duration) -> String {
     let slo_us = slo.as_secs_f64() * 1e6;
+    let knees = knees(rows, slo_us);
     let mut t = format!(
-        "highest rate with p99 <= {} (valid, unsaturated points)\n",
+        "highest rate with p99 <= {} (majority of valid repeats; median p99 [interval])\n",
         crate::units::Dur(slo)
     );
-    for k in knees(rows, slo_us) {
-        let mut notes = Vec::new();
-        if k.invalid > 0 {
-            notes.push(format!("{} invalid point(s) left out", k.invalid));
-        }
-        if k.lower_bound {
-            notes.push("the generator could not show more: a lower bound".to_string());
-        }
-        let note = if notes.is_empty() {
-            String::new()
-        } else {
-            format!("  ({})", notes.join("; "))
-        };
-        let engine = &k.engine;
+    for k in &knees {
         let at_least = if k.lower_bound { ">=" } else { "" };
-        match k.rate {
-            Some(r) => t += &format!("  {engine:<28} {at_least:>2}{r:>10.0} rps{note}\n"),
-            None => t += &format!("  {engine:<28} {:>12} (no point met it){note}\n", "-"),
+        let rate = match k.rate {
+            Some(r) => format!("{at_least:>2}{r:>8.0} rps"),
+            None => format!("{:>10} rps", "none"),
+        };
+        let p99 = k.p99_at_knee.as_ref().map_or(String::new(), fmt_spread);
+        let same: Vec<&str> = knees
+            .iter()
+            .filter(|o| o.engine != k.engine && !o.told_apart(k))
+            .map(|o| o.engine.as_str())
+            .collect();
+        let mut notes = vec![k.why.clone()];
+        if k.uncertain {
+            notes.insert(0, "UNCERTAIN".into());
         }
+        if k.invalid > 0 {
+            notes.push(format!("{} invalid measurement(s) left out", k.invalid));
+        }
+        if !same.is_empty() && same.len() + 1 < knees.len() {
+            notes.push(format!("cannot be told apart from {}", same.join(", ")));
+        }
+        t += &format!("  {:<16} {rate}  {p99:<26} {}\n", k.engine, notes.join("; "));
+    }
+    if knees.len() > 1 && knees.iter().all(|k| knees.iter().all(|o| !o.told_apart(k))) {
+        t += "  (no two knees can be told apart)\n";
     }
     t
+}
+
+/// The knee table for programs (`iolab knee DIR --json`).
+#[derive(Debug, Serialize)]
+pub struct KneeJson {
+    pub slo_us: f64,
+    pub rates: Vec<f64>,
+    pub engines: Vec<KneeJsonRow>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KneeJsonRow {
+    pub engine: String,
+    pub knee_rps: Option<f64>,
+    pub lower_bound: bool,
+    pub uncertain: bool,
+    pub why: String,
+    /// The p99 at the knee: median over the repeats, their range, the interval envelope.
+    pub p99_us: Option<Spread>,
+    pub p99_above_us: Option<Spread>,
+    /// Rates the true knee may lie between: a low of `null` is below the ladder's first rate,
+    /// a high of 0 too (certainly below it), a high of `null` unbounded.
+    pub knee_range_rps: (Option<f64>, Option<f64>),
+    pub invalid_measurements: usize,
+    /// Engines whose knees this one cannot be told apart from.
+    pub indistinguishable_from: Vec<String>,
+}
+
+pub fn knee_json(rows: &[Point], slo: Duration) -> KneeJson {
+    let slo_us = slo.as_secs_f64() * 1e6;
+    let rates = offered_rates(rows);
+    let knees = knees(rows, slo_us);
+    let engines = knees
+        .iter()
+        .map(|k| KneeJsonRow {
+            engine: k.engine.clone(),
+            knee_rps: k.rate,
+            lower_bound: k.lower_bound,
+            uncertain: k.uncertain,
+            why: k.why.clone(),
+            p99_us: k.p99_at_knee,
+            p99_above_us: k.p99_above,
+            knee_range_rps: (
+                usize::try_from(k.steps.0)
+                    .ok()
+                    .and_then(|s| rates.get(s).copied()),
+                k.steps.1.map(|s| {
+                    usize::try_from(s)
+                        .ok()
+                        .and_then(|s| rates.get(s).copied())
+                        .unwrap_or(0.0)
+                }),
+            ),
+            invalid_measurements: k.invalid,
+            indistinguishable_from: knees
+                .iter()
+                .filter(|o| o.engine != k.engine && !o.told_apart(k))
+                .map(|o| o.engine.clone())
+                .collect(),
+        })
+        .collect();
+    KneeJson {
+        slo_us,
+        rates,
+        engines,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn knee_is_the_highest_good_point() {
-        let row = |engine: &str, rate: f64, p99: f64, valid: bool, saturated: bool| Point {
+    /// A valid point of `engine` at `rate` with this p99 (interval +-10%).
+    fn pt(engine: &str, rate: f64, p99: f64) -> Point {
+        Point {
             engine: engine.into(),
             offered_rps: rate,
             achieved_rps: rate,
             p99_us: p99,
-            valid,
-            saturated,
+            p99_ci_low_us: p99 * 0.9,
+            p99_ci_high_us: p99 * 1.1,
+            valid: true,
+            over_slo: p99 > 1000.0,
             ..Point::default()
-        };
+        }
+    }
+
+    fn invalid(mut p: Point, blame: &str) -> Point {
+        p.valid = false;
+        p.blame = blame.into();
+        p.invalid_reason = format!("{blame} was late");
+        p
+    }
+
+    fn saturated(mut p: Point) -> Point {
+        p.saturated = true;
+        p
+    }
+
+    #[test]
+    fn a_cell_is_the_majority_of_its_valid_repeats() {
         let rows = [
-            row("a", 1000.0, 100.0, true, false),
-            row("a", 2000.0, 200.0, true, false),
-            row("a", 4000.0, 300.0, false, false), // invalid: not counted
-            row("a", 8000.0, 5000.0, true, true),
-            row("b", 1000.0, 2000.0, true, true),
-            // c met the SLO only where the generator could not be trusted.
-            row("c", 1000.0, 100.0, true, false),
-            row("c", 2000.0, 150.0, false, false),
+            pt("a", 1.0, 100.0),
+            pt("a", 1.0, 4_000.0), // one stalled repeat
+            pt("a", 1.0, 120.0),
+            invalid(pt("a", 1.0, 9_000.0), "machine"),
         ];
-        let knee = |engine: &str, rate, invalid, lower_bound| Knee {
-            engine: engine.into(),
-            rate,
-            invalid,
-            lower_bound,
-        };
-        assert_eq!(
-            knees(&rows, 1000.0),
-            vec![
-                knee("a", Some(2000.0), 1, true),
-                knee("b", None, 0, false),
-                knee("c", Some(1000.0), 1, true)
-            ]
+        let c = cell(&rows, "a", 1.0).unwrap();
+        assert_eq!(c.verdict(), Verdict::Good);
+        let s = c.p99().unwrap();
+        assert_eq!((s.median, s.min, s.max, s.repeats), (120.0, 100.0, 4_000.0, 3));
+        assert!(
+            (s.low - 90.0).abs() < 1e-9 && (s.high - 4_400.0).abs() < 1e-9,
+            "{s:?}"
         );
-        // The same invalid point above the SLO says nothing about the knee.
-        assert!(!knees(&rows, 120.0)[2].lower_bound);
+        let tie = [pt("b", 1.0, 100.0), pt("b", 1.0, 2_000.0)];
+        assert_eq!(cell(&tie, "b", 1.0).unwrap().verdict(), Verdict::Undecided);
+        let none = [invalid(pt("c", 1.0, 100.0), "generator")];
+        assert_eq!(cell(&none, "c", 1.0).unwrap().verdict(), Verdict::Unmeasured);
+        assert!(cell(&none, "c", 1.0).unwrap().p99().is_none());
+    }
+
+    #[test]
+    fn nan_values_and_unbounded_intervals_do_not_poison_a_cell() {
+        let mut p = pt("a", 1.0, 100.0);
+        p.p99_ci_high_us = f64::NAN; // too few samples to bound it above
+        p.p99_ci_low_us = f64::NAN;
+        let rows = [p, pt("a", 1.0, 110.0)];
+        let s = cell(&rows, "a", 1.0).unwrap().p99().unwrap();
+        assert_eq!(s.low, 99.0);
+        assert!(s.high.is_infinite());
+        assert_eq!(s.median, 105.0);
+    }
+
+    #[test]
+    fn the_knee_walks_up_good_cells_and_stops_at_the_first_over_one() {
+        let rows = [
+            pt("a", 1.0, 100.0),
+            pt("a", 1.0, 110.0),
+            pt("a", 2.0, 200.0),
+            pt("a", 2.0, 210.0),
+            saturated(pt("a", 4.0, 5_000.0)),
+            saturated(pt("a", 4.0, 6_000.0)),
+            // Good again above an over cell: the walk has already stopped.
+            pt("a", 8.0, 100.0),
+        ];
+        let k = &knees(&rows, 1000.0)[0];
+        assert_eq!(k.rate, Some(2.0));
+        assert!(!k.lower_bound && !k.uncertain, "{k:?}");
+        assert!(k.why.contains("saturated at 4"), "{}", k.why);
+        assert_eq!(k.steps, (1, Some(1)));
+        assert_eq!(k.p99_at_knee.unwrap().median, 205.0);
+    }
+
+    #[test]
+    fn a_later_repeat_outvotes_an_earlier_failure_in_both_directions() {
+        // The issue's case: the first attempt invalid (under the SLO), the second valid but
+        // saturated. The valid one counts: the knee is the rate below, not a lower bound.
+        let rows = [
+            pt("a", 1.0, 100.0),
+            invalid(pt("a", 2.0, 150.0), "generator"),
+            saturated(pt("a", 2.0, 3_000.0)),
+        ];
+        let k = &knees(&rows, 1000.0)[0];
+        assert_eq!(k.rate, Some(1.0));
+        assert!(!k.lower_bound, "{k:?}");
+        assert_eq!(k.invalid, 1);
+        // And the other way round: an over repeat outvoted by two good ones.
+        let rows = [pt("b", 1.0, 100.0), pt("b", 1.0, 3_000.0), pt("b", 1.0, 120.0)];
+        let k = &knees(&rows, 1000.0)[0];
+        assert_eq!(k.rate, Some(1.0));
+        assert!(k.uncertain, "a repeat over the SLO makes the knee shaky");
+    }
+
+    #[test]
+    fn generator_limits_make_lower_bounds_and_ties_make_uncertain_knees() {
+        let rows = [
+            pt("a", 1.0, 100.0),
+            invalid(pt("a", 2.0, 100.0), "generator"),
+            invalid(pt("a", 2.0, 100.0), "generator"),
+            pt("b", 1.0, 100.0),
+            pt("b", 2.0, 100.0),
+            pt("b", 2.0, 3_000.0),
+            pt("c", 1.0, 100.0),
+            pt("c", 2.0, 100.0),
+        ];
+        let k = knees(&rows, 1000.0);
+        assert_eq!((k[0].rate, k[0].lower_bound), (Some(1.0), true));
+        assert!(k[0].why.contains("generator"), "{}", k[0].why);
+        assert_eq!(k[0].steps, (0, None));
+        assert_eq!((k[1].rate, k[1].uncertain), (Some(1.0), true));
+        assert_eq!(k[1].steps, (0, Some(1)));
+        // The top of the ladder is a lower bound too.
+        assert_eq!((k[2].rate, k[2].lower_bound), (Some(2.0), true));
+        // a (>= 1) overlaps b (1 or 2) and c (>= 2); b and c overlap at step 1.
+        assert!(!k[0].told_apart(&k[1]) && !k[1].told_apart(&k[2]) && !k[0].told_apart(&k[2]));
+    }
+
+    #[test]
+    fn knees_far_apart_are_told_apart() {
+        let rows = [
+            pt("slow", 1.0, 100.0),
+            saturated(pt("slow", 2.0, 5_000.0)),
+            saturated(pt("slow", 2.0, 5_000.0)),
+            pt("fast", 1.0, 100.0),
+            pt("fast", 2.0, 100.0),
+            pt("fast", 4.0, 100.0),
+            saturated(pt("fast", 8.0, 9_000.0)),
+        ];
+        let k = knees(&rows, 1000.0);
+        assert_eq!(k[0].steps, (0, Some(0)));
+        assert_eq!(k[1].steps, (2, Some(2)));
+        assert!(k[0].told_apart(&k[1]));
+        let table = knee_table(&rows, Duration::from_millis(1));
+        assert!(!table.contains("cannot be told apart"), "{table}");
+    }
+
+    #[test]
+    fn an_engine_over_at_the_first_rate_has_no_knee() {
+        let rows = [saturated(pt("a", 1.0, 5_000.0)), saturated(pt("a", 1.0, 6_000.0))];
+        let k = &knees(&rows, 1000.0)[0];
+        assert_eq!(k.rate, None);
+        assert!(!k.lower_bound && !k.uncertain);
+        assert_eq!(k.steps, (-1, Some(-1)), "certainly below the ladder");
+        let all_invalid = [invalid(pt("b", 1.0, 100.0), "machine")];
+        let k = &knees(&all_invalid, 1000.0)[0];
+        assert_eq!((k.rate, k.lower_bound), (None, true));
+        assert!(k.why.contains("machine stalled"), "{}", k.why);
+        assert!(knees(&[], 1000.0).is_empty());
+    }
+
+    #[test]
+    fn comparisons_call_a_difference_only_beyond_the_noise() {
+        let rows = [
+            pt("uring", 80.0, 152.0),
+            pt("uring", 80.0, 160.0),
+            pt("epoll", 80.0, 166.0),
+            pt("epoll", 80.0, 170.0),
+            pt("threads", 80.0, 600.0),
+            pt("threads", 80.0, 640.0),
+        ];
+        let c = comparisons(&rows, 80.0);
+        assert_eq!(c.len(), 3);
+        assert!(!c[0].different, "{c:?}");
+        assert!(c[0]
+            .sentence()
+            .starts_with("uring and epoll are indistinguishable at 80"));
+        assert!(c[1].different && c[2].different);
+        assert!(
+            c[1].sentence().starts_with("uring beats threads"),
+            "{}",
+            c[1].sentence()
+        );
     }
 }

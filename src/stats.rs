@@ -22,6 +22,15 @@
 //!   generator's send-lag bound, what passes is Poisson at every scale the lag bound admits.
 //!
 //! The strict test (every gap, resolution 0) is reported beside it, so nothing is hidden.
+//!
+//! Percentiles carry confidence intervals from order statistics, as Lancet reports them: the
+//! number of samples below the true q-quantile is Binomial(n, q), so the 95% interval is the
+//! pair of order statistics whose ranks that binomial brackets with 95% probability. No
+//! assumption about the latency distribution is needed, only independent samples (which an
+//! open-loop run's requests roughly are; a stall that delays many requests together makes the
+//! interval too narrow, which is why a sweep also repeats points).
+//!
+//! Repeats of a point are summarised robustly: the median, and the range of the repeats.
 
 use hdrhistogram::Histogram;
 
@@ -125,6 +134,164 @@ fn kolmogorov_p(d: f64, n: usize) -> f64 {
         sign = -sign;
     }
     (2.0 * sum).clamp(0.0, 1.0)
+}
+
+/// The 1-based ranks `(low, high)` of the order statistics that bracket the `q`-quantile of
+/// `n` samples with probability at least `confidence`; `None` on a side the sample cannot
+/// bound (too few samples beyond the quantile).
+///
+/// Exact binomial sums where `n q (1 - q)` is small, the normal approximation with continuity
+/// correction above that (where the two agree to within a rank).
+pub fn quantile_ci_ranks(n: u64, q: f64, confidence: f64) -> (Option<u64>, Option<u64>) {
+    if n == 0 || !(0.0..=1.0).contains(&q) {
+        return (None, None);
+    }
+    let tail = (1.0 - confidence) / 2.0;
+    let nf = n as f64;
+    let var = nf * q * (1.0 - q);
+    if var > 50.0 {
+        let z = normal_quantile(1.0 - tail);
+        let sd = var.sqrt();
+        // B = samples below the quantile. P(B < low) <= tail and P(B >= high) <= tail.
+        let low = (nf * q - z * sd + 0.5).floor();
+        let high = (nf * q + z * sd + 0.5).ceil();
+        let low = (low >= 1.0).then_some(low as u64);
+        let high = (high <= nf).then_some(high as u64);
+        return (low, high);
+    }
+    // Exact: cdf[k] = P(B <= k), B ~ Binomial(n, q), summed in log space.
+    let log_pmf = |k: u64| -> f64 {
+        let kf = k as f64;
+        ln_choose(n, k) + kf * q.ln() + (nf - kf) * (1.0 - q).ln()
+    };
+    let (mut low, mut high) = (None, None);
+    let mut cdf = 0.0;
+    for k in 0..=n {
+        let below = cdf; // P(B <= k - 1) = P(B < k)
+        cdf += if q == 0.0 {
+            if k == 0 {
+                1.0
+            } else {
+                0.0
+            }
+        } else if q == 1.0 {
+            if k == n {
+                1.0
+            } else {
+                0.0
+            }
+        } else {
+            log_pmf(k).exp()
+        };
+        // The interval [x_(low), x_(high)] misses the quantile when B < low or B >= high.
+        if k >= 1 && below <= tail {
+            low = Some(k);
+        }
+        if high.is_none() && 1.0 - cdf <= tail && k + 1 <= n {
+            high = Some(k + 1);
+        }
+        if high.is_some() && below > tail {
+            break;
+        }
+    }
+    (low, high)
+}
+
+fn ln_choose(n: u64, k: u64) -> f64 {
+    ln_factorial(n) - ln_factorial(k) - ln_factorial(n - k)
+}
+
+/// ln(n!) exactly for small n, by Stirling's series above (error below 1e-10 there).
+fn ln_factorial(n: u64) -> f64 {
+    if n < 64 {
+        return (2..=n).map(|i| (i as f64).ln()).sum();
+    }
+    let x = n as f64;
+    x * x.ln() - x + 0.5 * (2.0 * std::f64::consts::PI * x).ln() + 1.0 / (12.0 * x)
+        - 1.0 / (360.0 * x.powi(3))
+}
+
+/// The standard normal quantile (Acklam's rational approximation, relative error < 1.2e-9).
+pub fn normal_quantile(p: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969683028665376e1,
+        2.209460984245205e2,
+        -2.759285104469687e2,
+        1.383577518672690e2,
+        -3.066479806614716e1,
+        2.506628277459239,
+    ];
+    const B: [f64; 5] = [
+        -5.447609879822406e1,
+        1.615858368580409e2,
+        -1.556989798598866e2,
+        6.680131188771972e1,
+        -1.328068155288572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784894002430293e-3,
+        -3.223964580411365e-1,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    ];
+    const D: [f64; 4] = [
+        7.784695709041462e-3,
+        3.224671290700398e-1,
+        2.445134137142996,
+        3.754408661907416,
+    ];
+    let p = p.clamp(1e-300, 1.0 - 1e-16);
+    let tail = |q: f64| {
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    };
+    if p < 0.02425 {
+        tail((-2.0 * p.ln()).sqrt())
+    } else if p > 1.0 - 0.02425 {
+        -tail((-2.0 * (1.0 - p).ln()).sqrt())
+    } else {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+    }
+}
+
+/// The value of the sample of 1-based rank `rank` in `h`.
+pub fn value_at_rank(h: &Histogram<u64>, rank: u64) -> u64 {
+    let n = h.len();
+    if n == 0 {
+        return 0;
+    }
+    // value_at_quantile rounds q * n up to a count; aim half a rank low so it lands on `rank`.
+    h.value_at_quantile((rank.clamp(1, n) as f64 - 0.5) / n as f64)
+}
+
+/// A 95% confidence interval of the `q`-quantile of the samples in `h`, in the histogram's
+/// units; a side the sample cannot bound is `None`.
+pub fn quantile_ci(h: &Histogram<u64>, q: f64) -> (Option<u64>, Option<u64>) {
+    let (low, high) = quantile_ci_ranks(h.len(), q, 0.95);
+    (
+        low.map(|r| value_at_rank(h, r)),
+        high.map(|r| value_at_rank(h, r)),
+    )
+}
+
+/// The median of some repeats (the mean of the middle two for an even count); NaN for none.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
 }
 
 /// Mean and coefficient of variation (1 for an exponential, 0 for constant gaps).
@@ -265,6 +432,73 @@ mod tests {
         assert_eq!(gaps_per_sample(100_000.0, t), 20);
         assert_eq!(gaps_per_sample(1e12, t), MAX_GAPS_PER_SAMPLE);
         assert_eq!(gaps_per_sample(f64::NAN, t), 1);
+    }
+
+    #[test]
+    fn order_statistic_intervals_match_tables() {
+        // Conover's table: n = 100, the median's 95% interval is [x_(40), x_(61)]; n = 20,
+        // [x_(6), x_(15)].
+        assert_eq!(quantile_ci_ranks(100, 0.5, 0.95), (Some(40), Some(61)));
+        assert_eq!(quantile_ci_ranks(20, 0.5, 0.95), (Some(6), Some(15)));
+        // Too few samples to bound a p99 from above: 50 samples, the 99th percentile.
+        assert_eq!(quantile_ci_ranks(50, 0.99, 0.95).1, None);
+        assert_eq!(quantile_ci_ranks(0, 0.5, 0.95), (None, None));
+        // Large n: the normal approximation, nq +- 1.96 sqrt(nq(1-q)).
+        let (l, h) = quantile_ci_ranks(10_000, 0.99, 0.95);
+        assert_eq!((l, h), (Some(9880), Some(9921)));
+        // Both methods agree to a rank where they meet (n q (1-q) just above and below 50).
+        for n in [5_000u64, 5_200] {
+            let (l, h) = quantile_ci_ranks(n, 0.99, 0.95);
+            let (l, h) = (l.unwrap() as f64, h.unwrap() as f64);
+            let mid = n as f64 * 0.99;
+            let half = 1.96 * (n as f64 * 0.99 * 0.01).sqrt();
+            assert!(
+                (l - (mid - half)).abs() <= 2.0 && (h - (mid + half)).abs() <= 2.5,
+                "{n}: {l} {h}"
+            );
+        }
+    }
+
+    #[test]
+    fn exact_intervals_cover_at_least_their_confidence() {
+        // Coverage by the binomial itself: P(low <= B < high) >= 0.95, for small n.
+        for n in [10u64, 37, 100, 400] {
+            for q in [0.5, 0.9, 0.99] {
+                let (l, h) = quantile_ci_ranks(n, q, 0.95);
+                let pmf =
+                    |k: u64| (ln_choose(n, k) + k as f64 * q.ln() + (n - k) as f64 * (1.0 - q).ln()).exp();
+                let lo = l.unwrap_or(0);
+                let hi = h.unwrap_or(n + 1);
+                let covered: f64 = (lo..hi.min(n + 1)).map(pmf).sum();
+                assert!(covered >= 0.95 - 1e-9, "n {n} q {q}: {covered}");
+            }
+        }
+    }
+
+    #[test]
+    fn histogram_intervals_bracket_the_percentile() {
+        let mut h = new_histogram();
+        for v in 1..=10_000u64 {
+            h.record(v * 1000).unwrap();
+        }
+        let p99 = h.value_at_quantile(0.99);
+        let (lo, hi) = quantile_ci(&h, 0.99);
+        let (lo, hi) = (lo.unwrap(), hi.unwrap());
+        assert!(lo < p99 && p99 < hi, "{lo} {p99} {hi}");
+        // Ranks 9880 and 9921 of 1..=10000 (times 1000), to the histogram's precision.
+        assert!((lo as f64 / 9_880_000.0 - 1.0).abs() < 0.002, "{lo}");
+        assert!((hi as f64 / 9_921_000.0 - 1.0).abs() < 0.002, "{hi}");
+        assert_eq!(value_at_rank(&h, 1), 1000);
+    }
+
+    #[test]
+    fn medians_resist_one_wild_repeat() {
+        assert_eq!(median(&[150.0, 4_460.0, 160.0]), 160.0);
+        assert_eq!(median(&[1.0, 3.0]), 2.0);
+        assert!(median(&[]).is_nan());
+        assert_eq!(median(&[f64::NAN, 5.0]), 5.0);
+        assert!((normal_quantile(0.975) - 1.959964).abs() < 1e-6);
+        assert!((normal_quantile(0.005) + 2.575829).abs() < 1e-6);
     }
 
     #[test]

@@ -1,29 +1,40 @@
-//! `iolab sweep`: engines × offered rates, each point measured the same way, into a folder.
+//! `iolab sweep`: engines × offered rates, each measured several times, interleaved, into a
+//! folder, so that one moment of machine noise cannot decide a conclusion.
 //!
-//! Each engine runs as its own server process (`iolab serve`), pinned to the server CPUs,
-//! so one engine's threads and memory never colour another's numbers and its CPU time can
-//! be read from /proc. The generator runs in this process, pinned to the other CPUs, and
-//! walks the rates up. An engine is stopped early once it is saturated (achieved < 95% of
-//! the scheduled rate, or p99 above the SLO, or errors): the points beyond would only measure a queue growing.
-//!
-//! Every point is judged valid or not *as a measurement*: invalid when the generator was the
-//! bottleneck (its own send lag above a bound, its time nearly all spent working rather than
-//! waiting for the next send, or its run cut short) or when its arrivals failed the Poisson
-//! check. Invalid points are kept, marked and explained, never mixed in.
+//! - **A clean slate per point.** Every measurement gets a fresh server process (`iolab
+//!   serve`, pinned to the server CPUs): before it starts, the previous server has exited, its
+//!   connections are gone (read from /proc/net/tcp, not assumed) and the machine is quiet (the
+//!   canaries see no stall and the CPUs are idle for a moment, measured). A saturated engine
+//!   cannot leave a queue, a backlog of sockets or a hot CPU to the point after it.
+//! - **Repeats in interleaved rounds** ([`Walk`]). A round measures every engine at every rate
+//!   it still needs, rates rising, the engines' order rotated from round to round (A/B/A/B
+//!   rather than AAA/BBB), so a burst of noise falls on several engines, once each. A cell
+//!   (one engine at one rate) is measured until `--repeat K` valid repeats say the same, a
+//!   majority of them agreeing settles it early where asked (the demo), and an invalid
+//!   measurement is simply measured again in a later round.
+//! - **Right blame.** A point is *invalid* when the measurement cannot be trusted: the machine
+//!   stalled inside its window (the canaries of [`crate::loadgen::canary`] saw more stall
+//!   time than could leave the p99 alone), the generator was late or busy, or its arrivals
+//!   failed the Poisson check. An invalid point never ends an engine's walk or lowers its
+//!   knee. *Saturated* means the server fell behind (a backlog that grew through the window,
+//!   fewer replies than requests, errors); *over the SLO* means its p99 was above the bound.
+//!   An engine's walk stops above a cell whose repeats are mostly over, and within a round at
+//!   its first over point.
 //!
 //! The folder holds everything the report (or any program) needs, and nothing that needs
-//! this machine to read it: `meta.json`, `points.csv`, and per point the load summary
-//! (`points/ENGINE-RATE.json`), its HdrHistogram interval log (`.hlog`) and a stretch of its
-//! actual interarrival gaps (`.gaps`), and each server's own log (`ENGINE.server.log`).
+//! this machine to read it: `meta.json`, `points.csv` (one row per measurement), and per
+//! measurement the load summary (`points/ENGINE-RATE-tN.json`), its HdrHistogram interval log
+//! (`.hlog`) and a stretch of its interarrival gaps (`.gaps`), and the servers' logs.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::loadgen::canary::{self, StallWatch};
 use crate::loadgen::spec::{ReplyDist, SizeDist, WorkDist};
 use crate::loadgen::{self, LoadConfig, LoadReport};
 use crate::results::Point;
@@ -41,7 +52,7 @@ pub struct SweepConfig {
     pub connections: usize,
     pub duration: Duration,
     pub warmup: Duration,
-    /// p99 above this counts as saturated.
+    /// p99 above this is over the SLO.
     pub slo: Duration,
     /// A point whose generator send-lag p99 is above this is invalid.
     pub max_send_lag: Duration,
@@ -52,9 +63,18 @@ pub struct SweepConfig {
     pub ks_resolution: Duration,
     /// A point whose generator was busy for more than this fraction of its run is invalid.
     pub max_generator_busy: f64,
-    /// Measurements of a rate that came out saturated or invalid before the last one counts
-    /// (1: no retry).
-    pub attempts: u32,
+    /// Valid repeats per cell (K).
+    pub repeat: u32,
+    /// Settle a cell once a majority of K agrees rather than after K valid repeats.
+    pub settle_early: bool,
+    /// Most measurements of one cell, repeats and re-measurements of invalid ones together.
+    pub max_tries: u32,
+    /// A point whose machine stalls, beyond half the SLO each, add up to more than this
+    /// fraction of its measured window is invalid.
+    pub max_stall_fraction: f64,
+    pub quiet: QuietCheck,
+    /// Start no new point after this long (the demo's time budget); `None`: no limit.
+    pub budget: Option<Duration>,
     pub server_cpus: Vec<usize>,
     pub load_cpus: Vec<usize>,
     pub seed: u64,
@@ -65,13 +85,25 @@ pub struct SweepConfig {
     pub command_line: Vec<String>,
 }
 
+/// How the sweep decides the machine is quiet before a point.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct QuietCheck {
+    /// Each look lasts this long.
+    pub window: Duration,
+    /// Give up looking after this long, and measure anyway (the point records it).
+    pub timeout: Duration,
+    /// Quiet means every CPU at most this busy over a window, and no canary stall longer than
+    /// half the SLO.
+    pub max_busy: f64,
+}
+
 /// Consecutive interarrival gaps kept per point (in `.gaps`): enough for the report's
 /// histogram and to re-run the arrivals check, small enough for dozens of points.
 pub const GAPS_KEPT: usize = 20_000;
 
 impl SweepConfig {
     /// A sweep with the command line's defaults: 64 B echo, 64 connections, 3 s points after
-    /// 1 s of warm-up, SLO 1 ms, the server on CPU 0 and the generator on CPU 1.
+    /// 1 s of warm-up, SLO 1 ms, three repeats, the server on CPU 0 and the generator on CPU 1.
     pub fn new(engines: Vec<Vec<String>>, rates: Vec<f64>, out: PathBuf) -> anyhow::Result<Self> {
         let two_cpus = crate::engine::num_cpus() > 1;
         Ok(SweepConfig {
@@ -89,7 +121,16 @@ impl SweepConfig {
             ks_timescale: loadgen::DEFAULT_KS_TIMESCALE,
             ks_resolution: Duration::from_micros(20),
             max_generator_busy: 0.9,
-            attempts: 2,
+            repeat: 3,
+            settle_early: false,
+            max_tries: 6,
+            max_stall_fraction: 0.0025,
+            quiet: QuietCheck {
+                window: Duration::from_millis(100),
+                timeout: Duration::from_secs(2),
+                max_busy: 0.15,
+            },
+            budget: None,
             server_cpus: vec![0],
             load_cpus: vec![if two_cpus { 1 } else { 0 }],
             seed: 1,
@@ -98,21 +139,25 @@ impl SweepConfig {
             command_line: std::env::args().collect(),
         })
     }
+
+    fn grace_us(&self) -> f64 {
+        self.slo.as_secs_f64() * 1e6 / 2.0
+    }
 }
 
 #[derive(Debug, Serialize)]
-struct Meta {
+struct Meta<'a> {
     iolab_version: &'static str,
-    command_line: Vec<String>,
+    command_line: &'a [String],
     hostname: String,
     cpu_model: String,
     cpus: usize,
     kernel: String,
-    server_cpus: Vec<usize>,
-    load_cpus: Vec<usize>,
+    server_cpus: &'a [usize],
+    load_cpus: &'a [usize],
     seed: u64,
     engines: Vec<String>,
-    rates: Vec<f64>,
+    rates: &'a [f64],
     workload: String,
     connections: usize,
     duration_s: f64,
@@ -123,28 +168,60 @@ struct Meta {
     ks_timescale_us: f64,
     ks_resolution_us: f64,
     max_generator_busy: f64,
+    repeat: u32,
+    settle_early: bool,
+    max_tries: u32,
+    max_stall_fraction: f64,
+    stall_grace_us: f64,
+    quiet: QuietCheck,
+    budget_s: Option<f64>,
     started_unix_s: u64,
+    /// Filled in when the sweep ends.
+    finished: Option<Finished>,
+}
+
+/// How the sweep went, for meta.json: what the machine's noise cost it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Finished {
+    pub unix_s: u64,
+    pub wall_s: f64,
+    pub rounds: u32,
+    pub measurements: usize,
+    pub invalid_machine: usize,
+    pub invalid_generator: usize,
+    /// Points whose quiet check timed out.
+    pub not_quiet: usize,
+    /// The budget ran out with cells still unsettled.
+    pub budget_exhausted: bool,
+    /// Machine stalls over the whole sweep, seen by the canaries of every point.
+    pub stalls: usize,
+    pub stall_total_ms: f64,
+    pub stall_max_us: f64,
 }
 
 /// What a progress display is told.
 #[derive(Debug, Clone)]
 pub enum Progress<'a> {
+    /// A round begins, with at most `points` measurements in it.
+    Round {
+        round: u32,
+        points: usize,
+    },
     Point {
         engine: &'a str,
         rate: f64,
+        round: u32,
+        attempt: u32,
     },
     Done(&'a Point),
-    /// The point just done was saturated or invalid (`how`); the same rate is measured again.
-    Retry {
-        engine: &'a str,
-        rate: f64,
-        how: &'static str,
-    },
-    /// No more points for this engine; `remaining` rates of the ladder will not run.
-    EngineStopped {
+    /// An engine could not be measured at all.
+    Skipped {
         engine: &'a str,
         why: String,
-        remaining: usize,
+    },
+    /// The time budget ran out.
+    OutOfTime {
+        unsettled: usize,
     },
 }
 
@@ -205,127 +282,392 @@ pub fn parse_rates(s: &str) -> Result<Vec<f64>, String> {
     Ok(rates)
 }
 
+/// What one measurement said, for the walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Valid, within the SLO, the server keeping up.
+    Good,
+    /// Valid, and over the SLO or saturated.
+    Over,
+    /// Invalid: the generator could not drive the rate (it will not do better at higher ones).
+    Generator,
+    /// Invalid: the machine stalled; nothing about the engine.
+    Machine,
+}
+
+impl Outcome {
+    pub fn of(p: &Point) -> Outcome {
+        match (p.valid, p.blame.as_str()) {
+            (true, _) if p.good() => Outcome::Good,
+            (true, _) => Outcome::Over,
+            (false, "generator") => Outcome::Generator,
+            (false, _) => Outcome::Machine,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct CellState {
+    tries: u32,
+    good: u32,
+    over: u32,
+    generator: u32,
+}
+
+/// Which cell to measure next: the sweep's schedule as a pure state machine (no I/O, no
+/// clock), so its order and its stopping rules are tested on their own.
+#[derive(Debug, Clone)]
+pub struct Walk {
+    engines: usize,
+    rates: usize,
+    repeat: u32,
+    max_tries: u32,
+    settle_early: bool,
+    cells: Vec<CellState>,
+}
+
+impl Walk {
+    pub fn new(engines: usize, rates: usize, repeat: u32, max_tries: u32, settle_early: bool) -> Walk {
+        let repeat = repeat.max(1);
+        Walk {
+            engines,
+            rates,
+            repeat,
+            max_tries: max_tries.max(repeat),
+            settle_early,
+            cells: vec![CellState::default(); engines * rates],
+        }
+    }
+
+    fn at(&self, engine: usize, rate: usize) -> CellState {
+        self.cells[engine * self.rates + rate]
+    }
+
+    fn majority(&self) -> u32 {
+        self.repeat / 2 + 1
+    }
+
+    /// No more measurements of this cell are needed.
+    pub fn settled(&self, engine: usize, rate: usize) -> bool {
+        let c = self.at(engine, rate);
+        let maj = self.majority();
+        c.good + c.over >= self.repeat
+            || c.over >= maj
+            || c.generator >= maj
+            || (self.settle_early && c.good >= maj)
+            || c.tries >= self.max_tries
+    }
+
+    /// A settled cell that ends the engine's walk: mostly over, the generator's limit, or
+    /// never measured validly.
+    fn ends_walk(&self, engine: usize, rate: usize) -> bool {
+        let c = self.at(engine, rate);
+        self.settled(engine, rate) && c.good <= c.over
+    }
+
+    /// A cell below this one has ended the engine's walk.
+    pub fn blocked(&self, engine: usize, rate: usize) -> bool {
+        (0..rate).any(|r| self.ends_walk(engine, r))
+    }
+
+    pub fn wants(&self, engine: usize, rate: usize) -> bool {
+        !self.blocked(engine, rate) && !self.settled(engine, rate)
+    }
+
+    /// Cells still to be measured.
+    pub fn unsettled(&self) -> usize {
+        (0..self.engines)
+            .flat_map(|e| (0..self.rates).map(move |r| (e, r)))
+            .filter(|&(e, r)| self.wants(e, r))
+            .count()
+    }
+
+    /// Round `round`'s engine order (rounds count from 1): rotated by one each round.
+    pub fn engine_order(&self, round: u32) -> Vec<usize> {
+        let shift = (round.saturating_sub(1) as usize) % self.engines.max(1);
+        (0..self.engines).map(|i| (i + shift) % self.engines).collect()
+    }
+
+    pub fn record(&mut self, engine: usize, rate: usize, outcome: Outcome) {
+        let c = &mut self.cells[engine * self.rates + rate];
+        c.tries += 1;
+        match outcome {
+            Outcome::Good => c.good += 1,
+            Outcome::Over => c.over += 1,
+            Outcome::Generator => c.generator += 1,
+            Outcome::Machine => {}
+        }
+    }
+
+    /// The most rounds a sweep can take: every cell has a try in each.
+    pub fn max_rounds(&self) -> u32 {
+        self.max_tries
+    }
+
+    /// One round, driven by `measure` (which returns the outcome of the point it measured, or
+    /// `None` to stop the sweep): rates rising, engines in this round's order, an engine
+    /// stopping for the round at its first over or generator-limited point.
+    pub fn round(
+        &mut self,
+        round: u32,
+        mut measure: impl FnMut(usize, usize, u32) -> Option<Outcome>,
+    ) -> bool {
+        let mut stopped = vec![false; self.engines];
+        for rate in 0..self.rates {
+            for engine in self.engine_order(round) {
+                if stopped[engine] || !self.wants(engine, rate) {
+                    continue;
+                }
+                let attempt = self.at(engine, rate).tries + 1;
+                let Some(outcome) = measure(engine, rate, attempt) else {
+                    return false;
+                };
+                self.record(engine, rate, outcome);
+                if matches!(outcome, Outcome::Over | Outcome::Generator) {
+                    stopped[engine] = true;
+                }
+            }
+        }
+        true
+    }
+}
+
 /// Runs the sweep; returns every point measured (also in `out/points.csv`).
 pub fn run(cfg: &SweepConfig, mut progress: impl FnMut(Progress<'_>)) -> anyhow::Result<Vec<Point>> {
     if cfg.engines.is_empty() || cfg.rates.is_empty() {
         anyhow::bail!("a sweep needs at least one engine and one rate");
     }
+    let began = Instant::now();
     let points_dir = cfg.out.join("points");
     std::fs::create_dir_all(&points_dir)
         .with_context(|| format!("cannot create {}", points_dir.display()))?;
-    write_meta(cfg)?;
+    let started_unix_s = unix_now();
+    write_meta(cfg, started_unix_s, None)?;
     let csv_path = cfg.out.join("points.csv");
     let mut csv =
         csv::Writer::from_path(&csv_path).with_context(|| format!("cannot write {}", csv_path.display()))?;
     let workload = workload_label(cfg);
-    let mut points = Vec::new();
+    let labels: Vec<String> = cfg.engines.iter().map(|e| e.join(" ")).collect();
+    let files: Vec<String> = labels
+        .iter()
+        .map(|l| {
+            l.chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect()
+        })
+        .collect();
+
+    // An engine that does not start (io_uring denied, no TAP device) is skipped, with its
+    // reason, before any round: it must not cost the others their points.
+    let mut runnable = Vec::new();
     let mut skipped = Vec::new();
-    for spec in &cfg.engines {
-        let label = spec.join(" ");
-        let file_label: String = label
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        let log = cfg.out.join(format!("{file_label}.server.log"));
-        let mut server = match Server::start(cfg, spec, &log) {
-            Ok(server) => server,
-            // One engine this machine cannot run (io_uring denied, say) must not cost the
-            // others their points.
+    for (i, spec) in cfg.engines.iter().enumerate() {
+        let log = cfg.out.join(format!("{}.server.log", files[i]));
+        match Server::start(cfg, spec, &log, 0).and_then(Server::stop) {
+            Ok(()) => runnable.push(i),
             Err(e) => {
-                progress(Progress::EngineStopped {
-                    engine: &label,
-                    why: format!("skipped, it did not start: {e:#}"),
-                    remaining: cfg.rates.len(),
+                progress(Progress::Skipped {
+                    engine: &labels[i],
+                    why: format!("{e:#}"),
                 });
                 skipped.push(e);
-                continue;
-            }
-        };
-        for (i, &rate) in cfg.rates.iter().enumerate() {
-            let remaining = cfg.rates.len() - i - 1;
-            let mut attempt = 1;
-            let (point, error) = loop {
-                progress(Progress::Point { engine: &label, rate });
-                let stem = match attempt {
-                    1 => format!("{file_label}-{}", rate as u64),
-                    n => format!("{file_label}-{}-attempt{n}", rate as u64),
-                };
-                let cpu_before = server.cpu_seconds();
-                let report = loadgen::run(
-                    load_config(cfg, &server.endpoint, server.netns.as_deref(), rate),
-                    &mut |_| {},
-                )?;
-                let server_cpu = server.cpu_seconds() - cpu_before;
-                report.write_json(&points_dir.join(format!("{stem}.json")))?;
-                report.write_hdr_log(&points_dir.join(format!("{stem}.hlog")))?;
-                report.write_interarrivals(&points_dir.join(format!("{stem}.gaps")), GAPS_KEPT)?;
-                let mut point = judge(cfg, &label, &workload, rate, &report, server_cpu, &stem);
-                point.attempt = attempt;
-                csv.serialize(&point)?;
-                csv.flush()?;
-                progress(Progress::Done(&point));
-                // A stray stall of the VM can saturate a short point or make the generator
-                // miss its schedule; the rate is measured again before it counts.
-                let failed = if point.saturated {
-                    Some("saturated")
-                } else if !point.valid {
-                    Some("invalid")
-                } else {
-                    None
-                };
-                if let Some(how) = failed {
-                    if report.error.is_none() && attempt < cfg.attempts && server.alive() {
-                        attempt += 1;
-                        points.push(point);
-                        progress(Progress::Retry {
-                            engine: &label,
-                            rate,
-                            how,
-                        });
-                        continue;
-                    }
-                }
-                break (point, report.error);
-            };
-            let stop = if let Some(e) = &error {
-                Some(format!("the run failed: {e}"))
-            } else if point.saturated {
-                Some(format!(
-                    "saturated at {} rps (achieved {:.0}, p99 {:.0} us{})",
-                    rate,
-                    point.achieved_rps,
-                    point.p99_us,
-                    if attempt > 1 { ", on every attempt" } else { "" }
-                ))
-            } else {
-                None
-            };
-            points.push(point);
-            if let Some(why) = stop {
-                progress(Progress::EngineStopped {
-                    engine: &label,
-                    why,
-                    remaining,
-                });
-                break;
-            }
-            if !server.alive() {
-                progress(Progress::EngineStopped {
-                    engine: &label,
-                    why: "the server exited".into(),
-                    remaining,
-                });
-                break;
             }
         }
-        server.stop();
     }
-    if skipped.len() == cfg.engines.len() {
+    if runnable.is_empty() {
         if let Some(e) = skipped.pop() {
             return Err(e.context("no engine started"));
         }
     }
+
+    let mut walk = Walk::new(
+        runnable.len(),
+        cfg.rates.len(),
+        cfg.repeat,
+        cfg.max_tries,
+        cfg.settle_early,
+    );
+    let mut points: Vec<Point> = Vec::new();
+    let mut fin = Finished::default();
+    let mut failure: Option<anyhow::Error> = None;
+    let mut serial = 0u32;
+    for round in 1..=walk.max_rounds() {
+        let planned = walk.unsettled();
+        if planned == 0 {
+            break;
+        }
+        fin.rounds = round;
+        progress(Progress::Round {
+            round,
+            points: planned,
+        });
+        let mut out_of_time = false;
+        let go_on = walk.round(round, |e, r, attempt| {
+            if cfg.budget.is_some_and(|b| began.elapsed() >= b) {
+                out_of_time = true;
+                return None;
+            }
+            let engine = runnable[e];
+            let rate = cfg.rates[r];
+            progress(Progress::Point {
+                engine: &labels[engine],
+                rate,
+                round,
+                attempt,
+            });
+            serial += 1;
+            let stem = format!("{}-{}-t{attempt}", files[engine], rate as u64);
+            let log = cfg.out.join(format!("{}.server.log", files[engine]));
+            let measured = measure_point(cfg, &cfg.engines[engine], &log, serial, rate, &points_dir, &stem);
+            let (report, server_cpu, quiet) = match measured {
+                Ok(m) => m,
+                Err(e) => {
+                    failure = Some(e);
+                    return None;
+                }
+            };
+            let mut point = judge(cfg, &labels[engine], &workload, rate, &report, server_cpu, &stem);
+            point.attempt = attempt;
+            point.round = round;
+            point.quiet_wait_ms = quiet.waited.as_secs_f64() * 1e3;
+            point.quiet = quiet.quiet;
+            fin.measurements += 1;
+            fin.not_quiet += usize::from(!quiet.quiet);
+            match Outcome::of(&point) {
+                Outcome::Machine => fin.invalid_machine += 1,
+                Outcome::Generator => fin.invalid_generator += 1,
+                _ => {}
+            }
+            let st = report.machine_stalls();
+            fin.stalls += st.count as usize;
+            fin.stall_total_ms += st.total_us / 1e3;
+            fin.stall_max_us = fin.stall_max_us.max(st.max_us);
+            if let Err(e) = csv
+                .serialize(&point)
+                .and_then(|()| csv.flush().map_err(Into::into))
+            {
+                failure = Some(e.into());
+                return None;
+            }
+            progress(Progress::Done(&point));
+            let outcome = Outcome::of(&point);
+            points.push(point);
+            Some(outcome)
+        });
+        if let Some(e) = failure.take() {
+            return Err(e);
+        }
+        if out_of_time {
+            fin.budget_exhausted = true;
+            progress(Progress::OutOfTime {
+                unsettled: walk.unsettled(),
+            });
+        }
+        if !go_on {
+            break;
+        }
+    }
+    fin.unix_s = unix_now();
+    fin.wall_s = began.elapsed().as_secs_f64();
+    write_meta(cfg, started_unix_s, Some(fin))?;
     Ok(points)
+}
+
+/// What the quiet check found before a point.
+#[derive(Debug, Clone, Copy)]
+struct Quiet {
+    waited: Duration,
+    quiet: bool,
+}
+
+/// One measurement on a clean slate: wait for quiet, a fresh server, the load, the server
+/// stopped and its connections gone.
+fn measure_point(
+    cfg: &SweepConfig,
+    spec: &[String],
+    log: &Path,
+    serial: u32,
+    rate: f64,
+    points_dir: &Path,
+    stem: &str,
+) -> anyhow::Result<(LoadReport, f64, Quiet)> {
+    let quiet = wait_quiet(cfg);
+    let server = Server::start(cfg, spec, log, serial)?;
+    let cpu_before = server.cpu_seconds();
+    let report = loadgen::run(
+        load_config(cfg, &server.endpoint, server.netns.as_deref(), rate),
+        &mut |_| {},
+    )?;
+    let server_cpu = server.cpu_seconds() - cpu_before;
+    server.stop()?;
+    report.write_json(&points_dir.join(format!("{stem}.json")))?;
+    report.write_hdr_log(&points_dir.join(format!("{stem}.hlog")))?;
+    report.write_interarrivals(&points_dir.join(format!("{stem}.gaps")), GAPS_KEPT)?;
+    Ok((report, server_cpu, quiet))
+}
+
+/// Waits, looking in short windows, until the canaries see no stall past the grace and every
+/// CPU is nearly idle; gives up after the timeout.
+fn wait_quiet(cfg: &SweepConfig) -> Quiet {
+    let began = Instant::now();
+    let cpus = canary::online_cpus();
+    let grace_ns = (cfg.grace_us() * 1e3) as u64;
+    loop {
+        let before = cpu_ticks();
+        let watch = StallWatch::start(&cpus);
+        std::thread::sleep(cfg.quiet.window);
+        let log = watch.finish();
+        let busy = busiest_cpu(&before, &cpu_ticks());
+        let stalled = log.stalls.iter().any(|s| s.len_ns > grace_ns);
+        if !stalled && busy <= cfg.quiet.max_busy {
+            return Quiet {
+                waited: began.elapsed(),
+                quiet: true,
+            };
+        }
+        if began.elapsed() >= cfg.quiet.timeout {
+            return Quiet {
+                waited: began.elapsed(),
+                quiet: false,
+            };
+        }
+    }
+}
+
+/// Per CPU: (busy, total) clock ticks from /proc/stat.
+fn cpu_ticks() -> Vec<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal: idle and iowait are not busy;
+            // steal is time the CPU was not ours, which the canaries judge.
+            let total: u64 = f.iter().take(8).sum();
+            let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+            let steal = f.get(7).copied().unwrap_or(0);
+            (total.saturating_sub(idle + steal), total)
+        })
+        .collect()
+}
+
+fn busiest_cpu(before: &[(u64, u64)], after: &[(u64, u64)]) -> f64 {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| {
+            let total = a.1.saturating_sub(b.1);
+            if total == 0 {
+                0.0
+            } else {
+                a.0.saturating_sub(b.0) as f64 / total as f64
+            }
+        })
+        .fold(0.0, f64::max)
 }
 
 fn load_config(cfg: &SweepConfig, endpoint: &Endpoint, netns: Option<&str>, rate: f64) -> LoadConfig {
@@ -349,11 +691,13 @@ fn load_config(cfg: &SweepConfig, endpoint: &Endpoint, netns: Option<&str>, rate
     load.log_interval = Some(Duration::from_secs(1));
     load.ks_timescale = cfg.ks_timescale;
     load.ks_resolution = cfg.ks_resolution;
+    load.watch_cpus = canary::online_cpus();
+    load.stall_grace = cfg.slo / 2;
     load
 }
 
-/// Marks a point valid or not, and saturated or not.
-fn judge(
+/// A point's verdicts: valid or not (and whose fault), saturated, over the SLO.
+pub fn judge(
     cfg: &SweepConfig,
     engine: &str,
     workload: &str,
@@ -363,37 +707,76 @@ fn judge(
     stem: &str,
 ) -> Point {
     let s = report.summary();
-    let mut reasons = Vec::new();
-    let lag_bound_us = cfg.max_send_lag.as_secs_f64() * 1e6;
-    if s.send_lag_us.p99 > lag_bound_us {
-        reasons.push(format!(
-            "generator send-lag p99 {:.0} us > {:.0} us: the load generator was the bottleneck",
-            s.send_lag_us.p99, lag_bound_us
+    let stalls = &s.machine_stalls;
+    let mut machine = Vec::new();
+    let mut generator = Vec::new();
+    let stall_limit_us = cfg.max_stall_fraction * cfg.duration.as_secs_f64() * 1e6;
+    let stalled = stalls.excess_us > stall_limit_us;
+    if stalled {
+        machine.push(format!(
+            "the machine stalled: {:.1} ms of stalls beyond {:.0} us each in the measured window \
+             (longest {:.1} ms) > {:.1} ms",
+            stalls.excess_us / 1e3,
+            stalls.grace_us,
+            stalls.max_us / 1e3,
+            stall_limit_us / 1e3
         ));
     }
+    let lag_bound_us = cfg.max_send_lag.as_secs_f64() * 1e6;
+    if s.send_lag_us.p99 > lag_bound_us {
+        let why = format!(
+            "generator send-lag p99 {:.0} us > {:.0} us",
+            s.send_lag_us.p99, lag_bound_us
+        );
+        // A generator that was not busy yet sent late lost its CPU: the stall explains it.
+        if stalled {
+            machine.push(why);
+        } else {
+            generator.push(format!("{why}: the load generator was the bottleneck"));
+        }
+    }
     if s.generator_busy > cfg.max_generator_busy {
-        reasons.push(format!(
+        generator.push(format!(
             "generator busy {:.0}% of the run > {:.0}%: its core was the bottleneck",
             s.generator_busy * 100.0,
             cfg.max_generator_busy * 100.0
         ));
     }
     if s.completed > 100 && s.interarrival.ks_p_value < cfg.min_ks_p {
-        reasons.push(format!(
+        let why = format!(
             "arrivals failed the Poisson check at {:.0} us scale (K-S D = {:.3}, p {} < {})",
             s.interarrival.ks_timescale_us,
             s.interarrival.ks_d,
             crate::stats::fmt_p(s.interarrival.ks_p_value),
             cfg.min_ks_p
-        ));
+        );
+        if stalled {
+            machine.push(why);
+        } else {
+            generator.push(why);
+        }
     }
-    if let Some(e) = &s.error {
-        reasons.push(format!("the run did not complete: {e}"));
-    }
+    let blame = if !generator.is_empty() {
+        "generator"
+    } else if !machine.is_empty() {
+        "machine"
+    } else {
+        ""
+    };
+    let reasons: Vec<String> = generator.into_iter().chain(machine).collect();
     let slo_us = cfg.slo.as_secs_f64() * 1e6;
-    // Against what was scheduled, not offered: a short run's Poisson count noise alone can
-    // be several percent.
-    let saturated = s.achieved_rps < 0.95 * s.scheduled_rps || s.latency_us.p99 > slo_us || s.errors > 0;
+    // The server fell behind: fewer replies than scheduled requests (against what was
+    // scheduled, not offered: a short run's Poisson count alone varies by several percent),
+    // a backlog left when the window closed, errors, or a run the server broke off.
+    let backlog = s.backlog_at_end;
+    let saturated = s.achieved_rps < 0.95 * s.scheduled_rps
+        || backlog as f64 > (0.05 * s.sent as f64).max(50.0)
+        || s.errors > 0
+        || s.error.is_some();
+    let ci = |c: (Option<f64>, Option<f64>)| (c.0.unwrap_or(f64::NAN), c.1.unwrap_or(f64::NAN));
+    let (p50_lo, p50_hi) = ci(s.latency_us.p50_ci);
+    let (p99_lo, p99_hi) = ci(s.latency_us.p99_ci);
+    let (p999_lo, p999_hi) = ci(s.latency_us.p999_ci);
     Point {
         engine: engine.to_string(),
         workload: workload.to_string(),
@@ -423,6 +806,21 @@ fn judge(
         hdr_log: format!("points/{stem}.hlog"),
         gaps: format!("points/{stem}.gaps"),
         attempt: 1,
+        round: 1,
+        over_slo: s.latency_us.p99 > slo_us,
+        blame: blame.to_string(),
+        p50_ci_low_us: p50_lo,
+        p50_ci_high_us: p50_hi,
+        p99_ci_low_us: p99_lo,
+        p99_ci_high_us: p99_hi,
+        p999_ci_low_us: p999_lo,
+        p999_ci_high_us: p999_hi,
+        backlog_at_end: backlog,
+        stall_count: stalls.count,
+        stall_max_us: stalls.max_us,
+        stall_excess_us: stalls.excess_us,
+        quiet_wait_ms: 0.0,
+        quiet: true,
     }
 }
 
@@ -433,7 +831,13 @@ fn workload_label(cfg: &SweepConfig) -> String {
     )
 }
 
-fn write_meta(cfg: &SweepConfig) -> anyhow::Result<()> {
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn write_meta(cfg: &SweepConfig, started_unix_s: u64, finished: Option<Finished>) -> anyhow::Result<()> {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let cpu_model = read("/proc/cpuinfo")
         .lines()
@@ -444,16 +848,16 @@ fn write_meta(cfg: &SweepConfig) -> anyhow::Result<()> {
         .unwrap_or_default();
     let meta = Meta {
         iolab_version: env!("CARGO_PKG_VERSION"),
-        command_line: cfg.command_line.clone(),
+        command_line: &cfg.command_line,
         hostname: read("/proc/sys/kernel/hostname").trim().to_string(),
         cpu_model,
-        cpus: crate::engine::num_cpus(),
+        cpus: canary::online_cpus().len(),
         kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
-        server_cpus: cfg.server_cpus.clone(),
-        load_cpus: cfg.load_cpus.clone(),
+        server_cpus: &cfg.server_cpus,
+        load_cpus: &cfg.load_cpus,
         seed: cfg.seed,
         engines: cfg.engines.iter().map(|e| e.join(" ")).collect(),
-        rates: cfg.rates.clone(),
+        rates: &cfg.rates,
         workload: workload_label(cfg),
         connections: cfg.connections,
         duration_s: cfg.duration.as_secs_f64(),
@@ -464,9 +868,15 @@ fn write_meta(cfg: &SweepConfig) -> anyhow::Result<()> {
         ks_timescale_us: cfg.ks_timescale.as_secs_f64() * 1e6,
         ks_resolution_us: cfg.ks_resolution.as_secs_f64() * 1e6,
         max_generator_busy: cfg.max_generator_busy,
-        started_unix_s: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        repeat: cfg.repeat,
+        settle_early: cfg.settle_early,
+        max_tries: cfg.max_tries,
+        max_stall_fraction: cfg.max_stall_fraction,
+        stall_grace_us: cfg.grace_us(),
+        quiet: cfg.quiet,
+        budget_s: cfg.budget.map(|b| b.as_secs_f64()),
+        started_unix_s,
+        finished,
     };
     let path = cfg.out.join("meta.json");
     std::fs::write(&path, serde_json::to_string_pretty(&meta)? + "\n")
@@ -481,6 +891,8 @@ struct Server {
     /// The network namespace the server made for itself (the `userspace` engine's), which
     /// the load joins.
     netns: Option<String>,
+    /// Whether this sweep named the namespace (and so expects it gone after the server).
+    own_netns: bool,
     _stdout: BufReader<ChildStdout>,
 }
 
@@ -490,12 +902,20 @@ enum Endpoint {
     Shm(String),
 }
 
+/// How long a stopped server's connections and namespace may take to go.
+const GONE_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl Server {
-    /// Starts `iolab serve` for `spec`; its stderr (start-up line, warnings, summary) goes to
-    /// `log`.
-    fn start(cfg: &SweepConfig, spec: &[String], log: &Path) -> anyhow::Result<Server> {
-        let log_file =
-            std::fs::File::create(log).with_context(|| format!("cannot write {}", log.display()))?;
+    /// Starts `iolab serve` for `spec`; its stderr (start-up line, warnings, summary) is
+    /// appended to `log`. `serial` keeps each point's shared-memory segment and namespace
+    /// names apart.
+    fn start(cfg: &SweepConfig, spec: &[String], log: &Path, serial: u32) -> anyhow::Result<Server> {
+        let mut log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("cannot write {}", log.display()))?;
+        let _ = writeln!(log_file, "== point {serial}");
         let Some((engine, extra)) = spec.split_first() else {
             anyhow::bail!("an empty engine spec");
         };
@@ -510,19 +930,19 @@ impl Server {
             cmd.args(["--pin", &list.join(",")]);
         }
         if engine == "shm" && !extra.iter().any(|a| a == "--shm") {
-            // A segment of its own per sweep, so two sweeps never meet.
-            cmd.args(["--shm", &format!("sweep-{}", std::process::id())]);
+            // A segment of its own per point, so two points (or sweeps) never meet.
+            cmd.args(["--shm", &format!("sweep-{}-{serial}", std::process::id())]);
         }
-        let netns = match extra.iter().position(|a| a == "--netns") {
-            Some(i) => extra.get(i + 1).cloned(),
+        let (netns, own_netns) = match extra.iter().position(|a| a == "--netns") {
+            Some(i) => (extra.get(i + 1).cloned(), false),
             // The user-space stack's TAP device and the load live in a namespace the server
-            // makes for the run and deletes when it exits.
+            // makes for the point and deletes when it exits.
             None if engine == "userspace" => {
-                let name = format!("iolab-sweep-{}", std::process::id());
+                let name = format!("iolab-sw{}-{serial}", std::process::id());
                 cmd.args(["--netns", &name]);
-                Some(name)
+                (Some(name), true)
             }
-            None => None,
+            None => (None, false),
         };
         let mut child = cmd
             .spawn()
@@ -546,6 +966,7 @@ impl Server {
             child,
             endpoint,
             netns,
+            own_netns,
             _stdout: stdout,
         })
     }
@@ -555,15 +976,51 @@ impl Server {
         process_cpu_seconds(self.child.id()).unwrap_or(0.0)
     }
 
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn stop(mut self) {
+    /// SIGTERM, the exit waited for, then what it leaves behind waited out: its TCP
+    /// connections past their closing states, its namespace, its segment.
+    fn stop(mut self) -> anyhow::Result<()> {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
+        let deadline = Instant::now() + GONE_TIMEOUT;
+        let gone = || match (&self.endpoint, &self.netns) {
+            (_, Some(ns)) if self.own_netns => !Path::new("/run/netns").join(ns).exists(),
+            (_, Some(_)) => true,
+            (Endpoint::Tcp(addr), None) => live_tcp_sockets(addr.port()) == 0,
+            (Endpoint::Shm(name), None) => !Path::new("/dev/shm").join(format!("iolab-{name}")).exists(),
+        };
+        while !gone() {
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "the server's connections were still open {} s after it exited",
+                    GONE_TIMEOUT.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
     }
+}
+
+/// TCP sockets with `port` at either end that are not yet closed (TIME_WAIT holds no
+/// resources of the server and is not counted).
+fn live_tcp_sockets(port: u16) -> usize {
+    let port_hex = format!("{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_string).collect::<Vec<_>>())
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port_of = |a: &str| a.rsplit(':').next().map(str::to_string);
+            let ends = [f.get(1), f.get(2)];
+            let ours = ends
+                .iter()
+                .any(|e| e.and_then(|a| port_of(a)).as_deref() == Some(port_hex.as_str()));
+            // 06 TIME_WAIT, 07 CLOSE.
+            ours && !matches!(f.get(3), Some(&"06") | Some(&"07"))
+        })
+        .count()
 }
 
 /// utime + stime of process `pid` from /proc (fields 14 and 15 of its stat line).
@@ -616,8 +1073,207 @@ mod tests {
     }
 
     #[test]
-    fn proc_cpu_time_of_this_process_reads() {
-        let t = process_cpu_seconds(std::process::id()).expect("readable");
-        assert!(t >= 0.0);
+    fn proc_cpu_time_of_this_process_counts_work() {
+        let before = process_cpu_seconds(std::process::id()).expect("readable");
+        // Burn a little CPU, bounded by count, and see the clock move.
+        let mut x = 0u64;
+        let start = Instant::now();
+        while process_cpu_seconds(std::process::id()).unwrap_or(before) <= before
+            && start.elapsed() < Duration::from_secs(5)
+        {
+            for i in 0..1_000_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+        }
+        std::hint::black_box(x);
+        assert!(process_cpu_seconds(std::process::id()).unwrap() > before);
+    }
+
+    /// Runs a whole walk with outcomes from `f(engine, rate, attempt)`; returns the order of
+    /// measurements as (round, engine, rate).
+    fn drive(walk: &mut Walk, f: impl Fn(usize, usize, u32) -> Outcome) -> Vec<(u32, usize, usize)> {
+        let mut order = Vec::new();
+        for round in 1..=walk.max_rounds() {
+            if walk.unsettled() == 0 {
+                break;
+            }
+            walk.round(round, |e, r, a| {
+                order.push((round, e, r));
+                Some(f(e, r, a))
+            });
+        }
+        order
+    }
+
+    #[test]
+    fn rounds_interleave_engines_and_rotate_their_order() {
+        let mut walk = Walk::new(3, 2, 2, 4, false);
+        assert_eq!(walk.engine_order(1), vec![0, 1, 2]);
+        assert_eq!(walk.engine_order(2), vec![1, 2, 0]);
+        assert_eq!(walk.engine_order(4), vec![0, 1, 2]);
+        let order = drive(&mut walk, |_, _, _| Outcome::Good);
+        // Rate-major within a round, every engine once per rate, K = 2 rounds.
+        assert_eq!(
+            order,
+            vec![
+                (1, 0, 0),
+                (1, 1, 0),
+                (1, 2, 0),
+                (1, 0, 1),
+                (1, 1, 1),
+                (1, 2, 1),
+                (2, 1, 0),
+                (2, 2, 0),
+                (2, 0, 0),
+                (2, 1, 1),
+                (2, 2, 1),
+                (2, 0, 1),
+            ]
+        );
+        assert_eq!(walk.unsettled(), 0);
+    }
+
+    #[test]
+    fn an_engine_stops_above_a_cell_that_is_mostly_over() {
+        // Engine 0 is over from rate 1 up; engine 1 is good everywhere.
+        let mut walk = Walk::new(2, 3, 3, 6, false);
+        let order = drive(&mut walk, |e, r, _| {
+            if e == 0 && r >= 1 {
+                Outcome::Over
+            } else {
+                Outcome::Good
+            }
+        });
+        let of = |e: usize, r: usize| order.iter().filter(|x| x.1 == e && x.2 == r).count();
+        assert_eq!((of(0, 0), of(0, 1), of(0, 2)), (3, 2, 0), "{order:?}");
+        assert_eq!((of(1, 0), of(1, 1), of(1, 2)), (3, 3, 3));
+        assert!(walk.blocked(0, 2));
+    }
+
+    #[test]
+    fn machine_stalls_are_measured_again_and_never_end_a_walk() {
+        // Every engine's first try at every rate stalls; later tries are good.
+        let mut walk = Walk::new(2, 2, 3, 6, false);
+        let order = drive(
+            &mut walk,
+            |_, _, a| if a == 1 { Outcome::Machine } else { Outcome::Good },
+        );
+        for e in 0..2 {
+            for r in 0..2 {
+                let tries = order.iter().filter(|x| x.1 == e && x.2 == r).count();
+                assert_eq!(tries, 4, "one stalled try, then three good ones: {order:?}");
+            }
+        }
+        // A stall never stops the round: rate 1 follows rate 0 in round 1.
+        assert!(order.contains(&(1, 0, 1)));
+    }
+
+    #[test]
+    fn a_generator_limit_stops_the_round_and_settles_as_a_lower_bound() {
+        let mut walk = Walk::new(1, 3, 3, 6, false);
+        let order = drive(
+            &mut walk,
+            |_, r, _| if r >= 1 { Outcome::Generator } else { Outcome::Good },
+        );
+        let at = |r: usize| order.iter().filter(|x| x.2 == r).count();
+        assert_eq!((at(0), at(1), at(2)), (3, 2, 0), "{order:?}");
+    }
+
+    #[test]
+    fn settling_early_spends_two_repeats_on_a_clear_cell() {
+        let mut walk = Walk::new(1, 2, 3, 6, true);
+        let order = drive(&mut walk, |_, _, _| Outcome::Good);
+        assert_eq!(order.len(), 4, "{order:?}");
+        // Disagreement needs the third repeat.
+        let mut walk = Walk::new(1, 1, 3, 6, true);
+        let order = drive(
+            &mut walk,
+            |_, _, a| if a == 2 { Outcome::Over } else { Outcome::Good },
+        );
+        assert_eq!(order.len(), 3, "{order:?}");
+    }
+
+    #[test]
+    fn tries_are_bounded_when_the_machine_never_settles() {
+        let mut walk = Walk::new(2, 2, 3, 5, false);
+        let order = drive(&mut walk, |_, _, _| Outcome::Machine);
+        let at = |r: usize| order.iter().filter(|x| x.1 == 0 && x.2 == r).count();
+        // Rate 0 gets its five tries; in the fifth round it is settled unmeasured first, which
+        // ends the walk, so rate 1 above it is not tried a fifth time.
+        assert_eq!((at(0), at(1)), (5, 4), "{order:?}");
+        assert_eq!(order.len(), 18);
+        assert_eq!(walk.unsettled(), 0);
+    }
+
+    #[test]
+    fn a_stopped_sweep_stops_at_once() {
+        let mut walk = Walk::new(2, 2, 3, 6, false);
+        let mut n = 0;
+        assert!(!walk.round(1, |_, _, _| {
+            n += 1;
+            (n < 3).then_some(Outcome::Good)
+        }));
+        assert_eq!(n, 3);
+    }
+
+    fn report_with(f: impl FnOnce(&mut LoadReport)) -> LoadReport {
+        let cfg = LoadConfig::new("127.0.0.1:1".parse().unwrap(), 10_000.0, Duration::from_secs(1));
+        let mut r = LoadReport::synthetic(cfg);
+        f(&mut r);
+        r
+    }
+
+    fn judged(f: impl FnOnce(&mut LoadReport)) -> Point {
+        let cfg = SweepConfig::new(vec![vec!["epoll".into()]], vec![10_000.0], PathBuf::from("x")).unwrap();
+        let mut cfg = cfg;
+        cfg.duration = Duration::from_secs(1);
+        let r = report_with(f);
+        judge(&cfg, "epoll", "w", 10_000.0, &r, 0.1, "s")
+    }
+
+    #[test]
+    fn blame_falls_where_the_evidence_points() {
+        // A clean point.
+        let p = judged(|_| {});
+        assert!(p.valid && p.good(), "{p:?}");
+        // The machine stalled for 10 ms inside the window: invalid, the machine's fault, even
+        // though the send lag and the p99 went up with it.
+        let p = judged(|r| {
+            r.stall_in_window(10_000_000);
+            r.record_latencies(9_900, 100_000, 100, 5_000_000);
+            r.record_send_lag(500_000);
+        });
+        assert!(!p.valid && p.blame == "machine", "{p:?}");
+        assert!(
+            p.invalid_reason.contains("the machine stalled"),
+            "{}",
+            p.invalid_reason
+        );
+        assert_eq!(Outcome::of(&p), Outcome::Machine);
+        // The generator late with no stall: the generator's fault.
+        let p = judged(|r| r.record_send_lag(500_000));
+        assert_eq!((p.valid, p.blame.as_str()), (false, "generator"), "{p:?}");
+        let p = judged(|r| r.generator_busy = 0.97);
+        assert_eq!(Outcome::of(&p), Outcome::Generator);
+        // A short stall (within the grace) is not enough to blame the machine.
+        let p = judged(|r| r.stall_in_window(400_000));
+        assert!(p.valid, "{p:?}");
+    }
+
+    #[test]
+    fn saturation_means_the_server_fell_behind() {
+        // p99 over the SLO while keeping up: over the SLO, not saturated.
+        let p = judged(|r| r.record_latencies(9_800, 100_000, 200, 3_000_000));
+        assert!(p.valid && p.over_slo && !p.saturated, "{p:?}");
+        assert_eq!(Outcome::of(&p), Outcome::Over);
+        // A backlog that grew through the window: saturated.
+        let p = judged(|r| r.m.completed_by_end = r.m.sent - 2_000);
+        assert!(p.saturated && p.backlog_at_end == 2_000, "{p:?}");
+        // Errors: saturated.
+        let p = judged(|r| r.m.lost = 3);
+        assert!(p.saturated);
+        // A small backlog is rate x latency, not a queue.
+        let p = judged(|r| r.m.completed_by_end = r.m.sent - 10);
+        assert!(!p.saturated, "{p:?}");
     }
 }

@@ -11,6 +11,7 @@
 //! actually produced pass a Kolmogorov–Smirnov test against the exponential distribution.
 
 pub mod arrival;
+pub mod canary;
 pub mod client;
 mod driver;
 pub mod spec;
@@ -29,7 +30,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::frame::{DEFAULT_CHUNK_SIZE, DEFAULT_MAX_FRAME};
-use crate::stats::{gaps_per_sample, ks_erlang, ks_exponential, mean_cv, new_histogram, KsResult};
+use crate::stats::{
+    gaps_per_sample, ks_erlang, ks_exponential, mean_cv, new_histogram, quantile_ci, KsResult,
+};
 pub use arrival::ArrivalKind;
 use driver::{IntervalReport, StartGate, ThreadOutcome, ThreadPlan};
 use spec::{ReplyDist, SizeDist, WorkDist};
@@ -139,6 +142,12 @@ pub struct LoadConfig {
     pub userspace: Option<crate::tap::LinkOptions>,
     /// Run the load inside this (existing) network namespace.
     pub netns: Option<String>,
+    /// CPUs a real-time canary watches for machine stalls during the run ([`canary`]);
+    /// empty: none.
+    pub watch_cpus: Vec<usize>,
+    /// Of each machine stall, the part beyond this counts as `machine_stalls.excess_us`: what
+    /// could push a request past a latency bound about twice this long on its own.
+    pub stall_grace: Duration,
 }
 
 impl LoadConfig {
@@ -171,6 +180,8 @@ impl LoadConfig {
             shm: None,
             userspace: None,
             netns: None,
+            watch_cpus: canary::online_cpus(),
+            stall_grace: Duration::from_micros(500),
         }
     }
 
@@ -280,6 +291,9 @@ pub struct Measured {
     pub send_lag: Histogram<u64>,
     pub sent: u64,
     pub completed: u64,
+    /// Of `completed`, those whose reply arrived before the measured window ended: with
+    /// `sent`, how far the server had fallen behind when the schedule stopped.
+    pub completed_by_end: u64,
     pub bad_replies: u64,
     pub overflow: u64,
     pub lost: u64,
@@ -297,6 +311,7 @@ impl Measured {
             send_lag: new_histogram(),
             sent: 0,
             completed: 0,
+            completed_by_end: 0,
             bad_replies: 0,
             overflow: 0,
             lost: 0,
@@ -313,6 +328,7 @@ impl Measured {
         let _ = self.send_lag.add(&o.send_lag);
         self.sent += o.sent;
         self.completed += o.completed;
+        self.completed_by_end += o.completed_by_end;
         self.bad_replies += o.bad_replies;
         self.overflow += o.overflow;
         self.lost += o.lost;
@@ -354,6 +370,11 @@ pub struct LoadReport {
     /// Why the run did not complete, if it did not. The rest of the report is what was
     /// measured up to then.
     pub error: Option<String>,
+    /// What the canaries saw over the whole run.
+    pub stalls: canary::StallLog,
+    /// The measured window, `[start, end)` on [`crate::clock::now_ns`]'s clock (zero when
+    /// nothing ran).
+    pub window_ns: (u64, u64),
 }
 
 /// The `--json` summary. Keys are part of the command-line contract: add, never rename.
@@ -385,6 +406,15 @@ pub struct Summary {
     pub generator_busy: f64,
     pub config: ConfigSummary,
     pub error: Option<String>,
+    /// Requests sent in the measured window whose replies had not arrived when it ended. A
+    /// server keeping up holds about rate x latency of them; one falling behind, a queue that
+    /// grew through the point.
+    pub backlog_at_end: u64,
+    /// Stalls of the whole machine inside the measured window, seen by the canaries: time no
+    /// program on a watched CPU could run, which neither the server nor the generator caused.
+    pub machine_stalls: canary::StallSummary,
+    /// `"open"` (the schedule does not wait for replies).
+    pub mode: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -408,6 +438,11 @@ pub struct LatencyUs {
     pub max: f64,
     pub mean: f64,
     pub count: u64,
+    /// 95% confidence intervals `[low, high]` of p50, p99 and p99.9 from order statistics
+    /// (`null` on a side too few samples can bound).
+    pub p50_ci: (Option<f64>, Option<f64>),
+    pub p99_ci: (Option<f64>, Option<f64>),
+    pub p999_ci: (Option<f64>, Option<f64>),
 }
 
 #[derive(Debug, Serialize)]
@@ -453,6 +488,10 @@ pub struct ConfigSummary {
 }
 
 fn latency_us(h: &Histogram<u64>) -> LatencyUs {
+    let ci = |q: f64| {
+        let (low, high) = quantile_ci(h, q);
+        (low.map(|v| v as f64 / 1e3), high.map(|v| v as f64 / 1e3))
+    };
     let q = |x: f64| {
         if h.is_empty() {
             0.0
@@ -468,6 +507,9 @@ fn latency_us(h: &Histogram<u64>) -> LatencyUs {
         max: if h.is_empty() { 0.0 } else { h.max() as f64 / 1e3 },
         mean: if h.is_empty() { 0.0 } else { h.mean() / 1e3 },
         count: h.len(),
+        p50_ci: ci(0.5),
+        p99_ci: ci(0.99),
+        p999_ci: ci(0.999),
     }
 }
 
@@ -588,7 +630,24 @@ impl LoadReport {
                 pages: c.http.as_ref().map_or(0, |p| p.len()),
             },
             error: self.error.clone(),
+            backlog_at_end: self.backlog_at_end(),
+            machine_stalls: self.machine_stalls(),
+            mode: "open",
         }
+    }
+
+    /// Measured requests still unanswered when the measured window ended.
+    pub fn backlog_at_end(&self) -> u64 {
+        self.m
+            .sent
+            .saturating_sub(self.m.completed_by_end + self.m.bad_replies)
+    }
+
+    /// The canaries' stalls within the measured window.
+    pub fn machine_stalls(&self) -> canary::StallSummary {
+        let (from, to) = self.window_ns;
+        self.stalls
+            .summary(from, to, self.config.stall_grace.as_secs_f64() * 1e6)
     }
 
     /// The human-readable table `iolab load` prints.
@@ -713,6 +772,24 @@ impl LoadReport {
             self.wall.as_secs_f64(),
             self.generator_busy * 100.0
         );
+        let st = self.machine_stalls();
+        if !st.cpus.is_empty() {
+            let _ = writeln!(
+                t,
+                "  machine       {} stall(s) over {:.0}us on CPUs {:?} in the measured window, {:.1}ms in all, longest {:.0}us{}",
+                st.count,
+                canary::STALL_THRESHOLD.as_secs_f64() * 1e6,
+                st.cpus,
+                st.total_us / 1e3,
+                st.max_us,
+                if st.realtime { "" } else { " (canaries without real-time priority: an upper bound)" }
+            );
+        }
+        let _ = writeln!(
+            t,
+            "  backlog       {} request(s) unanswered when the measured window ended",
+            self.backlog_at_end()
+        );
         if let Some(e) = &self.error {
             let _ = writeln!(t, "  error         {e}");
         }
@@ -835,7 +912,15 @@ pub fn run(mut config: LoadConfig, on_interval: &mut dyn FnMut(&IntervalLine)) -
         }
     }
     // Every thread starts its schedule at the same instant, a moment from now.
-    gate.open(setup_error.is_none().then(|| crate::clock::now_ns() + 2_000_000));
+    let start = crate::clock::now_ns() + 2_000_000;
+    let watch = canary::StallWatch::start(&config.watch_cpus);
+    gate.open(setup_error.is_none().then_some(start));
+    let window_ns = if setup_error.is_none() {
+        let from = start + config.warmup.as_nanos() as u64;
+        (from, from + config.duration.as_nanos() as u64)
+    } else {
+        (0, 0)
+    };
 
     let length = config.log_interval.unwrap_or(Duration::from_secs(1));
     let mut pending: BTreeMap<u64, (usize, IntervalLine)> = BTreeMap::new();
@@ -882,14 +967,17 @@ pub fn run(mut config: LoadConfig, on_interval: &mut dyn FnMut(&IntervalLine)) -
         }
     }
     drop(idle);
-    Ok(merge(
+    let mut report = merge(
         config,
         outcomes,
         intervals,
         setup_error,
         started.elapsed(),
         crate::sys::process_cpu_time() - cpu_before,
-    ))
+    );
+    report.stalls = watch.finish();
+    report.window_ns = window_ns;
+    Ok(report)
 }
 
 /// Opens the `--idle-connections`, one by one, before the run.
@@ -964,6 +1052,8 @@ fn merge(
             f64::NAN
         },
         error,
+        stalls: canary::StallLog::default(),
+        window_ns: (0, 0),
     }
 }
 
@@ -1021,5 +1111,74 @@ mod tests {
         let err = report.error.expect("must fail");
         assert!(err.contains("cannot connect") && err.contains("refused"), "{err}");
         assert_eq!(report.m.sent, 0);
+    }
+}
+
+/// Hand-made reports for the tests of what reads them (the sweep's verdicts).
+#[cfg(test)]
+impl LoadReport {
+    /// A clean run at the configured rate: every request sent, answered in 100 µs, sent on
+    /// time, no stall, the generator 30% busy. The window is [1 s, 1 s + duration).
+    pub(crate) fn synthetic(config: LoadConfig) -> LoadReport {
+        let n = (config.rate * config.duration.as_secs_f64()) as u64;
+        let mut m = Measured::new();
+        m.sent = n;
+        m.completed = n;
+        m.completed_by_end = n;
+        let _ = m.latency.record_n(100_000, n);
+        let _ = m.uncorrected.record_n(90_000, n);
+        let _ = m.send_lag.record_n(10_000, n);
+        let from = 1_000_000_000;
+        let window_ns = (from, from + config.duration.as_nanos() as u64);
+        let nan = KsResult {
+            d: 0.0,
+            p_value: f64::NAN,
+            n: 0,
+        };
+        LoadReport {
+            config,
+            m,
+            interarrivals_ns: Vec::new(),
+            ks_actual: nan,
+            ks_gaps_per_sample: 1,
+            ks_strict: nan,
+            ks_scheduled: nan,
+            records: Vec::new(),
+            intervals: Vec::new(),
+            wall: Duration::from_secs(1),
+            cpu: Duration::from_millis(300),
+            generator_busy: 0.3,
+            error: None,
+            stalls: canary::StallLog {
+                cpus: vec![0, 1],
+                realtime: true,
+                wakeups: 1000,
+                mean_late_us: 5.0,
+                stalls: Vec::new(),
+            },
+            window_ns,
+        }
+    }
+
+    /// One machine stall of `len_ns` a little after the window opens.
+    pub(crate) fn stall_in_window(&mut self, len_ns: u64) {
+        self.stalls.stalls.push(canary::Stall {
+            cpu: 0,
+            at_ns: self.window_ns.0 + 100_000_000,
+            len_ns,
+        });
+    }
+
+    /// Replaces the latencies: `fast` requests at `fast_ns`, `slow` at `slow_ns`.
+    pub(crate) fn record_latencies(&mut self, fast: u64, fast_ns: u64, slow: u64, slow_ns: u64) {
+        self.m.latency = new_histogram();
+        let _ = self.m.latency.record_n(fast_ns, fast);
+        let _ = self.m.latency.record_n(slow_ns, slow);
+    }
+
+    /// Makes 2% of the sends `lag_ns` late.
+    pub(crate) fn record_send_lag(&mut self, lag_ns: u64) {
+        let late = self.m.sent / 50;
+        let _ = self.m.send_lag.record_n(lag_ns, late);
     }
 }

@@ -206,6 +206,8 @@ struct Tally {
     interval_completed: u64,
     interval_errors: u64,
     keep_records: bool,
+    /// The end of the measured window: replies after it still count, but not as on time.
+    window_end_ns: u64,
 }
 
 impl Tally {
@@ -217,6 +219,9 @@ impl Tally {
         if c.ok {
             let latency = c.done_ns.saturating_sub(r.scheduled_ns);
             self.out.m.completed += 1;
+            if c.done_ns <= self.window_end_ns {
+                self.out.m.completed_by_end += 1;
+            }
             self.out.m.latency.saturating_record(latency);
             self.out
                 .m
@@ -262,6 +267,7 @@ pub fn run(plan: ThreadPlan) -> ThreadOutcome {
         interval_completed: 0,
         interval_errors: 0,
         keep_records,
+        window_end_ns: u64::MAX,
     };
     let io = match Io::new(&plan.config, plan.connections.len()) {
         Ok(io) => io,
@@ -338,6 +344,7 @@ impl Driver {
     fn schedule(&mut self, cfg: &LoadConfig, start: u64, interval: &mut IntervalClock) -> Result<(), String> {
         let warm_end = start + cfg.warmup.as_nanos() as u64;
         let end = warm_end + cfg.duration.as_nanos() as u64;
+        self.tally.window_end_ns = end;
         let per_conn_rate = cfg.rate / cfg.connections as f64;
         let arrivals = Arrivals::new(cfg.arrival, per_conn_rate);
         let seed = cfg.seed ^ (self.plan.index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
