@@ -723,13 +723,19 @@ pub fn judge(
         ));
     }
     let lag_bound_us = cfg.max_send_lag.as_secs_f64() * 1e6;
+    // A generator with time to spare that still sent late lost its CPU: a stall as long as
+    // the lag (half of it, at least) explains it, whether or not the stalls add up to
+    // invalidate the point on their own. A lag far beyond any stall is the generator's.
+    let stall_explains = stalled
+        || (stalls.max_us > lag_bound_us
+            && stalls.max_us >= 0.5 * s.send_lag_us.p99
+            && s.generator_busy <= cfg.max_generator_busy);
     if s.send_lag_us.p99 > lag_bound_us {
         let why = format!(
             "generator send-lag p99 {:.0} us > {:.0} us",
             s.send_lag_us.p99, lag_bound_us
         );
-        // A generator that was not busy yet sent late lost its CPU: the stall explains it.
-        if stalled {
+        if stall_explains {
             machine.push(why);
         } else {
             generator.push(format!("{why}: the load generator was the bottleneck"));
@@ -750,7 +756,7 @@ pub fn judge(
             crate::stats::fmt_p(s.interarrival.ks_p_value),
             cfg.min_ks_p
         );
-        if stalled {
+        if stall_explains {
             machine.push(why);
         } else {
             generator.push(why);
@@ -763,16 +769,26 @@ pub fn judge(
     } else {
         ""
     };
+    if !machine.is_empty() && !stalled {
+        machine.push(format!(
+            "the machine stalled for {:.1} ms at once (its stalls add up to {:.1} ms beyond {:.0} us each)",
+            stalls.max_us / 1e3,
+            stalls.excess_us / 1e3,
+            stalls.grace_us
+        ));
+    }
     let reasons: Vec<String> = generator.into_iter().chain(machine).collect();
     let slo_us = cfg.slo.as_secs_f64() * 1e6;
     // The server fell behind: fewer replies than scheduled requests (against what was
     // scheduled, not offered: a short run's Poisson count alone varies by several percent),
     // a backlog left when the window closed, errors, or a run the server broke off.
+    // Only a valid measurement can say so: a starved generator leaves a backlog of its own.
     let backlog = s.backlog_at_end;
-    let saturated = s.achieved_rps < 0.95 * s.scheduled_rps
-        || backlog as f64 > (0.05 * s.sent as f64).max(50.0)
-        || s.errors > 0
-        || s.error.is_some();
+    let saturated = reasons.is_empty()
+        && (s.achieved_rps < 0.95 * s.scheduled_rps
+            || backlog as f64 > (0.05 * s.sent as f64).max(50.0)
+            || s.errors > 0
+            || s.error.is_some());
     let ci = |c: (Option<f64>, Option<f64>)| (c.0.unwrap_or(f64::NAN), c.1.unwrap_or(f64::NAN));
     let (p50_lo, p50_hi) = ci(s.latency_us.p50_ci);
     let (p99_lo, p99_hi) = ci(s.latency_us.p99_ci);
@@ -1253,6 +1269,20 @@ mod tests {
         // The generator late with no stall: the generator's fault.
         let p = judged(|r| r.record_send_lag(500_000));
         assert_eq!((p.valid, p.blame.as_str()), (false, "generator"), "{p:?}");
+        // Late by as much as one stall too short to invalidate the point on its own: the
+        // stall explains the lag.
+        let p = judged(|r| {
+            r.stall_in_window(1_500_000);
+            r.record_send_lag(1_000_000);
+        });
+        assert_eq!((p.valid, p.blame.as_str()), (false, "machine"), "{p:?}");
+        assert!(p.stall_excess_us < 2_500.0, "{p:?}");
+        // But a lag twenty times the longest stall is not the stall's doing.
+        let p = judged(|r| {
+            r.stall_in_window(1_500_000);
+            r.record_send_lag(30_000_000);
+        });
+        assert_eq!((p.valid, p.blame.as_str()), (false, "generator"), "{p:?}");
         let p = judged(|r| r.generator_busy = 0.97);
         assert_eq!(Outcome::of(&p), Outcome::Generator);
         // A short stall (within the grace) is not enough to blame the machine.
@@ -1275,5 +1305,11 @@ mod tests {
         // A small backlog is rate x latency, not a queue.
         let p = judged(|r| r.m.completed_by_end = r.m.sent - 10);
         assert!(!p.saturated, "{p:?}");
+        // A generator that could not keep up leaves a backlog too; that is not the server's.
+        let p = judged(|r| {
+            r.generator_busy = 0.99;
+            r.m.completed_by_end = r.m.sent / 2;
+        });
+        assert!(!p.valid && !p.saturated, "{p:?}");
     }
 }

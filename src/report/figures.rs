@@ -7,9 +7,10 @@ use hdrhistogram::Histogram;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
-use crate::results::Point;
+use crate::results::{cells, Cell, Point, Spread};
 
-pub const PALETTE: [RGBColor; 10] = [
+/// One colour per engine, eleven of them, so no two engines of a full demo share one.
+pub const PALETTE: [RGBColor; 11] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -20,6 +21,7 @@ pub const PALETTE: [RGBColor; 10] = [
     RGBColor(127, 127, 127),
     RGBColor(23, 190, 207),
     RGBColor(188, 189, 34),
+    RGBColor(0, 0, 0),
 ];
 
 /// How an axis is described and labelled.
@@ -132,26 +134,28 @@ pub fn legend_mark(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, 
     move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
 }
 
-/// One latency percentile against achieved throughput, a line per engine; invalid points
-/// hollow. With `slo_us`, the SLO is drawn as a grey line; latencies above `cap_us` sit on
-/// the top edge.
+/// One latency percentile against achieved throughput, a line per engine through the medians
+/// of each rate's valid repeats, a vertical bar over the range of those repeats; a rate with
+/// no valid repeat is a hollow marker at its last measurement. With `slo_us`, the SLO is drawn
+/// as a grey line; latencies above `cap_us` sit on the top edge.
 pub fn latency_vs_throughput(
     rows: &[Point],
     engines: &[String],
     name: &str,
-    pick: fn(&Point) -> f64,
+    pick: fn(&Cell<'_>) -> Option<Spread>,
+    raw: fn(&Point) -> f64,
     slo_us: Option<f64>,
     cap_us: f64,
 ) -> anyhow::Result<String> {
+    let all = cells(rows);
     let max_x = rows.iter().map(|r| r.achieved_rps).fold(1.0, f64::max) * 1.05;
-    // Values above the cap are drawn on the top edge.
-    let pick = |r: &Point| pick(r).min(cap_us);
-    let min_y = rows.iter().map(pick).fold(f64::MAX, f64::min).max(1.0) / 1.5;
-    let mut max_y = (rows.iter().map(pick).fold(1.0, f64::max) * 1.5).min(cap_us);
+    let cap = |v: f64| v.min(cap_us);
+    let min_y = rows.iter().map(|r| cap(raw(r))).fold(f64::MAX, f64::min).max(1.0) / 1.5;
+    let mut max_y = (rows.iter().map(|r| cap(raw(r))).fold(1.0, f64::max) * 1.5).min(cap_us);
     if let Some(slo) = slo_us {
         max_y = max_y.max((slo * 1.5).min(cap_us));
     }
-    let caption = format!("{name} latency vs throughput");
+    let caption = format!("{name} latency vs throughput (median of repeats, bars: their range)");
     let x_axis = Axis {
         desc: "achieved throughput (requests/s)",
         label: &thousands,
@@ -186,35 +190,56 @@ pub fn latency_vs_throughput(
             }
             for (i, engine) in engines.iter().enumerate() {
                 let color = PALETTE[i % PALETTE.len()];
-                let pts: Vec<&Point> = rows.iter().filter(|r| &r.engine == engine).collect();
+                let mine: Vec<&Cell> = all.iter().filter(|c| c.engine == engine.as_str()).collect();
+                // (x, median, min, max) per cell with valid repeats.
+                let measured: Vec<(f64, f64, f64, f64)> = mine
+                    .iter()
+                    .filter_map(|c| {
+                        let y = pick(c)?;
+                        let x = c.plain(|p| p.achieved_rps)?.median;
+                        Some((x, cap(y.median), cap(y.min), cap(y.max)))
+                    })
+                    .collect();
                 chart
                     .draw_series(LineSeries::new(
-                        pts.iter().map(|r| (r.achieved_rps, pick(r))),
+                        measured.iter().map(|m| (m.0, m.1)),
                         color.stroke_width(2),
                     ))?
                     .label(engine.as_str())
                     .legend(legend_mark(color));
-                chart.draw_series(pts.iter().map(|r| {
-                    let style = if r.valid { color.filled() } else { WHITE.filled() };
-                    Circle::new((r.achieved_rps, pick(r)), 4, style)
-                }))?;
-                // The outline keeps hollow markers visible on top of the white fill.
                 chart.draw_series(
-                    pts.iter()
-                        .filter(|r| !r.valid)
-                        .map(|r| Circle::new((r.achieved_rps, pick(r)), 4, color.stroke_width(2))),
+                    measured
+                        .iter()
+                        .map(|m| Circle::new((m.0, m.1), 4, color.filled())),
                 )?;
+                chart.draw_series(
+                    measured
+                        .iter()
+                        .filter(|m| m.3 > m.2)
+                        .map(|m| PathElement::new(vec![(m.0, m.2), (m.0, m.3)], color.stroke_width(1))),
+                )?;
+                // Rates never measured validly: where their last try landed, hollow.
+                let hollow: Vec<(f64, f64)> = mine
+                    .iter()
+                    .filter(|c| c.valid().next().is_none())
+                    .filter_map(|c| c.points.last().map(|p| (p.achieved_rps, cap(raw(p)))))
+                    .collect();
+                chart.draw_series(hollow.iter().map(|&p| Circle::new(p, 4, WHITE.filled())))?;
+                chart.draw_series(hollow.iter().map(|&p| Circle::new(p, 4, color.stroke_width(2))))?;
             }
             Ok(())
         },
     )
 }
 
-/// Server CPU time per request against offered load.
+/// Server CPU time per request against offered load: the median over each rate's valid
+/// repeats, a bar over their range.
 pub fn cpu_per_request(rows: &[Point], engines: &[String]) -> anyhow::Result<String> {
+    let all = cells(rows);
     let max_x = rows.iter().map(|r| r.offered_rps).fold(1.0, f64::max) * 1.05;
     let max_y = rows
         .iter()
+        .filter(|r| r.valid)
         .map(|r| r.server_cpu_us_per_request)
         .fold(1.0, f64::max)
         * 1.4;
@@ -228,23 +253,34 @@ pub fn cpu_per_request(rows: &[Point], engines: &[String]) -> anyhow::Result<Str
     };
     figure(
         (900, 380),
-        "Server CPU time per request",
+        "Server CPU time per request (median of repeats, bars: their range)",
         SeriesLabelPosition::UpperRight,
         (0.0..max_x, x_axis),
         (0.0..max_y, y_axis),
         |chart| {
             for (i, engine) in engines.iter().enumerate() {
                 let color = PALETTE[i % PALETTE.len()];
-                let pts: Vec<(f64, f64)> = rows
+                let pts: Vec<(f64, Spread)> = all
                     .iter()
-                    .filter(|r| &r.engine == engine)
-                    .map(|r| (r.offered_rps, r.server_cpu_us_per_request))
+                    .filter(|c| c.engine == engine.as_str())
+                    .filter_map(|c| Some((c.rate, c.plain(|p| p.server_cpu_us_per_request)?)))
                     .collect();
                 chart
-                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                    .draw_series(LineSeries::new(
+                        pts.iter().map(|(x, s)| (*x, s.median)),
+                        color.stroke_width(2),
+                    ))?
                     .label(engine.as_str())
                     .legend(legend_mark(color));
-                chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+                chart.draw_series(
+                    pts.iter()
+                        .map(|(x, s)| Circle::new((*x, s.median), 3, color.filled())),
+                )?;
+                chart.draw_series(
+                    pts.iter().filter(|(_, s)| s.max > s.min).map(|(x, s)| {
+                        PathElement::new(vec![(*x, s.min), (*x, s.max)], color.stroke_width(1))
+                    }),
+                )?;
             }
             Ok(())
         },

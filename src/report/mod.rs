@@ -16,11 +16,14 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 
-use crate::results::{engine_order, knees, read_points, Point};
+use crate::results::{
+    cell, comparisons, engine_order, fmt_spread, knees, offered_rates, read_points, Cell, Point, Spread,
+};
 use crate::stats::{fmt_p, gaps_per_sample, new_histogram};
 use figures::Distribution;
 
-/// Which latency of a point a plot shows.
+/// Which latency a plot shows: over a cell's repeats, and of one raw point.
+type CellPick = fn(&Cell<'_>) -> Option<Spread>;
 type Pick = fn(&Point) -> f64;
 
 /// What to report on.
@@ -133,14 +136,6 @@ fn same_dir(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// The sweep's offered rates, rising, each once.
-fn offered_rates(rows: &[Point]) -> Vec<f64> {
-    let mut rates: Vec<f64> = rows.iter().map(|r| r.offered_rps).collect();
-    rates.sort_by(f64::total_cmp);
-    rates.dedup();
-    rates
-}
-
 /// The highest rate at which every engine has a valid point; failing that, the rate with
 /// the most valid points (the higher on a tie).
 fn default_rate(rows: &[Point]) -> f64 {
@@ -182,34 +177,39 @@ fn build(
             "Each engine's latency, from the scheduled send to the full reply (so a late \
              generator or a queue in the server both count), against the throughput it \
              achieved, as the offered load steps up. One plot per percentile: p50 is the \
-             typical request, p99 and p99.9 the tail a user notices. An engine's line ends \
-             where it saturated (achieved below 95% of offered, or p99 above the SLO)."
+             typical request, p99 and p99.9 the tail a user notices."
                 .into(),
-            "Hollow markers are invalid points: the generator was the bottleneck (its send \
-             lag or its busy time over the bound) or its arrivals failed the Poisson check. \
-             They are drawn so nothing is hidden, and left out of the knee table. A rate \
-             measured twice (its first point was saturated or invalid) shows both points, \
-             joined by a vertical line; the later one counts."
+            "Every point was measured several times, in rounds that interleave the engines \
+             (A, B, C, then B, C, A, ...), each time with a fresh server process after the \
+             machine was seen to be quiet. A marker is the median of a rate's valid repeats \
+             and its bar spans them, so one repeat hit by a stall of the machine moves neither \
+             the marker nor the verdict. A hollow marker is a rate never measured validly."
+                .into(),
+            "A measurement is invalid, and measured again in a later round, when it cannot be \
+             trusted: the machine stalled inside it (canary threads at real-time priority, one \
+             per CPU, saw more stall time than could leave the p99 alone), or the generator \
+             was late or busy, or its arrivals failed the Poisson check. Saturated means the \
+             server fell behind (a backlog growing through the window, fewer replies than \
+             requests, errors); a line ends where most repeats were saturated or over the SLO."
                 .into(),
             format!(
-                "The latency axis stops at {}: a saturated point far above it (a queue growing \
-                 for the whole run) is drawn on the top edge, and its value is in the table \
-                 at the end.",
+                "The latency axis stops at {}: a point far above it (a queue growing for the \
+                 whole run) is drawn on the top edge, and its value is in the table at the end.",
                 fmt_us(latency_cap(slo_us))
             ),
         ],
         blocks: Vec::new(),
     };
-    let percentiles: [(&str, &str, Pick); 3] = [
-        ("p50", "latency-p50", |r| r.p50_us),
-        ("p99", "latency-p99", |r| r.p99_us),
-        ("p99.9", "latency-p999", |r| r.p999_us),
+    let percentiles: [(&str, &str, CellPick, Pick); 3] = [
+        ("p50", "latency-p50", |c| c.p50(), |r| r.p50_us),
+        ("p99", "latency-p99", |c| c.p99(), |r| r.p99_us),
+        ("p99.9", "latency-p999", |c| c.p999(), |r| r.p999_us),
     ];
-    for (name, file, pick) in percentiles {
+    for (name, file, pick, raw) in percentiles {
         let slo = (name == "p99").then_some(slo_us);
         latency.blocks.push(Block::Figure {
             name: file.into(),
-            svg: figures::latency_vs_throughput(rows, &engines, name, pick, slo, latency_cap(slo_us))?,
+            svg: figures::latency_vs_throughput(rows, &engines, name, pick, raw, slo, latency_cap(slo_us))?,
         });
     }
     sections.push(latency);
@@ -237,16 +237,32 @@ fn build(
     let knee_rows = knees(rows, slo_us);
     sections.push(Section {
         title: format!("Knee: the highest rate with p99 under {}", fmt_us(slo_us)),
-        text: vec![format!(
-            "Per engine, the highest offered rate whose point was valid, not saturated, and \
-             had p99 ≤ {}. \"≥\" marks a lower bound: a point above it met the SLO too but \
-             was invalid, so the generator could not show how far the engine goes.",
-            fmt_us(slo_us)
-        )],
+        text: vec![
+            format!(
+                "Per engine, walking up the ladder, the highest offered rate at which most valid \
+                 repeats had p99 ≤ {} with the server keeping up; the p99 there is the median of \
+                 the repeats with the envelope of their 95% confidence intervals (order \
+                 statistics of each repeat, widened by the spread between repeats).",
+                fmt_us(slo_us)
+            ),
+            "\"≥\" marks a lower bound: the rate above could not be measured validly (the \
+             generator's own limit) or the ladder ends there. \"uncertain\" marks a knee whose \
+             deciding rate is shaky: its repeats disagree, or the p99 interval crosses the SLO, \
+             so the true knee may be a step away. The last column lists the engines whose knees \
+             cannot be told apart from this one (their possible ladder steps overlap); only \
+             engines not listed there are called different."
+                .into(),
+        ],
         blocks: vec![Block::Table(Table {
-            header: ["engine", "highest rate (rps)", "invalid points left out"]
-                .map(String::from)
-                .to_vec(),
+            header: [
+                "engine",
+                "highest rate (rps)",
+                "p99 there [95% interval] (us)",
+                "what ended the walk",
+                "cannot be told apart from",
+            ]
+            .map(String::from)
+            .to_vec(),
             dimmed: knee_rows.iter().map(|k| k.rate.is_none()).collect(),
             rows: knee_rows
                 .iter()
@@ -256,32 +272,58 @@ fn build(
                         (Some(r), true) => format!("≥ {r:.0}"),
                         (Some(r), false) => format!("{r:.0}"),
                     };
-                    vec![k.engine.clone(), rate, k.invalid.to_string()]
+                    let rate = if k.uncertain {
+                        format!("{rate} (uncertain)")
+                    } else {
+                        rate
+                    };
+                    let same: Vec<&str> = knee_rows
+                        .iter()
+                        .filter(|o| o.engine != k.engine && !o.told_apart(k))
+                        .map(|o| o.engine.as_str())
+                        .collect();
+                    vec![
+                        k.engine.clone(),
+                        rate,
+                        k.p99_at_knee.as_ref().map_or("-".into(), fmt_spread),
+                        format!("{} ({} invalid measurement(s) left out)", k.why, k.invalid),
+                        if same.is_empty() {
+                            "-".into()
+                        } else {
+                            same.join(", ")
+                        },
+                    ]
                 })
                 .collect(),
         })],
     });
 
+    sections.push(comparison_section(rows, &engines, at_rate));
+
     sections.push(Section {
         title: "Every point".into(),
         text: vec![
-            "Each measured point, as in points.csv. \"try\" counts measurements of the same \
-             rate; \"busy\" is the share of the run the generator spent working rather than \
-             waiting for its next send; \"K-S p\" is the arrivals check. Invalid points are \
-             greyed, with the reason."
+            "Each measurement, as in points.csv, in the order it was made. \"round\" and \
+             \"try\" place it in the interleaved schedule; \"busy\" is the share of the run \
+             the generator spent working rather than waiting for its next send; \"stalls\" is \
+             the machine's stall time beyond half the SLO, seen by the canaries; \"K-S p\" is \
+             the arrivals check. Invalid measurements are greyed, with the reason and whose \
+             fault it was."
                 .into(),
         ],
         blocks: vec![Block::Table(Table {
             header: [
                 "engine",
                 "offered",
+                "round",
                 "try",
                 "achieved",
                 "p50 us",
-                "p99 us",
+                "p99 us [95% CI]",
                 "p99.9 us",
                 "send lag p99 us",
                 "busy",
+                "stalls ms",
                 "K-S p",
                 "verdict",
             ]
@@ -291,21 +333,36 @@ fn build(
             rows: rows
                 .iter()
                 .map(|r| {
-                    let verdict = match (r.valid, r.saturated) {
-                        (true, false) => "valid".to_string(),
-                        (true, true) => "valid, saturated".to_string(),
-                        (false, _) => format!("invalid: {}", r.invalid_reason),
+                    let verdict = match (r.valid, r.saturated, r.over_slo) {
+                        (true, true, _) => "valid, saturated".to_string(),
+                        (true, false, true) => "valid, over the SLO".to_string(),
+                        (true, false, false) => "valid".to_string(),
+                        (false, _, _) => format!("invalid ({}): {}", r.blame, r.invalid_reason),
+                    };
+                    let bound = |v: f64| {
+                        if v.is_nan() {
+                            "∞".to_string()
+                        } else {
+                            format!("{v:.0}")
+                        }
                     };
                     vec![
                         r.engine.clone(),
                         format!("{:.0}", r.offered_rps),
+                        r.round.to_string(),
                         r.attempt.to_string(),
                         format!("{:.0}", r.achieved_rps),
                         format!("{:.1}", r.p50_us),
-                        format!("{:.1}", r.p99_us),
+                        format!(
+                            "{:.1} [{}, {}]",
+                            r.p99_us,
+                            bound(r.p99_ci_low_us),
+                            bound(r.p99_ci_high_us)
+                        ),
                         format!("{:.1}", r.p999_us),
                         format!("{:.1}", r.send_lag_p99_us),
                         format!("{:.0}%", r.generator_busy * 100.0),
+                        format!("{:.1}", r.stall_excess_us / 1e3),
                         format!("{:.3}", r.ks_p_value),
                         verdict,
                     ]
@@ -316,16 +373,88 @@ fn build(
     Ok(sections)
 }
 
+/// For every two engines at `rate`: is the difference in p99 larger than the noise?
+fn comparison_section(rows: &[Point], engines: &[String], rate: f64) -> Section {
+    let pairs = comparisons(rows, rate);
+    let mut ranked: Vec<(String, Spread)> = engines
+        .iter()
+        .filter_map(|e| Some((e.clone(), cell(rows, e, rate)?.p99()?)))
+        .collect();
+    ranked.sort_by(|a, b| a.1.median.total_cmp(&b.1.median));
+    let mut text = vec![format!(
+        "Engine against engine at {rate:.0} rps offered, fastest p99 first: the median of the \
+         valid repeats and the envelope of their 95% confidence intervals. Two engines are \
+         called different only when their intervals do not overlap; otherwise the data cannot \
+         tell them apart, however different the medians look."
+    )];
+    for w in ranked.windows(2) {
+        if let Some(c) = pairs
+            .iter()
+            .find(|c| (c.a == w[0].0 && c.b == w[1].0) || (c.a == w[1].0 && c.b == w[0].0))
+        {
+            text.push(c.sentence() + ".");
+        }
+    }
+    if ranked.len() < 2 {
+        text.push("Fewer than two engines have valid repeats at this rate.".into());
+    }
+    let rows_out = ranked
+        .iter()
+        .map(|(e, s)| {
+            let same: Vec<&str> = pairs
+                .iter()
+                .filter(|c| !c.different && (&c.a == e || &c.b == e))
+                .map(|c| if &c.a == e { c.b.as_str() } else { c.a.as_str() })
+                .collect();
+            vec![
+                e.clone(),
+                fmt_spread(s),
+                s.repeats.to_string(),
+                if same.is_empty() {
+                    "-".into()
+                } else {
+                    same.join(", ")
+                },
+            ]
+        })
+        .collect::<Vec<_>>();
+    Section {
+        title: format!("Which differences are real, at {rate:.0} rps"),
+        text,
+        blocks: vec![Block::Table(Table {
+            header: [
+                "engine",
+                "p99 [95% interval] (us)",
+                "valid repeats",
+                "indistinguishable from",
+            ]
+            .map(String::from)
+            .to_vec(),
+            dimmed: vec![false; rows_out.len()],
+            rows: rows_out,
+        })],
+    }
+}
+
 fn cdf_section(dir: &Path, rows: &[Point], engines: &[String], rate: f64) -> anyhow::Result<Section> {
     let mut loaded = Vec::new();
     for (i, engine) in engines.iter().enumerate() {
-        // The last attempt at this rate is the one the sweep went on from.
-        if let Some(p) = rows
-            .iter()
-            .rfind(|r| &r.engine == engine && r.offered_rps == rate)
-        {
-            loaded.push((engine.as_str(), i, p.valid, read_hlog(&dir.join(&p.hdr_log))?));
+        let Some(c) = cell(rows, engine, rate) else {
+            continue;
+        };
+        // Every valid repeat's histogram, merged (exact, sample for sample); a rate never
+        // measured validly shows its last try, dashed.
+        let valid: Vec<&&Point> = c.valid().collect();
+        let chosen: Vec<&Point> = if valid.is_empty() {
+            c.points.last().copied().into_iter().collect()
+        } else {
+            valid.into_iter().copied().collect()
+        };
+        let mut merged = new_histogram();
+        for p in &chosen {
+            let _ = merged.add(read_hlog(&dir.join(&p.hdr_log))?);
         }
+        loaded.push((engine.as_str(), i, chosen.iter().all(|p| p.valid), merged));
     }
     let missing: Vec<&str> = engines
         .iter()
@@ -343,8 +472,8 @@ fn cdf_section(dir: &Path, rows: &[Point], engines: &[String], rate: f64) -> any
         .collect();
     let mut text = vec![format!(
         "The whole latency distribution of every engine at {rate:.0} rps offered (choose \
-         another with `iolab report --at RATE`), read back from each point's HdrHistogram \
-         log. The vertical axis is in nines: 90%, 99%, 99.9% are evenly spaced, so the tail \
+         another with `iolab report --at RATE`), read back from the HdrHistogram logs of \
+         its valid repeats and merged. The vertical axis is in nines: 90%, 99%, 99.9% are evenly spaced, so the tail \
          gets the room. A curve further left is faster; where two cross, one engine wins the \
          typical request and the other the tail. Dashed curves are invalid points."
     )];
