@@ -555,9 +555,11 @@ pub fn knee_table(rows: &[Point], slo: Duration) -> String {
     );
     for k in &knees {
         let at_least = if k.lower_bound { ">=" } else { "" };
-        let rate = match k.rate {
-            Some(r) => format!("{at_least:>2}{r:>8.0} rps"),
-            None => format!("{:>10} rps", "none"),
+        let rate = match (k.rate, k.lower_bound) {
+            (Some(r), _) => format!("{at_least:>2}{r:>8.0} rps"),
+            // Nothing valid at the first rate: unknown, not failed.
+            (None, true) => format!("{:>14}", "not measured"),
+            (None, false) => format!("{:>10} rps", "none"),
         };
         let p99 = k.p99_at_knee.as_ref().map_or(String::new(), fmt_spread);
         let same: Vec<&str> = knees

@@ -187,7 +187,7 @@ pub fn quantile_ci_ranks(n: u64, q: f64, confidence: f64) -> (Option<u64>, Optio
         if k >= 1 && below <= tail {
             low = Some(k);
         }
-        if high.is_none() && 1.0 - cdf <= tail && k + 1 <= n {
+        if high.is_none() && 1.0 - cdf <= tail && k < n {
             high = Some(k + 1);
         }
         if high.is_some() && below > tail {
@@ -217,7 +217,7 @@ pub fn normal_quantile(p: f64) -> f64 {
         -3.969683028665376e1,
         2.209460984245205e2,
         -2.759285104469687e2,
-        1.383577518672690e2,
+        1.38357751867269e2,
         -3.066479806614716e1,
         2.506628277459239,
     ];

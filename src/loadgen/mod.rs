@@ -1057,63 +1057,6 @@ fn merge(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auto_driver_follows_message_size_and_explicit_choices_stand() {
-        let big = SizeDist::Fixed(16 * 1024);
-        let small = SizeDist::Fixed(64);
-        assert_eq!(DriverKind::Auto.resolve(big, ReplyDist::Echo), DriverKind::Epoll);
-        assert_eq!(
-            DriverKind::Auto.resolve(small, ReplyDist::Sized(SizeDist::Uniform(0, 1 << 20))),
-            DriverKind::Epoll,
-            "a large mean reply counts too"
-        );
-        let expected = if driver::uring_available() {
-            DriverKind::Uring
-        } else {
-            DriverKind::Epoll
-        };
-        assert_eq!(DriverKind::Auto.resolve(small, ReplyDist::Echo), expected);
-        for explicit in [DriverKind::Epoll, DriverKind::Uring] {
-            assert_eq!(explicit.resolve(big, ReplyDist::Echo), explicit);
-        }
-    }
-
-    #[test]
-    fn impossible_configs_are_refused_with_reasons() {
-        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let ok = LoadConfig::new(addr, 0.5, Duration::from_secs(1));
-        assert!(ok.validate().is_ok(), "fractional rates are fine");
-        let bad = |f: &dyn Fn(&mut LoadConfig)| {
-            let mut c = ok.clone();
-            f(&mut c);
-            c.validate().unwrap_err()
-        };
-        assert!(bad(&|c| c.rate = 0.0).contains("--rate"));
-        assert!(bad(&|c| c.rate = f64::NAN).contains("--rate"));
-        assert!(bad(&|c| c.connections = 0).contains("--connections"));
-        assert!(bad(&|c| c.duration = Duration::ZERO).contains("--duration"));
-        assert!(bad(&|c| c.reply = ReplyDist::Sized(SizeDist::Fixed(1 << 30))).contains("--reply"));
-    }
-
-    #[test]
-    fn refused_connection_is_a_clear_error_not_a_hang() {
-        // Bind then drop a listener: the port is (almost certainly) closed now.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let cfg = LoadConfig::new(port, 100.0, Duration::from_millis(100));
-        let report = run(cfg, &mut |_| {}).unwrap();
-        let err = report.error.expect("must fail");
-        assert!(err.contains("cannot connect") && err.contains("refused"), "{err}");
-        assert_eq!(report.m.sent, 0);
-    }
-}
-
 /// Hand-made reports for the tests of what reads them (the sweep's verdicts).
 #[cfg(test)]
 impl LoadReport {
@@ -1180,5 +1123,62 @@ impl LoadReport {
     pub(crate) fn record_send_lag(&mut self, lag_ns: u64) {
         let late = self.m.sent / 50;
         let _ = self.m.send_lag.record_n(lag_ns, late);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_driver_follows_message_size_and_explicit_choices_stand() {
+        let big = SizeDist::Fixed(16 * 1024);
+        let small = SizeDist::Fixed(64);
+        assert_eq!(DriverKind::Auto.resolve(big, ReplyDist::Echo), DriverKind::Epoll);
+        assert_eq!(
+            DriverKind::Auto.resolve(small, ReplyDist::Sized(SizeDist::Uniform(0, 1 << 20))),
+            DriverKind::Epoll,
+            "a large mean reply counts too"
+        );
+        let expected = if driver::uring_available() {
+            DriverKind::Uring
+        } else {
+            DriverKind::Epoll
+        };
+        assert_eq!(DriverKind::Auto.resolve(small, ReplyDist::Echo), expected);
+        for explicit in [DriverKind::Epoll, DriverKind::Uring] {
+            assert_eq!(explicit.resolve(big, ReplyDist::Echo), explicit);
+        }
+    }
+
+    #[test]
+    fn impossible_configs_are_refused_with_reasons() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let ok = LoadConfig::new(addr, 0.5, Duration::from_secs(1));
+        assert!(ok.validate().is_ok(), "fractional rates are fine");
+        let bad = |f: &dyn Fn(&mut LoadConfig)| {
+            let mut c = ok.clone();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert!(bad(&|c| c.rate = 0.0).contains("--rate"));
+        assert!(bad(&|c| c.rate = f64::NAN).contains("--rate"));
+        assert!(bad(&|c| c.connections = 0).contains("--connections"));
+        assert!(bad(&|c| c.duration = Duration::ZERO).contains("--duration"));
+        assert!(bad(&|c| c.reply = ReplyDist::Sized(SizeDist::Fixed(1 << 30))).contains("--reply"));
+    }
+
+    #[test]
+    fn refused_connection_is_a_clear_error_not_a_hang() {
+        // Bind then drop a listener: the port is (almost certainly) closed now.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let cfg = LoadConfig::new(port, 100.0, Duration::from_millis(100));
+        let report = run(cfg, &mut |_| {}).unwrap();
+        let err = report.error.expect("must fail");
+        assert!(err.contains("cannot connect") && err.contains("refused"), "{err}");
+        assert_eq!(report.m.sent, 0);
     }
 }

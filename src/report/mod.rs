@@ -268,7 +268,8 @@ fn build(
                 .iter()
                 .map(|k| {
                     let rate = match (k.rate, k.lower_bound) {
-                        (None, _) => "none met it".to_string(),
+                        (None, true) => "not measured".to_string(),
+                        (None, false) => "none met it".to_string(),
                         (Some(r), true) => format!("≥ {r:.0}"),
                         (Some(r), false) => format!("{r:.0}"),
                     };
