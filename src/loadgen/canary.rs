@@ -182,7 +182,8 @@ impl StallLog {
         self.stalls.iter().filter_map(move |s| {
             let start = s.at_ns.max(from);
             let end = (s.at_ns + s.len_ns).min(to);
-            (end > start).then_some(Stall {
+            // Lazily: for a stall outside the window, end - start would underflow.
+            (end > start).then(|| Stall {
                 cpu: s.cpu,
                 at_ns: start,
                 len_ns: end - start,
