@@ -245,18 +245,19 @@ impl<'a> Cell<'a> {
     /// A figure without intervals (achieved rate, CPU per request) over the valid repeats.
     pub fn plain(&self, pick: fn(&Point) -> f64) -> Option<Spread> {
         let values: Vec<f64> = self.valid().map(|p| pick(p)).collect();
-        let s = Spread {
+        if values.is_empty() {
+            return None;
+        }
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        // Without per-repeat intervals, the interval is the range of the repeats.
+        Some(Spread {
             median: median(&values),
-            min: values.iter().copied().fold(f64::INFINITY, f64::min),
-            max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-            low: 0.0,
-            high: 0.0,
+            min,
+            max,
+            low: min,
+            high: max,
             repeats: values.len(),
-        };
-        (!values.is_empty()).then_some(Spread {
-            low: s.min,
-            high: s.max,
-            ..s
         })
     }
 }
