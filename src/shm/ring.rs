@@ -109,6 +109,9 @@ impl Ring {
         let (head, tail) = self.positions()?;
         let free = (self.capacity - tail.wrapping_sub(head)) as usize;
         let n = free.min(bytes.len());
+        if n == 0 {
+            return Ok(0);
+        }
         self.copy_in(tail, &bytes[..n]);
         self.control()
             .tail
@@ -121,6 +124,10 @@ impl Ring {
     pub fn pop(&self, out: &mut [u8]) -> Result<usize, Corrupt> {
         let (head, tail) = self.positions()?;
         let n = (tail.wrapping_sub(head) as usize).min(out.len());
+        if n == 0 {
+            // No store: a poll of an empty ring must not dirty the line the producer reads.
+            return Ok(0);
+        }
         self.copy_out(head, &mut out[..n]);
         self.control()
             .head
