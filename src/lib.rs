@@ -52,6 +52,8 @@ pub mod stats;
 pub mod sweep;
 pub mod sys;
 pub mod tap;
+#[cfg(test)]
+mod test_alloc;
 pub mod units;
 pub mod uring;
 pub mod workload;

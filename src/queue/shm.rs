@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io;
 use std::time::Duration;
 
-use super::{Backend, Endpoint, Qd, Queue, Queues, State};
+use super::{Backend, Endpoint, Qd, Queue, QueueMut, Queues, State};
 use crate::clock::now_ns;
 use crate::shm::{Connection, Ring, Segment, CLAIMED, CLOSED};
 
@@ -32,20 +32,24 @@ enum Link {
 }
 
 pub struct ShmBackend {
-    links: HashMap<u32, Link>,
+    /// By queue descriptor (a dense index): the poll walks a vector, nothing is hashed.
+    links: Vec<Option<Link>>,
     /// Our segments, by listening queue, with the queue of each claimed slot.
     segments: HashMap<u32, (Segment, HashMap<u32, Qd>)>,
     buf: Vec<u8>,
     polls: u32,
+    /// The link the next look starts at.
+    cursor: usize,
 }
 
 impl Default for ShmBackend {
     fn default() -> Self {
         ShmBackend {
-            links: HashMap::new(),
+            links: Vec::new(),
             segments: HashMap::new(),
             buf: vec![0; 64 << 10],
             polls: 0,
+            cursor: 0,
         }
     }
 }
@@ -55,23 +59,35 @@ fn corrupt(e: crate::shm::Corrupt) -> String {
 }
 
 impl ShmBackend {
-    /// Moves bytes both ways on one link; returns whether anything moved.
-    fn turn(buf: &mut [u8], link: &Link, q: &mut Queue) -> bool {
-        let (to_peer, from_peer) = match link {
+    /// The rings of `link`, from this side: (to the peer, from the peer).
+    fn rings(link: &Link) -> (&Ring, &Ring) {
+        match link {
             Link::Client(c) => (&c.up, &c.down),
             Link::Server { up, down, .. } => (down, up),
-        };
-        let mut moved = false;
-        if !q.pending_out().is_empty() {
-            match to_peer.push(q.pending_out()) {
-                Ok(n) => {
-                    moved |= n > 0;
-                    q.sent(n);
-                }
-                Err(e) => q.fail(corrupt(e)),
+        }
+    }
+
+    /// Hands the queue's pending bytes to the ring towards the peer; returns whether any went.
+    fn send_out(link: &Link, q: &mut QueueMut<'_>) -> bool {
+        if q.pending_out().is_empty() {
+            return false;
+        }
+        match Self::rings(link).0.push(q.pending_out()) {
+            Ok(n) => {
+                q.sent(n);
+                n > 0
+            }
+            Err(e) => {
+                q.fail(corrupt(e));
+                true
             }
         }
-        match from_peer.pop(buf) {
+    }
+
+    /// Moves bytes both ways on one link; returns whether anything moved.
+    fn turn(buf: &mut [u8], link: &Link, q: &mut QueueMut<'_>) -> bool {
+        let mut moved = Self::send_out(link, q);
+        match Self::rings(link).1.pop(buf) {
             Ok(0) => {}
             Ok(n) => {
                 moved = true;
@@ -93,8 +109,9 @@ impl ShmBackend {
                         let qd = queues.add(Queue::new(State::Open));
                         let (up, down) = segment.rings(slot);
                         by_slot.insert(slot, qd);
-                        self.links.insert(
-                            qd.0,
+                        set_link(
+                            &mut self.links,
+                            qd,
                             Link::Server {
                                 listener: Qd(*listener),
                                 slot,
@@ -106,9 +123,9 @@ impl ShmBackend {
                         moved = true;
                     }
                     (CLOSED, Some(&qd)) if queues.get(qd).is_some_and(|q| q.state == State::Open) => {
-                        if let Some(q) = queues.get_mut(qd) {
-                            if let Some(link) = self.links.get(&qd.0) {
-                                Self::turn(&mut self.buf, link, q);
+                        if let Some(mut q) = queues.get_mut(qd) {
+                            if let Some(Some(link)) = self.links.get(qd.0 as usize) {
+                                Self::turn(&mut self.buf, link, &mut q);
                             }
                             q.set_state(State::PeerClosed);
                         }
@@ -122,14 +139,23 @@ impl ShmBackend {
     }
 }
 
+/// Files `link` under queue `qd`.
+fn set_link(links: &mut Vec<Option<Link>>, qd: Qd, link: Link) {
+    let i = qd.0 as usize;
+    if links.len() <= i {
+        links.resize_with(i + 1, || None);
+    }
+    links[i] = Some(link);
+}
+
 impl Backend for ShmBackend {
     fn connect(&mut self, qd: Qd, to: &Endpoint, queues: &mut Queues) -> io::Result<()> {
         let Endpoint::Shm(name) = to else {
             return Err(to.refused("shared memory connects to a segment name"));
         };
         let conn = Connection::connect(name).map_err(|e| io::Error::other(e.to_string()))?;
-        self.links.insert(qd.0, Link::Client(Box::new(conn)));
-        if let Some(q) = queues.get_mut(qd) {
+        set_link(&mut self.links, qd, Link::Client(Box::new(conn)));
+        if let Some(mut q) = queues.get_mut(qd) {
             q.set_state(State::Open);
         }
         Ok(())
@@ -146,19 +172,34 @@ impl Backend for ShmBackend {
     }
 
     fn progress(&mut self, queues: &mut Queues, timeout: Duration) -> io::Result<()> {
-        let deadline = now_ns().saturating_add(timeout.as_nanos() as u64);
+        // A single look (no timeout) reads no clock.
+        let deadline = if timeout.is_zero() {
+            0
+        } else {
+            now_ns().saturating_add(timeout.as_nanos() as u64)
+        };
         loop {
             let mut moved = self.watch_segments(queues);
-            for (&qd, link) in &self.links {
-                if let Some(q) = queues.get_mut(Qd(qd)) {
-                    if q.state == State::Open {
-                        moved |= Self::turn(&mut self.buf, link, q);
-                    }
+            // From where the last look stopped, and only up to the first link that moved: a
+            // reply is handed over the moment it is seen, not after a pass over every ring
+            // (each look at a ring the peer just wrote costs a cache-line transfer).
+            let n = self.links.len();
+            for step in 0..n {
+                let qd = (self.cursor + step) % n;
+                let Some(link) = &self.links[qd] else { continue };
+                let Some(mut q) = queues.get_mut(Qd(qd as u32)) else {
+                    continue;
+                };
+                if q.state == State::Open && Self::turn(&mut self.buf, link, &mut q) {
+                    self.cursor = qd + 1;
+                    moved = true;
+                    break;
                 }
             }
             self.polls = self.polls.wrapping_add(1);
             if self.polls.is_multiple_of(LIVENESS_EVERY) {
-                for (&qd, link) in &self.links {
+                for (qd, link) in self.links.iter().enumerate() {
+                    let Some(link) = link else { continue };
                     let gone = match link {
                         Link::Client(c) => c.server_gone(),
                         Link::Server { listener, slot, .. } => self
@@ -167,7 +208,7 @@ impl Backend for ShmBackend {
                             .is_some_and(|(s, _)| !s.client_alive(*slot)),
                     };
                     if gone {
-                        if let Some(q) = queues.get_mut(Qd(qd)) {
+                        if let Some(mut q) = queues.get_mut(Qd(qd as u32)) {
                             if q.state == State::Open {
                                 q.fail("the peer process ended the connection or is gone");
                                 moved = true;
@@ -176,7 +217,7 @@ impl Backend for ShmBackend {
                     }
                 }
             }
-            if moved || now_ns() >= deadline {
+            if moved || deadline == 0 || now_ns() >= deadline {
                 return Ok(());
             }
             std::hint::spin_loop();
@@ -184,17 +225,34 @@ impl Backend for ShmBackend {
     }
 
     fn kick(&mut self, qd: Qd, queues: &mut Queues) -> io::Result<()> {
-        if let (Some(link), Some(q)) = (self.links.get(&qd.0), queues.get_mut(qd)) {
+        // Only the way out: what came in waits for the next poll, which is soon.
+        if let (Some(Some(link)), Some(mut q)) = (self.links.get(qd.0 as usize), queues.get_mut(qd)) {
             if q.state == State::Open {
-                Self::turn(&mut self.buf, link, q);
+                Self::send_out(link, &mut q);
             }
         }
         Ok(())
     }
 
+    fn send_now(&mut self, qd: Qd, data: &[u8], queues: &mut Queues) -> io::Result<usize> {
+        let Some(Some(link)) = self.links.get(qd.0 as usize) else {
+            return Ok(0);
+        };
+        match Self::rings(link).0.push(data) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                if let Some(mut q) = queues.get_mut(qd) {
+                    q.fail(corrupt(e));
+                }
+                Ok(0)
+            }
+        }
+    }
+
     fn close(&mut self, qd: Qd) {
         // A client's claim is released by dropping it; a server's slot is handed back.
-        if let Some(Link::Server { listener, slot, .. }) = self.links.remove(&qd.0) {
+        let link = self.links.get_mut(qd.0 as usize).and_then(Option::take);
+        if let Some(Link::Server { listener, slot, .. }) = link {
             if let Some((segment, by_slot)) = self.segments.get_mut(&listener.0) {
                 by_slot.remove(&slot);
                 if !segment.server_close(slot) || !segment.client_alive(slot) {

@@ -15,7 +15,7 @@ use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::IpAddress;
 
-use super::{Backend, Endpoint, Qd, Queue, Queues, State};
+use super::{Backend, Endpoint, Qd, Queue, QueueMut, Queues, State};
 use crate::tap::{self, ArpShare, LinkOptions, TapQueue};
 
 /// Listening sockets kept per listening queue.
@@ -87,9 +87,11 @@ impl SmolBackend {
             }
         }
         for (&qd, &h) in &self.conns {
-            let Some(q) = queues.get_mut(Qd(qd)) else { continue };
+            let Some(mut q) = queues.get_mut(Qd(qd)) else {
+                continue;
+            };
             let socket = self.sockets.get_mut::<tcp::Socket>(h);
-            moved |= step(socket, q);
+            moved |= step(socket, &mut q);
         }
         self.closing.retain(|&h| {
             let done = matches!(
@@ -106,7 +108,7 @@ impl SmolBackend {
 }
 
 /// One socket's turn against its queue; returns whether anything moved.
-fn step(socket: &mut tcp::Socket, q: &mut Queue) -> bool {
+fn step(socket: &mut tcp::Socket, q: &mut QueueMut<'_>) -> bool {
     use tcp::State as S;
     let mut moved = false;
     match (socket.state(), &q.state) {
@@ -215,8 +217,8 @@ impl Backend for SmolBackend {
     }
 
     fn kick(&mut self, qd: Qd, queues: &mut Queues) -> io::Result<()> {
-        if let (Some(&h), Some(q)) = (self.conns.get(&qd.0), queues.get_mut(qd)) {
-            step(self.sockets.get_mut::<tcp::Socket>(h), q);
+        if let (Some(&h), Some(mut q)) = (self.conns.get(&qd.0), queues.get_mut(qd)) {
+            step(self.sockets.get_mut::<tcp::Socket>(h), &mut q);
             self.poll();
         }
         Ok(())

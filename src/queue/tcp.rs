@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use super::{Backend, Endpoint, Qd, Queue, Queues, State};
+use super::{Backend, Endpoint, Qd, Queue, QueueMut, Queues, State};
 use crate::sys::{interest, take_socket_error, Epoll};
 
 const READ_BUFFER: usize = 256 * 1024;
@@ -52,7 +52,7 @@ impl TcpBackend {
     }
 
     fn read(&mut self, qd: Qd, queues: &mut Queues) {
-        let (Some(Sock::Stream(s)), Some(q)) = (self.socks.get_mut(&qd.0), queues.get_mut(qd)) else {
+        let (Some(Sock::Stream(s)), Some(mut q)) = (self.socks.get_mut(&qd.0), queues.get_mut(qd)) else {
             return;
         };
         loop {
@@ -90,7 +90,7 @@ impl TcpBackend {
     }
 }
 
-fn write_out(sock: &mut Sock, q: &mut Queue) {
+fn write_out(sock: &mut Sock, q: &mut QueueMut<'_>) {
     let Sock::Stream(s) = sock else { return };
     while !q.pending_out().is_empty() {
         match s.write(q.pending_out()) {
@@ -139,7 +139,7 @@ impl Backend for TcpBackend {
                 self.accept_all(qd, queues)?;
                 continue;
             }
-            let Some(q) = queues.get_mut(qd) else { continue };
+            let Some(mut q) = queues.get_mut(qd) else { continue };
             if q.state == State::Connecting {
                 let fd = match self.socks.get(&qd.0) {
                     Some(Sock::Stream(s)) => s.as_raw_fd(),
@@ -154,9 +154,9 @@ impl Backend for TcpBackend {
             if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
                 self.read(qd, queues);
             }
-            if let (Some(sock), Some(q)) = (self.socks.get_mut(&qd.0), queues.get_mut(qd)) {
+            if let (Some(sock), Some(mut q)) = (self.socks.get_mut(&qd.0), queues.get_mut(qd)) {
                 if q.state == State::Open {
-                    write_out(sock, q);
+                    write_out(sock, &mut q);
                 }
             }
         }
@@ -164,9 +164,9 @@ impl Backend for TcpBackend {
     }
 
     fn kick(&mut self, qd: Qd, queues: &mut Queues) -> io::Result<()> {
-        if let (Some(sock), Some(q)) = (self.socks.get_mut(&qd.0), queues.get_mut(qd)) {
+        if let (Some(sock), Some(mut q)) = (self.socks.get_mut(&qd.0), queues.get_mut(qd)) {
             if q.state == State::Open {
-                write_out(sock, q);
+                write_out(sock, &mut q);
             }
         }
         Ok(())

@@ -1,7 +1,8 @@
 //! The queue-API driver: the generator's connections are queues of a [`LibOs`], so this
 //! one loop drives every transport the queue API has (kernel TCP, shared memory, the
-//! user-space TCP/IP stack). Connects, sends and receives are tokens; a poll is one
-//! `wait_any` over all of them, then a sweep of whatever else completed meanwhile.
+//! user-space TCP/IP stack). Connects, sends and receives are tokens; a poll takes the
+//! completed ones with `wait_next`, which costs what completed (not what is outstanding),
+//! and hands each received buffer back for the next pop (no allocation per reply).
 //!
 //! With shared memory the wait is a spin over the rings (nothing enters the kernel); with
 //! kernel TCP it is an epoll wait; with the user-space stack, a poll on its TAP device.
@@ -22,15 +23,13 @@ const MAX_PER_POLL: usize = 4096;
 enum Waiting {
     Connect,
     Pop,
-    Push,
 }
 
 pub struct QueueIo {
     os: LibOs,
     endpoint: Endpoint,
-    /// Every token in flight, and for each the connection it serves and what it is.
-    tokens: Vec<QToken>,
-    owners: Vec<(usize, Waiting)>,
+    /// For each token in flight (by [`QToken::key`]), the connection it serves and what it is.
+    owners: Vec<Option<(usize, Waiting)>>,
 }
 
 impl QueueIo {
@@ -49,14 +48,16 @@ impl QueueIo {
         Ok(QueueIo {
             os,
             endpoint,
-            tokens: Vec::new(),
             owners: Vec::new(),
         })
     }
 
     fn track(&mut self, token: QToken, slot: usize, what: Waiting) {
-        self.tokens.push(token);
-        self.owners.push((slot, what));
+        let key = token.key();
+        if self.owners.len() <= key {
+            self.owners.resize(key + 1, None);
+        }
+        self.owners[key] = Some((slot, what));
     }
 
     /// Opens connection `slot`: waited for (sequential) or left to complete in `poll`.
@@ -90,17 +91,22 @@ impl QueueIo {
     ) -> Result<Polled, String> {
         let start = now_ns();
         let mut events = 0;
-        let mut wait = timeout;
         while events < MAX_PER_POLL {
-            let done = self
-                .os
-                .wait_any(&self.tokens, wait)
-                .map_err(|e| format!("queue wait: {e}"))?;
-            let Some((i, completion)) = done else { break };
-            wait = Duration::ZERO;
+            // The first completion is waited for; the rest are what that wait brought, so
+            // the schedule gets its turn after one look at the transport, not two.
+            let done = if events == 0 {
+                self.os
+                    .wait_next(timeout)
+                    .map_err(|e| format!("queue wait: {e}"))?
+            } else {
+                self.os.next_ready()
+            };
+            let Some((token, completion)) = done else { break };
             events += 1;
-            self.tokens.swap_remove(i);
-            let (slot, what) = self.owners.swap_remove(i);
+            let Some((slot, what)) = self.owners.get_mut(token.key()).and_then(Option::take) else {
+                // Every token this driver makes is tracked, and each completes once.
+                return Err(format!("internal: a completion nobody waits for: {completion:?}"));
+            };
             let qd = completion.qd;
             match (what, completion.outcome) {
                 (Waiting::Connect, Outcome::Connected) => {
@@ -111,10 +117,10 @@ impl QueueIo {
                 }
                 (Waiting::Pop, Outcome::Popped(data)) => {
                     super::received(&mut conns[slot], tally, slot, &data, now_ns())?;
+                    self.os.recycle(data);
                     let pop = self.os.pop(qd);
                     self.track(pop, slot, Waiting::Pop);
                 }
-                (Waiting::Push, Outcome::Pushed(n)) => tally.out.m.bytes_sent += n as u64,
                 (Waiting::Pop, Outcome::Closed) => return Err(super::server_closed(slot, &conns[slot])),
                 (Waiting::Connect, Outcome::Failed(why)) => {
                     return Err(format!("cannot connect to {}: {why}", self.endpoint))
@@ -134,7 +140,7 @@ impl QueueIo {
     }
 
     /// Pushes what connection `slot` has queued (once it is connected).
-    pub fn send(&mut self, conns: &mut [Conn], _tally: &mut Tally, slot: usize) -> Result<(), String> {
+    pub fn send(&mut self, conns: &mut [Conn], tally: &mut Tally, slot: usize) -> Result<(), String> {
         let conn = &mut conns[slot];
         if !conn.connected {
             return Ok(());
@@ -142,14 +148,14 @@ impl QueueIo {
         let Link::Queue(qd) = conn.link else {
             return Err("internal: a TCP socket in the queue driver".into());
         };
+        // Untracked: every connection has a pop outstanding, which a failure ends.
         while let Some(s) = conn.client.out().front() {
             let n = s.len();
-            let token = self
-                .os
-                .push(qd, s)
+            self.os
+                .push_untracked(qd, s)
                 .map_err(|e| format!("connection {slot} failed: {e}"))?;
             conn.client.wrote(n);
-            self.track(token, slot, Waiting::Push);
+            tally.out.m.bytes_sent += n as u64;
         }
         Ok(())
     }
