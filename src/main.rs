@@ -294,9 +294,12 @@ struct ShmArgs {
     #[arg(long, default_value = "256KiB")]
     shm_ring: Size,
     /// How long the polling thread keeps spinning after its last work before it naps 50 us
-    /// between polls (0: nap at once; a large value: always spin, for the lowest latency).
-    #[arg(long, default_value = "1ms")]
-    shm_spin: Dur,
+    /// between polls. `auto`: four times the recent mean gap between requests, at least 1 ms
+    /// (and just 1 ms once that exceeds 20 ms: requests that far apart are not near), so a
+    /// steady load finds it awake and a quiet one lets the core rest.
+    /// A duration fixes it (0: nap at once; a large value: always spin, the lowest latency).
+    #[arg(long, default_value = "auto")]
+    shm_spin: engine::ShmSpin,
 }
 
 /// Options of the `userspace` engine.
@@ -660,7 +663,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
                 name: Some(name.clone()),
                 slots: a.shm.shm_slots,
                 ring_bytes: usize::try_from(a.shm.shm_ring.0).unwrap_or(usize::MAX),
-                spin: a.shm.shm_spin.0,
+                spin: a.shm.shm_spin,
             };
         }
         (_, Some(_)) => anyhow::bail!("--shm names the segment of --engine shm"),

@@ -32,6 +32,7 @@ mod poll;
 mod pool;
 mod select;
 mod shm;
+pub use shm::Spin as ShmSpin;
 mod threads;
 mod tokio_engine;
 mod uring;
@@ -206,8 +207,8 @@ pub struct ShmOptions {
     pub name: Option<String>,
     pub slots: u32,
     pub ring_bytes: usize,
-    /// How long the polling thread spins without work before it parks between polls.
-    pub spin: Duration,
+    /// How long the polling thread spins without work before it naps between polls.
+    pub spin: ShmSpin,
 }
 
 impl Default for ShmOptions {
@@ -216,7 +217,7 @@ impl Default for ShmOptions {
             name: None,
             slots: 64,
             ring_bytes: 256 << 10,
-            spin: Duration::from_millis(1),
+            spin: ShmSpin::Auto,
         }
     }
 }

@@ -8,9 +8,12 @@
 //! whose process has died is noticed by its pid within a tenth of a second, its slot
 //! cleaned and offered again.
 //!
-//! Polling costs a core. The thread spins while there is work and for `--shm-spin` after,
-//! then sleeps 50 µs between polls until work returns: latency while busy, a quiet core
-//! while idle.
+//! Polling costs a core. The thread spins while there is work and for a while after, then
+//! sleeps 50 µs between polls until work returns: latency while busy, a quiet core while
+//! idle. How long "a while" is is [`Spin`]: by default it follows the load, spinning for four
+//! times the recent mean gap between requests (so at 1k rps, gaps of 1 ms on average, a
+//! request almost never finds the thread asleep, while at one request a second the core
+//! naps between them).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +24,66 @@ use crate::shm::{Ring, Segment, CLAIMED, CLOSED, SERVER_CLOSED};
 
 /// Sleep between polls once idle past the spin time.
 const PARK: Duration = Duration::from_micros(50);
+
+/// How long the polling thread spins after its last work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spin {
+    /// Four times the recent mean gap between bursts of work, at least [`AUTO_MIN`]; when
+    /// that is over [`AUTO_MAX`] the next request is not near, and the spin is [`AUTO_MIN`].
+    Auto,
+    Fixed(Duration),
+}
+
+/// The shortest spin `auto` keeps: a burst's stragglers still find the thread awake.
+pub const AUTO_MIN: Duration = Duration::from_millis(1);
+/// The longest: four mean gaps beyond this are not "the next request is near".
+pub const AUTO_MAX: Duration = Duration::from_millis(20);
+
+impl std::str::FromStr for Spin {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            return Ok(Spin::Auto);
+        }
+        s.parse::<crate::units::Dur>()
+            .map(|d| Spin::Fixed(d.0))
+            .map_err(|e| format!("{e}, or 'auto'"))
+    }
+}
+
+/// The spin time `auto` derives from the gaps between bursts of work: an exponentially
+/// weighted mean (weight 1/8 for the newest gap) times four. With Poisson arrivals four mean
+/// gaps cover 98% of them.
+#[derive(Debug, Clone)]
+struct SpinClock {
+    policy: Spin,
+    mean_gap_ns: f64,
+}
+
+impl SpinClock {
+    fn new(policy: Spin) -> SpinClock {
+        SpinClock {
+            policy,
+            mean_gap_ns: AUTO_MIN.as_nanos() as f64 / 4.0,
+        }
+    }
+
+    /// Work came after `idle` without any.
+    fn gap(&mut self, idle: Duration) {
+        self.mean_gap_ns += (idle.as_nanos() as f64 - self.mean_gap_ns) / 8.0;
+    }
+
+    fn spin(&self) -> Duration {
+        match self.policy {
+            Spin::Fixed(d) => d,
+            Spin::Auto => match Duration::from_nanos((4.0 * self.mean_gap_ns) as u64) {
+                // Requests this far apart are not near: spinning for them buys little.
+                far if far > AUTO_MAX => AUTO_MIN,
+                near => near.max(AUTO_MIN),
+            },
+        }
+    }
+}
 /// How often dead clients are looked for.
 const LIVENESS_EVERY: Duration = Duration::from_millis(100);
 
@@ -67,6 +130,8 @@ fn serve(ctx: Arc<EngineCtx>, segment: Segment) -> anyhow::Result<()> {
     let mut conns: Vec<Option<Conn>> = (0..slots).map(|_| None).collect();
     let mut buf = vec![0u8; ctx.config.session.chunk_size.max(4096)];
     let mut last_work = Instant::now();
+    let mut spin = SpinClock::new(ctx.config.shm.spin);
+    let mut idle_polls = 0u64;
     let mut last_liveness = Instant::now();
     let mut drain_deadline = None;
     loop {
@@ -134,8 +199,16 @@ fn serve(ctx: Arc<EngineCtx>, segment: Segment) -> anyhow::Result<()> {
             }
         }
         if worked {
+            // A gap is a stretch of polls that found nothing; back-to-back work is none.
+            if idle_polls > 0 {
+                spin.gap(last_work.elapsed());
+            }
+            idle_polls = 0;
             last_work = Instant::now();
-        } else if last_work.elapsed() >= ctx.config.shm.spin {
+            continue;
+        }
+        idle_polls += 1;
+        if last_work.elapsed() >= spin.spin() {
             std::thread::sleep(PARK);
         } else {
             std::hint::spin_loop();
@@ -197,5 +270,55 @@ fn finish(
     }
     if !segment.server_close(i) || !segment.client_alive(i) {
         segment.free_slot(i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spin_parses_auto_and_durations_and_says_what_it_takes() {
+        assert_eq!("auto".parse::<Spin>(), Ok(Spin::Auto));
+        assert_eq!("10s".parse::<Spin>(), Ok(Spin::Fixed(Duration::from_secs(10))));
+        assert_eq!("0".parse::<Spin>(), Ok(Spin::Fixed(Duration::ZERO)));
+        let err = "soon".parse::<Spin>().unwrap_err();
+        assert!(err.contains("'auto'"), "{err}");
+    }
+
+    #[test]
+    fn auto_spin_follows_the_gaps_within_its_bounds() {
+        let mut clock = SpinClock::new(Spin::Auto);
+        assert_eq!(clock.spin(), AUTO_MIN);
+        // Gaps of 2 ms on average: spin about 8 ms.
+        for _ in 0..100 {
+            clock.gap(Duration::from_millis(2));
+        }
+        let spin = clock.spin();
+        assert!(
+            spin > Duration::from_micros(7_900) && spin < Duration::from_micros(8_100),
+            "{spin:?}"
+        );
+        // Gaps of 4 ms: 16 ms.
+        for _ in 0..100 {
+            clock.gap(Duration::from_millis(4));
+        }
+        let spin = clock.spin();
+        assert!(
+            spin > Duration::from_micros(15_900) && spin <= AUTO_MAX,
+            "{spin:?}"
+        );
+        // A second between requests: not near, so the shortest spin.
+        for _ in 0..100 {
+            clock.gap(Duration::from_secs(1));
+        }
+        assert_eq!(clock.spin(), AUTO_MIN);
+        // Back under load, tiny gaps: the floor.
+        for _ in 0..200 {
+            clock.gap(Duration::from_micros(3));
+        }
+        assert_eq!(clock.spin(), AUTO_MIN);
+        let fixed = SpinClock::new(Spin::Fixed(Duration::from_secs(10)));
+        assert_eq!(fixed.spin(), Duration::from_secs(10));
     }
 }
