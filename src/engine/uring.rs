@@ -71,7 +71,9 @@ struct Conn {
     recv_cancelling: bool,
     /// Single-shot receives land here (no buffer ring).
     recv_buf: Vec<u8>,
-    send: Box<Gather>,
+    /// The iovecs of the send in flight (1 KiB): lent from the loop's pool for the send's
+    /// life only, so an idle connection holds none.
+    send: Option<Box<Gather>>,
     sending: Sending,
     read_closed: bool,
     eof_error: Option<SessionError>,
@@ -90,6 +92,10 @@ struct Loop {
     listener: Option<TcpListener>,
     accept_armed: bool,
     conns: Slab<Conn>,
+    /// Send iovecs not lent out: as many as sends were ever in flight at once. Boxed, so
+    /// lending one to a connection moves a pointer, not 1 KiB, and allocates nothing.
+    #[allow(clippy::vec_box)]
+    gathers: Vec<Box<Gather>>,
     fd_reserve: FdReserve,
     zero_copy_threshold: Option<usize>,
     registered_files: u32,
@@ -153,6 +159,7 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
         listener: Some(listener),
         accept_armed: false,
         conns: Slab::default(),
+        gathers: Vec::new(),
         fd_reserve: FdReserve::default(),
         zero_copy_threshold: opts.zero_copy_threshold,
         registered_files,
@@ -352,7 +359,7 @@ impl Loop {
             recv_armed: false,
             recv_cancelling: false,
             recv_buf: Vec::new(),
-            send: Gather::new(),
+            send: None,
             sending: Sending::Idle,
             read_closed: false,
             eof_error: None,
@@ -449,6 +456,10 @@ impl Loop {
         };
         conn.ops -= 1;
         conn.sending = Sending::Idle;
+        // The kernel is done with the iovecs: back to the pool.
+        if let Some(gather) = conn.send.take() {
+            self.gathers.push(gather);
+        }
         match done {
             n if n > 0 => conn.session.wrote(n as usize),
             e => {
@@ -547,7 +558,11 @@ impl Loop {
     fn prepare_send(&mut self, t: Token) -> squeue::Entry {
         let threshold = self.zero_copy_threshold;
         let conn = self.conns.get_mut(t).expect("settle checked the token");
-        let (entry, _, zero_copy) = conn.send.send(conn.session.hold_out(), conn.target, threshold);
+        let gathers = &mut self.gathers;
+        let gather = conn
+            .send
+            .get_or_insert_with(|| gathers.pop().unwrap_or_else(Gather::new));
+        let (entry, _, zero_copy) = gather.send(conn.session.hold_out(), conn.target, threshold);
         conn.sending = Sending::InFlight { zero_copy };
         conn.ops += 1;
         entry.user_data(tag(SEND, t))
@@ -557,6 +572,9 @@ impl Loop {
         let Some(mut conn) = self.conns.remove(t) else {
             return;
         };
+        if let Some(gather) = conn.send.take() {
+            self.gathers.push(gather);
+        }
         if let Target::Fixed(slot) = conn.target {
             let _ = self.ring.submitter().register_files_update(slot, &[-1]);
         }
