@@ -362,7 +362,6 @@ impl Driver {
                 break;
             }
             self.wait_until(at, interval)?;
-            heap.pop();
             // The spec is drawn whether or not the request can go, so the schedule and the
             // request mix depend only on the seed, never on how the server behaves.
             let spec = RequestSpec {
@@ -382,7 +381,10 @@ impl Driver {
             self.fire(slot, at, at >= warm_end, spec, next_id)?;
             next_id += 1;
             next_at[slot] += arrivals.gap(&mut rng);
-            heap.push(Reverse((start + next_at[slot] as u64, slot)));
+            // The connection's next send replaces it at the top: one sift, not a pop and a push.
+            if let Some(mut top) = heap.peek_mut() {
+                *top = Reverse((start + next_at[slot] as u64, slot));
+            }
         }
         Ok(())
     }
