@@ -108,6 +108,13 @@ fn cpus(s: &str) -> Result<CpuList, String> {
     parse_cpu_list(s).map(CpuList)
 }
 
+fn watched_cpus(s: &str) -> Result<CpuList, String> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(CpuList(Vec::new()));
+    }
+    cpus(s).map_err(|e| format!("{e}, or 'none'"))
+}
+
 /// A rate ladder (see `sweep --rates`).
 #[derive(Debug, Clone)]
 struct Rates(Vec<f64>);
@@ -539,6 +546,10 @@ struct LoadArgs {
     /// Pin the driver threads to these CPUs (thread i on the i-th, round robin).
     #[arg(long, value_parser = cpus)]
     pin: Option<CpuList>,
+    /// CPUs whose stalls a real-time canary thread each watches (every 1 ms; the summary's
+    /// machine_stalls), or `none`. Default: every online CPU.
+    #[arg(long, value_parser = watched_cpus)]
+    watch_cpus: Option<CpuList>,
     #[command(flatten)]
     frame: FrameArgs,
     #[command(flatten)]
@@ -771,6 +782,9 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     cfg.idle_connections = a.idle_connections;
     cfg.drain_timeout = a.drain_timeout.0;
     cfg.pin = a.pin.map(|c| c.0).unwrap_or_default();
+    if let Some(cpus) = a.watch_cpus {
+        cfg.watch_cpus = cpus.0;
+    }
     (cfg.chunk_size, cfg.max_frame) = a.frame.sizes()?;
     cfg.requests_log = a.requests_log.is_some();
     a.arrivals_check.apply(&mut cfg);

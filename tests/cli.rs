@@ -83,6 +83,53 @@ fn an_unknown_engine_lists_the_real_ones() {
 }
 
 #[test]
+fn bad_spin_and_watch_lists_are_refused_saying_what_is_taken() {
+    let (ok, _, err) = iolab(&["serve", "--engine", "shm", "--shm", "x", "--shm-spin", "soon"]);
+    assert!(!ok);
+    assert!(err.contains("'auto'"), "{err}");
+    let (ok, _, err) = iolab(&[
+        "load",
+        "--addr",
+        "127.0.0.1:9",
+        "--rate",
+        "1",
+        "--duration",
+        "1s",
+        "--watch-cpus",
+        "all",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("'none'"), "{err}");
+}
+
+/// With no canaries the summary still has its machine_stalls, empty, naming no CPU.
+#[test]
+fn load_watch_cpus_none_runs_no_canaries() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let json = std::env::temp_dir().join(format!("iolab-nowatch-{}.json", std::process::id()));
+    let (ok, _, _) = iolab(&[
+        "load",
+        "--addr",
+        &port.to_string(),
+        "--rate",
+        "10",
+        "--duration",
+        "200ms",
+        "--watch-cpus",
+        "none",
+        "--json",
+        &json.to_string_lossy(),
+    ]);
+    assert!(!ok, "nothing listens there");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(summary["machine_stalls"]["cpus"], serde_json::json!([]));
+    let _ = std::fs::remove_file(&json);
+}
+
+#[test]
 fn load_against_nothing_fails_in_one_line_and_still_writes_json() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
