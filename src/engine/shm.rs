@@ -28,8 +28,8 @@ const PARK: Duration = Duration::from_micros(50);
 /// How long the polling thread spins after its last work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Spin {
-    /// Four times the recent mean gap between bursts of work, at least [`AUTO_MIN`]; when
-    /// that is over [`AUTO_MAX`] the next request is not near, and the spin is [`AUTO_MIN`].
+    /// Four times the recent mean gap between bursts of work, at least `AUTO_MIN`; when
+    /// that is over `AUTO_MAX` the next request is not near, and the spin is `AUTO_MIN`.
     Auto,
     Fixed(Duration),
 }
