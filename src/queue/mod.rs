@@ -18,6 +18,8 @@
 //! - tokens index a table directly, with a generation against reuse: no hashing;
 //! - a pop hands over the inbox's buffer, and [`LibOs::recycle`] hands it back for a later
 //!   pop: a loop that recycles allocates nothing per completion;
+//! - a pop's completion says when its bytes arrived ([`Completion::at_ns`]), so a caller
+//!   that handles a batch of completions times each by its arrival;
 //! - a push goes straight to the transport when nothing waits before it
 //!   ([`Backend::send_now`]), and [`LibOs::push_untracked`] spares a caller that always has
 //!   a pop outstanding the token of every push.
@@ -91,6 +93,10 @@ pub enum Outcome {
 pub struct Completion {
     pub qd: Qd,
     pub outcome: Outcome,
+    /// For a pop, when the transport delivered the last of its bytes (`crate::clock`'s ns):
+    /// a caller timing replies need not depend on when it got round to this completion.
+    /// 0 for other operations.
+    pub at_ns: u64,
 }
 
 /// Where a queue stands.
@@ -109,6 +115,8 @@ pub enum State {
 pub struct Queue {
     pub state: State,
     inbox: Vec<u8>,
+    /// When the last bytes in the inbox arrived.
+    delivered_ns: u64,
     outbox: Vec<u8>,
     out_at: usize,
     pushed: u64,
@@ -116,6 +124,8 @@ pub struct Queue {
     backlog: VecDeque<Qd>,
     /// Operations on this queue not yet seen complete.
     waiting: Vec<QToken>,
+    /// Whether a push is among them: only then does the transport taking bytes matter.
+    push_waits: bool,
     /// Listed in [`Queues::touched`] since the last look.
     touched: bool,
 }
@@ -125,12 +135,14 @@ impl Queue {
         Queue {
             state,
             inbox: Vec::new(),
+            delivered_ns: 0,
             outbox: Vec::new(),
             out_at: 0,
             pushed: 0,
             sent: 0,
             backlog: VecDeque::new(),
             waiting: Vec::new(),
+            push_waits: false,
             touched: false,
         }
     }
@@ -192,7 +204,10 @@ impl QueueMut<'_> {
             q.outbox.clear();
             q.out_at = 0;
         }
-        self.touch();
+        // Only a waiting push can complete by it (a later one is judged as it is made).
+        if self.q.push_waits {
+            self.touch();
+        }
     }
 
     /// Bytes arrived from the transport.
@@ -201,7 +216,10 @@ impl QueueMut<'_> {
             return;
         }
         self.q.inbox.extend_from_slice(data);
-        self.touch();
+        self.q.delivered_ns = now_ns();
+        if !self.q.waiting.is_empty() {
+            self.touch();
+        }
     }
 
     /// The transport's view changed: the state moves, unless the queue already failed.
@@ -377,7 +395,10 @@ impl LibOs {
         let slot = &mut self.ops[index as usize];
         let token = QToken::new(index, slot.generation);
         match self.queues.slots.get_mut(qd.0 as usize).and_then(Option::as_mut) {
-            Some(q) if !q.can_complete(&op) => q.waiting.push(token),
+            Some(q) if !q.can_complete(&op) => {
+                q.push_waits |= matches!(op, Op::Push { .. });
+                q.waiting.push(token);
+            }
             // Complete already, or on a queue closed meanwhile (completes as failed).
             _ => self.ready.push_back(token),
         }
@@ -468,7 +489,9 @@ impl LibOs {
         q.q.outbox.extend_from_slice(&data[taken..]);
         if taken > 0 {
             q.q.sent += taken as u64;
-            q.touch();
+            if q.q.push_waits {
+                q.touch();
+            }
         }
         Ok(q.q.pushed)
     }
@@ -550,9 +573,10 @@ impl LibOs {
                 None => continue, // spent by wait_any meanwhile
                 Some(_) if self.can_complete(token) => return Some((token, self.complete(token))),
                 // Taken from under it (two pops of one queue): it waits again.
-                Some((qd, _)) => {
-                    let qd = *qd;
+                Some((qd, op)) => {
+                    let (qd, push) = (*qd, matches!(op, Op::Push { .. }));
                     if let Some(q) = self.queues.slots.get_mut(qd.0 as usize).and_then(Option::as_mut) {
+                        q.push_waits |= push;
                         q.waiting.push(token);
                     }
                 }
@@ -607,6 +631,7 @@ impl LibOs {
                 continue;
             };
             q.touched = false;
+            let mut push_left = false;
             let mut i = 0;
             while i < q.waiting.len() {
                 let token = q.waiting[i];
@@ -618,6 +643,7 @@ impl LibOs {
                             ready.push_back(token);
                             q.waiting.swap_remove(i);
                         } else {
+                            push_left |= matches!(op, Op::Push { .. });
                             i += 1;
                         }
                     }
@@ -626,6 +652,7 @@ impl LibOs {
                     }
                 }
             }
+            q.push_waits = push_left;
         }
     }
 
@@ -644,12 +671,14 @@ impl LibOs {
             return Completion {
                 qd: Qd(u32::MAX),
                 outcome: Outcome::Failed("unknown token".into()),
+                at_ns: 0,
             };
         };
         let Some(q) = self.queues.slots.get_mut(qd.0 as usize).and_then(Option::as_mut) else {
             return Completion {
                 qd,
                 outcome: Outcome::Failed("the queue was closed".into()),
+                at_ns: 0,
             };
         };
         let failed = |q: &Queue| match &q.state {
@@ -673,7 +702,11 @@ impl LibOs {
             }
             Op::Pop => failed(q),
         };
-        Completion { qd, outcome }
+        let at_ns = match outcome {
+            Outcome::Popped(_) => q.delivered_ns,
+            _ => 0,
+        };
+        Completion { qd, outcome, at_ns }
     }
 }
 
@@ -874,6 +907,45 @@ mod tests {
             10,
             "one look per changed queue's pop, not 1,000"
         );
+    }
+
+    #[test]
+    fn a_push_left_waiting_completes_through_wait_next_when_the_rest_is_taken() {
+        let mut os = libos(3);
+        let q = open_queue(&mut os);
+        let pop = os.pop(q);
+        let push = os.push(q, b"12345").unwrap(); // the kick takes 3
+        assert_eq!(os.wait_next(Duration::ZERO).unwrap(), None);
+        os.queues.get_mut(q).unwrap().sent(2); // the transport takes the rest later
+        let (t, c) = os.wait_next(Duration::ZERO).unwrap().unwrap();
+        assert_eq!((t, c.outcome), (push, Outcome::Pushed(5)));
+        // Bytes taken with no push waiting disturb nothing; the pop still waits for bytes.
+        os.push_untracked(q, b"ab").unwrap();
+        assert_eq!(os.wait_next(Duration::ZERO).unwrap(), None);
+        os.queues.get_mut(q).unwrap().deliver(b"reply");
+        let (t, _) = os.wait_next(Duration::ZERO).unwrap().unwrap();
+        assert_eq!(t, pop);
+    }
+
+    #[test]
+    fn a_pop_is_stamped_with_its_last_delivery_and_other_completions_are_not() {
+        let mut os = libos(usize::MAX);
+        let q = open_queue(&mut os);
+        let pop = os.pop(q);
+        os.queues.get_mut(q).unwrap().deliver(b"first half ");
+        let between = now_ns();
+        os.queues.get_mut(q).unwrap().deliver(b"second half");
+        let after = now_ns();
+        let (t, c) = os.wait_next(Duration::ZERO).unwrap().unwrap();
+        assert_eq!(t, pop);
+        assert!(
+            c.at_ns >= between && c.at_ns <= after,
+            "{} not in [{between}, {after}]",
+            c.at_ns
+        );
+        let push = os.push(q, b"x").unwrap();
+        let (t, c) = os.wait_next(Duration::ZERO).unwrap().unwrap();
+        assert_eq!((t, c.at_ns), (push, 0));
     }
 
     #[test]

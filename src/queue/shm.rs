@@ -38,8 +38,6 @@ pub struct ShmBackend {
     segments: HashMap<u32, (Segment, HashMap<u32, Qd>)>,
     buf: Vec<u8>,
     polls: u32,
-    /// The link the next look starts at.
-    cursor: usize,
 }
 
 impl Default for ShmBackend {
@@ -49,7 +47,6 @@ impl Default for ShmBackend {
             segments: HashMap::new(),
             buf: vec![0; 64 << 10],
             polls: 0,
-            cursor: 0,
         }
     }
 }
@@ -180,20 +177,15 @@ impl Backend for ShmBackend {
         };
         loop {
             let mut moved = self.watch_segments(queues);
-            // From where the last look stopped, and only up to the first link that moved: a
-            // reply is handed over the moment it is seen, not after a pass over every ring
-            // (each look at a ring the peer just wrote costs a cache-line transfer).
-            let n = self.links.len();
-            for step in 0..n {
-                let qd = (self.cursor + step) % n;
-                let Some(link) = &self.links[qd] else { continue };
+            // One pass over every ring: a busy turn hands over every reply that came (each
+            // stamped as it is delivered, so its place in the pass costs it nothing).
+            for (qd, link) in self.links.iter().enumerate() {
+                let Some(link) = link else { continue };
                 let Some(mut q) = queues.get_mut(Qd(qd as u32)) else {
                     continue;
                 };
-                if q.state == State::Open && Self::turn(&mut self.buf, link, &mut q) {
-                    self.cursor = qd + 1;
-                    moved = true;
-                    break;
+                if q.state == State::Open {
+                    moved |= Self::turn(&mut self.buf, link, &mut q);
                 }
             }
             self.polls = self.polls.wrapping_add(1);

@@ -10,7 +10,6 @@
 use std::time::Duration;
 
 use super::{Conn, Link, Polled, Tally};
-use crate::clock::now_ns;
 use crate::loadgen::{ConnectMode, LoadConfig};
 use crate::queue::{Endpoint, LibOs, Outcome, QToken};
 
@@ -106,7 +105,7 @@ impl QueueIo {
                 // Every token this driver makes is tracked, and each completes once.
                 return Err(format!("internal: a completion nobody waits for: {completion:?}"));
             };
-            let qd = completion.qd;
+            let (qd, at_ns) = (completion.qd, completion.at_ns);
             match (what, completion.outcome) {
                 (Waiting::Connect, Outcome::Connected) => {
                     conns[slot].connected = true;
@@ -115,7 +114,7 @@ impl QueueIo {
                     self.send(conns, tally, slot)?;
                 }
                 (Waiting::Pop, Outcome::Popped(data)) => {
-                    super::received(&mut conns[slot], tally, slot, &data, now_ns())?;
+                    super::received(&mut conns[slot], tally, slot, &data, at_ns)?;
                     self.os.recycle(data);
                     let pop = self.os.pop(qd);
                     self.track(pop, slot, Waiting::Pop);
