@@ -267,6 +267,11 @@ impl Queues {
         self.slots.get(qd.0 as usize)?.as_ref()
     }
 
+    /// The queue itself, for the LibOs's own bookkeeping (no transport change to list).
+    fn queue_mut(&mut self, qd: Qd) -> Option<&mut Queue> {
+        self.slots.get_mut(qd.0 as usize)?.as_mut()
+    }
+
     /// A listening queue has a new connection, `new` (already added).
     pub fn accepted(&mut self, listener: Qd, new: Qd) {
         if let Some(mut l) = self.get_mut(listener) {
@@ -394,7 +399,7 @@ impl LibOs {
         };
         let slot = &mut self.ops[index as usize];
         let token = QToken::new(index, slot.generation);
-        match self.queues.slots.get_mut(qd.0 as usize).and_then(Option::as_mut) {
+        match self.queues.queue_mut(qd) {
             Some(q) if !q.can_complete(&op) => {
                 q.push_waits |= matches!(op, Op::Push { .. });
                 q.waiting.push(token);
@@ -575,7 +580,7 @@ impl LibOs {
                 // Taken from under it (two pops of one queue): it waits again.
                 Some((qd, op)) => {
                     let (qd, push) = (*qd, matches!(op, Op::Push { .. }));
-                    if let Some(q) = self.queues.slots.get_mut(qd.0 as usize).and_then(Option::as_mut) {
+                    if let Some(q) = self.queues.queue_mut(qd) {
                         q.push_waits |= push;
                         q.waiting.push(token);
                     }
@@ -626,6 +631,7 @@ impl LibOs {
             examined,
             ..
         } = self;
+        // Fields apart: the touched list drains while the slots change.
         for qd in queues.touched.drain(..) {
             let Some(q) = queues.slots.get_mut(qd.0 as usize).and_then(Option::as_mut) else {
                 continue;
@@ -674,7 +680,7 @@ impl LibOs {
                 at_ns: 0,
             };
         };
-        let Some(q) = self.queues.slots.get_mut(qd.0 as usize).and_then(Option::as_mut) else {
+        let Some(q) = self.queues.queue_mut(qd) else {
             return Completion {
                 qd,
                 outcome: Outcome::Failed("the queue was closed".into()),
@@ -719,6 +725,8 @@ mod tests {
     struct Wire {
         taken: Vec<u8>,
         take_per_kick: usize,
+        /// Takes every push at once in `send_now` (and then its outbox must stay empty).
+        takes_at_once: bool,
     }
 
     impl Backend for Wire {
@@ -732,6 +740,7 @@ mod tests {
             Ok(())
         }
         fn kick(&mut self, qd: Qd, queues: &mut Queues) -> io::Result<()> {
+            assert!(!self.takes_at_once, "nothing should wait in the outbox");
             let mut q = queues.get_mut(qd).unwrap();
             let n = q.pending_out().len().min(self.take_per_kick);
             // The bytes of the last kick only: a long test holds no growing copy.
@@ -741,12 +750,20 @@ mod tests {
             Ok(())
         }
         fn close(&mut self, _: Qd) {}
+        fn send_now(&mut self, _: Qd, data: &[u8], _: &mut Queues) -> io::Result<usize> {
+            if !self.takes_at_once {
+                return Ok(0);
+            }
+            self.taken.clear();
+            self.taken.extend_from_slice(data);
+            Ok(data.len())
+        }
     }
 
     fn libos(take_per_kick: usize) -> LibOs {
         LibOs::new(Box::new(Wire {
-            taken: Vec::new(),
             take_per_kick,
+            ..Wire::default()
         }))
     }
 
@@ -970,34 +987,12 @@ mod tests {
         assert_eq!(os.wait_next(Duration::ZERO).unwrap(), None);
     }
 
-    /// A transport that takes everything at once, without the outbox.
-    struct Direct {
-        taken: Vec<u8>,
-    }
-
-    impl Backend for Direct {
-        fn connect(&mut self, _: Qd, _: &Endpoint, _: &mut Queues) -> io::Result<()> {
-            Ok(())
-        }
-        fn listen(&mut self, _: Qd, _: &Endpoint, _: &mut Queues) -> io::Result<()> {
-            Ok(())
-        }
-        fn progress(&mut self, _: &mut Queues, _: Duration) -> io::Result<()> {
-            Ok(())
-        }
-        fn kick(&mut self, _: Qd, _: &mut Queues) -> io::Result<()> {
-            panic!("nothing should wait in the outbox");
-        }
-        fn close(&mut self, _: Qd) {}
-        fn send_now(&mut self, _: Qd, data: &[u8], _: &mut Queues) -> io::Result<usize> {
-            self.taken.extend_from_slice(data);
-            Ok(data.len())
-        }
-    }
-
     #[test]
     fn a_push_the_transport_takes_at_once_completes_without_the_outbox() {
-        let mut os = LibOs::new(Box::new(Direct { taken: Vec::new() }));
+        let mut os = LibOs::new(Box::new(Wire {
+            takes_at_once: true,
+            ..Wire::default()
+        }));
         let q = open_queue(&mut os);
         let push = os.push(q, b"hello").unwrap();
         assert!(os.queues.get(q).unwrap().pending_out().is_empty());
