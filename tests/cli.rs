@@ -102,56 +102,48 @@ fn bad_spin_and_watch_lists_are_refused_saying_what_is_taken() {
     assert!(err.contains("'none'"), "{err}");
 }
 
-/// With no canaries the summary still has its machine_stalls, empty, naming no CPU.
-#[test]
-fn load_watch_cpus_none_runs_no_canaries() {
+/// A load of a port nothing listens on, with `extra` options: its exit, stderr and the JSON
+/// summary it still writes.
+fn load_against_nothing(name: &str, extra: &[&str]) -> (bool, String, serde_json::Value) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let json = std::env::temp_dir().join(format!("iolab-nowatch-{}.json", std::process::id()));
-    let (ok, _, _) = iolab(&[
+    let json = std::env::temp_dir().join(format!("iolab-{name}-{}.json", std::process::id()));
+    let port = port.to_string();
+    let json_arg = json.to_string_lossy().into_owned();
+    let mut args = vec![
         "load",
         "--addr",
-        &port.to_string(),
-        "--rate",
-        "10",
-        "--duration",
-        "200ms",
-        "--watch-cpus",
-        "none",
-        "--json",
-        &json.to_string_lossy(),
-    ]);
-    assert!(!ok, "nothing listens there");
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(summary["machine_stalls"]["cpus"], serde_json::json!([]));
-    let _ = std::fs::remove_file(&json);
-}
-
-#[test]
-fn load_against_nothing_fails_in_one_line_and_still_writes_json() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let json = std::env::temp_dir().join(format!("iolab-cli-{}.json", std::process::id()));
-    let (ok, _, err) = iolab(&[
-        "load",
-        "--addr",
-        &port.to_string(),
+        &port,
         "--rate",
         "10",
         "--duration",
         "1s",
         "--json",
-        json.to_str().unwrap(),
-    ]);
+        &json_arg,
+    ];
+    args.extend_from_slice(extra);
+    let (ok, _, err) = iolab(&args);
+    let summary = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    (ok, err, summary)
+}
+
+/// With no canaries the summary still has its machine_stalls, empty, naming no CPU.
+#[test]
+fn load_watch_cpus_none_runs_no_canaries() {
+    let (ok, _, summary) = load_against_nothing("nowatch", &["--watch-cpus", "none"]);
+    assert!(!ok, "nothing listens there");
+    assert_eq!(summary["machine_stalls"]["cpus"], serde_json::json!([]));
+}
+
+#[test]
+fn load_against_nothing_fails_in_one_line_and_still_writes_json() {
+    let (ok, err, summary) = load_against_nothing("cli", &[]);
     assert!(!ok);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("cannot connect"), "{err}");
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let _ = std::fs::remove_file(&json);
     assert!(summary["error"].as_str().unwrap().contains("refused"));
     for key in [
         "offered_rps",
