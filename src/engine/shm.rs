@@ -131,7 +131,7 @@ fn serve(ctx: Arc<EngineCtx>, segment: Segment) -> anyhow::Result<()> {
     let mut buf = vec![0u8; ctx.config.session.chunk_size.max(4096)];
     let mut last_work = Instant::now();
     let mut spin = SpinClock::new(ctx.config.shm.spin);
-    let mut idle_polls = 0u64;
+    let mut idled = false;
     let mut last_liveness = Instant::now();
     let mut drain_deadline = None;
     loop {
@@ -200,14 +200,14 @@ fn serve(ctx: Arc<EngineCtx>, segment: Segment) -> anyhow::Result<()> {
         }
         if worked {
             // A gap is a stretch of polls that found nothing; back-to-back work is none.
-            if idle_polls > 0 {
+            if idled {
                 spin.gap(last_work.elapsed());
             }
-            idle_polls = 0;
+            idled = false;
             last_work = Instant::now();
             continue;
         }
-        idle_polls += 1;
+        idled = true;
         if last_work.elapsed() >= spin.spin() {
             std::thread::sleep(PARK);
         } else {
