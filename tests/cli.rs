@@ -407,8 +407,7 @@ fn a_point_over_the_slo_is_measured_again_before_the_walk_stops() {
 fn contention_on_the_load_core_invalidates_a_point_that_is_then_measured_again() {
     let _machine = machine();
     if iolab::loadgen::canary::online_cpus().len() < 2 {
-        eprintln!("SKIPPED: needs two CPUs (server and load apart)");
-        return;
+        return common::skip("one CPU: the test needs the server and the load apart");
     }
     use std::io::BufRead;
     let dir = std::env::temp_dir().join(format!("iolab-contention-{}", std::process::id()));

@@ -4,6 +4,8 @@
 //! Chromium and nbformat are outside tools. Where one is missing the test says so and passes,
 //! except under CI=true, where `.ci/run` installs both and a missing one is a failure.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -43,16 +45,8 @@ fn declared_figures(html: &str) -> usize {
     rest[..rest.find('"').unwrap()].parse().unwrap()
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
 fn missing_tool(what: &str) {
-    assert!(
-        !in_ci(),
-        "{what} is missing, and CI=true: .ci/run must install it"
-    );
-    eprintln!("skipped: {what} is not installed here (CI installs it)");
+    common::skip(&format!("{what} is not installed (.ci/run installs it)"));
 }
 
 /// Runs `cmd` with a deadline; its stdout, or None if it could not start.

@@ -242,18 +242,55 @@ pub fn netns_unavailable() -> Option<String> {
     None
 }
 
-/// Whether namespace tests can run here; if not, says why and skips, except under CI=true,
-/// where it fails.
+/// Whether this run is CI's, where nothing may be skipped (`.ci/run` exports CI=true and
+/// installs every outside tool the tests use).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Skips the calling test because this machine lacks `why`; under CI=true that is a
+/// failure. Outside CI it says so on the terminal (past the harness's capture, so a passing
+/// run shows it too) with a count of the skips so far in this `cargo test`, which the test
+/// binaries share through a file named after cargo's process.
+pub fn skip(why: &str) {
+    use std::io::Write as _;
+    let test = std::thread::current().name().unwrap_or("a test").to_string();
+    assert!(!in_ci(), "CI=true, so {test} must run, but: {why}");
+    // SAFETY: getppid has no preconditions.
+    let cargo = unsafe { libc::getppid() };
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("skipped-{cargo}.txt"));
+    let line = format!("{test}: {why}\n");
+    let count = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .and_then(|()| std::fs::read_to_string(&log))
+        .map_or(1, |all| all.lines().count());
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SKIPPED {test}: {why} [{count} skipped so far in this cargo test, listed in {}; \
+         CI=true turns skips into failures]",
+        log.display()
+    );
+}
+
+/// Whether namespace tests can run here; if not, says why and skips ([`skip`]).
 pub fn netns_available_or_skip() -> bool {
     let Some(why) = netns_unavailable() else {
         return true;
     };
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI must run the namespace tests, but: {why}"
-    );
-    eprintln!("skipped: {why}");
+    skip(&format!("no network namespaces here: {why}"));
     false
+}
+
+/// Whether `tool` runs here; if not, skips ([`skip`]).
+pub fn tool_or_skip(tool: &str) -> bool {
+    let found = Command::new(tool).arg("--version").output().is_ok();
+    if !found {
+        skip(&format!("{tool} is not installed (.ci/run installs it)"));
+    }
+    found
 }
 
 /// Runs `f` on a thread inside a network namespace made for it (and deleted after), so the
