@@ -719,6 +719,30 @@ mod tests {
     }
 
     #[test]
+    fn a_nan_p99_neither_decides_nor_poisons_a_knee() {
+        // A repeat whose p99 could not be read (NaN, as points.csv writes it) next to two
+        // real ones: the knee's figure is the median of the real ones.
+        let mut blank = pt("a", 1.0, f64::NAN);
+        blank.p99_ci_low_us = f64::NAN;
+        blank.p99_ci_high_us = f64::NAN;
+        let rows = [
+            blank,
+            pt("a", 1.0, 100.0),
+            pt("a", 1.0, 120.0),
+            saturated(pt("a", 2.0, 5_000.0)),
+            saturated(pt("a", 2.0, 6_000.0)),
+        ];
+        let k = &knees(&rows, 1000.0)[0];
+        assert_eq!(k.rate, Some(1.0));
+        let s = k.p99_at_knee.unwrap();
+        assert_eq!((s.median, s.min, s.max), (110.0, 100.0, 120.0), "{s:?}");
+        // An unbounded repeat leaves the interval open above, past the SLO: the knee is
+        // uncertain, possibly a step lower.
+        assert!(s.high.is_infinite() && k.uncertain, "{k:?}");
+        assert_eq!(k.steps, (-1, Some(0)));
+    }
+
+    #[test]
     fn the_knee_walks_up_good_cells_and_stops_at_the_first_over_one() {
         let rows = [
             pt("a", 1.0, 100.0),
