@@ -509,9 +509,52 @@ mod tests {
     }
 
     #[test]
-    fn ks_subsamples_long_runs() {
-        let gaps = vec![1.0; 100_000];
-        assert!(ks_exponential(&gaps, 1.0, 0.0).n <= KS_MAX_SAMPLES);
+    fn ks_subsamples_long_runs_and_still_tells_poisson_from_not() {
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(11);
+        let exp = Exp::new(1.0).unwrap();
+        let gaps: Vec<f64> = (0..100_000).map(|_| exp.sample(&mut rng)).collect();
+        let r = ks_exponential(&gaps, 1.0, 0.0);
+        // A real subsample: bounded, yet most of the bound (not a handful of points).
+        assert!(r.n <= KS_MAX_SAMPLES && r.n >= KS_MAX_SAMPLES / 2, "{r:?}");
+        assert!(r.p_value > 0.01, "{r:?}");
+        // The subsample still sees a 5% rate error and constant gaps.
+        assert!(ks_exponential(&gaps, 1.05, 0.0).p_value < 0.01);
+        assert!(ks_exponential(&vec![1.0; 100_000], 1.0, 0.0).p_value < 1e-6);
+    }
+
+    #[test]
+    fn small_samples_get_their_exact_critical_values() {
+        // Massey's table of the one-sample K-S statistic (a known distribution): the 5%
+        // critical values for n = 10 and 20 are 0.409 and 0.294, and 1% for n = 10 is 0.490.
+        // The asymptotic formula alone would say 7% and 8% for the first two.
+        for (d, n, alpha) in [(0.409, 10, 0.05), (0.294, 20, 0.05), (0.490, 10, 0.01)] {
+            let p = kolmogorov_p(d, n);
+            assert!(
+                (p - alpha).abs() < 0.15 * alpha,
+                "n {n}, D {d}: p {p}, not {alpha}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_poisson_check_rejects_true_poisson_at_its_nominal_rate() {
+        // 400 seeds of exponential gaps at sizes from tiny to large: about 5% of them fall
+        // below p = 0.05, as a test at that level must (binomial sd 1.1%, so the band is 3 sd).
+        for n in [10usize, 30, 200, 3000] {
+            let exp = Exp::new(1.0 / 20.0).unwrap();
+            let rejected = (0..400u64)
+                .filter(|&seed| {
+                    let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed);
+                    let gaps: Vec<f64> = (0..n).map(|_| exp.sample(&mut rng)).collect();
+                    ks_exponential(&gaps, 20.0, 0.0).p_value < 0.05
+                })
+                .count();
+            let rate = rejected as f64 / 400.0;
+            assert!(
+                (0.017..=0.083).contains(&rate),
+                "n {n}: {rate} of true Poisson rejected"
+            );
+        }
     }
 
     #[test]
