@@ -57,11 +57,29 @@ fn demo_sweeps_every_engine_and_writes_the_report() {
                 serde_json::from_str(&std::fs::read_to_string(dir.join(&r.summary)).unwrap()).unwrap();
             assert_eq!(summary["errors"], 0, "{r:?}");
         }
-        assert!(
-            out.lines()
-                .any(|l| l.trim_start().starts_with(engine) && l.contains("rps")),
-            "{engine} missing from the knee table:\n{out}"
-        );
+    }
+    // The knee table it prints is the one points.csv gives, engine by engine: the rows after
+    // its heading, not any progress line that names an engine and a rate.
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    let knees = iolab::results::knees(&rows, meta["slo_us"].as_f64().unwrap());
+    let table: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("highest rate with p99"))
+        .skip(1)
+        .take(knees.len())
+        .collect();
+    assert_eq!(table.len(), knees.len(), "no knee table:\n{out}");
+    for (line, k) in table.iter().zip(&knees) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields[0], k.engine, "{line}");
+        let rate = match (k.rate, k.lower_bound) {
+            (Some(r), true) => format!(">= {r:.0} rps"),
+            (Some(r), false) => format!("{r:.0} rps"),
+            (None, true) => "not measured".into(),
+            (None, false) => "none rps".into(),
+        };
+        assert_eq!(fields[1..].join(" ").get(..rate.len()), Some(rate.as_str()), "{line}");
     }
     for f in ["report.html", "report.ipynb", "figures/latency-cdf.svg"] {
         assert!(dir.join(f).is_file(), "{f} missing");
