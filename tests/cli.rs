@@ -79,7 +79,11 @@ fn demo_sweeps_every_engine_and_writes_the_report() {
             (None, true) => "not measured".into(),
             (None, false) => "none rps".into(),
         };
-        assert_eq!(fields[1..].join(" ").get(..rate.len()), Some(rate.as_str()), "{line}");
+        assert_eq!(
+            fields[1..].join(" ").get(..rate.len()),
+            Some(rate.as_str()),
+            "{line}"
+        );
     }
     for f in ["report.html", "report.ipynb", "figures/latency-cdf.svg"] {
         assert!(dir.join(f).is_file(), "{f} missing");

@@ -332,6 +332,68 @@ pub fn sigterm_answers_requests_in_flight(engine: Setup) {
     );
 }
 
+/// SIGTERM while megabytes of replies are still to be written (the client has read none
+/// yet): the drain delivers every one of them, whole and in order.
+pub fn sigterm_delivers_large_replies_in_flight(engine: Setup) {
+    const REPLY: usize = 1 << 20;
+    let (child, addr, stdout) = spawn_server(&engine.args());
+    let mut s = connect(addr);
+    let mut asks = Vec::new();
+    for id in 0..16u64 {
+        asks.extend(request(id, 0, ReplySize::Bytes(REPLY as u32)));
+    }
+    s.write_all(&asks).unwrap();
+    // The server has started writing (16 MiB cannot fit the socket buffers, so most of it is
+    // still in the server when the signal lands).
+    s.peek(&mut [0u8; 1]).expect("a first reply byte");
+    let (status, rest) = std::thread::scope(|scope| {
+        let replies = scope.spawn(|| read_replies(&mut s, 16));
+        let (status, rest) = terminate(child, stdout);
+        for (i, r) in replies.join().unwrap().iter().enumerate() {
+            assert_eq!((r.header.id, r.payload.len()), (i as u64, REPLY));
+            assert!(pattern_matches(i as u64, 0, &r.payload), "reply {i} content");
+        }
+        (status, rest)
+    });
+    assert!(status.success(), "exit status {status}");
+    assert!(rest.contains("requests=16"), "{rest}");
+}
+
+/// A client that never reads cannot hold a stopping server: after `--drain-timeout` its
+/// connection is cut off, the server says so, and exits cleanly.
+pub fn the_drain_cuts_off_a_client_that_never_reads(engine: Setup) {
+    let mut args = engine.args();
+    args.extend(["--drain-timeout".into(), "200ms".into()]);
+    let (child, addr, stdout) = spawn_server_with_stderr(&args);
+    let mut lazy = connect(addr);
+    let mut asks = Vec::new();
+    for id in 0..64u64 {
+        asks.extend(request(id, 0, ReplySize::Bytes(1 << 20)));
+    }
+    lazy.write_all(&asks).unwrap();
+    lazy.peek(&mut [0u8; 1]).expect("a first reply byte");
+    let (status, rest, err) = terminate_within(child, stdout, BOUND);
+    assert!(status.success(), "exit status {status}: {err}");
+    assert!(
+        err.contains("still writing after 200ms; cutting them off"),
+        "{err}"
+    );
+    assert!(rest.contains("summary: engine="), "{rest}");
+    // What was written before the cut is readable, then the connection ends, short of the
+    // 64 MiB asked for.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match std::io::Read::read(&mut lazy, &mut buf) {
+            Ok(0) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the cut-off connection was never ended ({e}) after {got} bytes"),
+            Ok(n) => got += n,
+        }
+        assert!(got < 64 << 20, "the whole 64 MiB arrived: nothing was cut off");
+    }
+}
+
 macro_rules! conformance {
     ($($name:ident => $engine:expr),* $(,)?) => {$(
         mod $name {
@@ -344,6 +406,8 @@ macro_rules! conformance {
             #[test] fn a_client_that_never_reads_does_not_stall_others() { super::a_client_that_never_reads_does_not_stall_others($engine) }
             #[test] fn bad_frames_close_only_their_connection() { super::bad_frames_close_only_their_connection($engine) }
             #[test] fn sigterm_answers_requests_in_flight() { super::sigterm_answers_requests_in_flight($engine) }
+            #[test] fn sigterm_delivers_large_replies_in_flight() { super::sigterm_delivers_large_replies_in_flight($engine) }
+            #[test] fn the_drain_cuts_off_a_client_that_never_reads() { super::the_drain_cuts_off_a_client_that_never_reads($engine) }
         }
     )*};
 }
@@ -399,6 +463,8 @@ macro_rules! conformance_in_netns {
             #[test] fn a_client_that_never_reads_does_not_stall_others() { run(super::a_client_that_never_reads_does_not_stall_others) }
             #[test] fn bad_frames_close_only_their_connection() { run(super::bad_frames_close_only_their_connection) }
             #[test] fn sigterm_answers_requests_in_flight() { run(super::sigterm_answers_requests_in_flight) }
+            #[test] fn sigterm_delivers_large_replies_in_flight() { run(super::sigterm_delivers_large_replies_in_flight) }
+            #[test] fn the_drain_cuts_off_a_client_that_never_reads() { run(super::the_drain_cuts_off_a_client_that_never_reads) }
         }
     )*};
 }
@@ -413,6 +479,8 @@ conformance! {
     iovec => setup(EngineKind::Iovec),
     select => setup(EngineKind::Select),
     poll => setup(EngineKind::Poll),
+    select_threads2 => setup(EngineKind::Select).threads(2),
+    poll_threads2 => setup(EngineKind::Poll).threads(2),
     epoll_edge => setup(EngineKind::Epoll),
     epoll_level => setup(EngineKind::Epoll).level(),
     epoll_threads2 => setup(EngineKind::Epoll).threads(2),

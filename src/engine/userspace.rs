@@ -174,6 +174,10 @@ struct Stack {
     sockets: SocketSet<'static>,
     listeners: Vec<SocketHandle>,
     conns: Vec<Conn>,
+    /// Sockets of connections just retired. They leave the set only after the interface's
+    /// next poll: an aborted socket's reset goes out then, and removed at once it never would
+    /// (the peer would wait on a connection nobody holds).
+    retired: Vec<SocketHandle>,
     port: u16,
     buffer: usize,
 }
@@ -188,6 +192,7 @@ impl Stack {
             sockets: SocketSet::new(Vec::new()),
             listeners: Vec::with_capacity(opts.backlog),
             conns: Vec::new(),
+            retired: Vec::new(),
             port,
             buffer: opts.link.socket_buffer,
         };
@@ -204,6 +209,7 @@ impl Stack {
 
     fn run(mut self, ctx: &EngineCtx) -> anyhow::Result<()> {
         let mut drain_deadline: Option<Instant> = None;
+        let mut cut_off = false;
         loop {
             if ctx.shutdown.is_triggered() && drain_deadline.is_none() {
                 drain_deadline = Some(Instant::now() + ctx.config.drain_timeout);
@@ -217,8 +223,19 @@ impl Stack {
                 self.accept(ctx)?;
             }
             let draining = drain_deadline.map(|d| Instant::now() >= d);
+            if draining == Some(true) && !cut_off && !self.conns.is_empty() {
+                cut_off = true;
+                eprintln!(
+                    "iolab: {} connection(s) still writing after {:?}; cutting them off",
+                    self.conns.len(),
+                    ctx.config.drain_timeout
+                );
+            }
             self.serve_connections(ctx, draining);
             self.iface.poll(now, &mut self.device, &mut self.sockets);
+            for handle in self.retired.drain(..) {
+                self.sockets.remove(handle);
+            }
             if drain_deadline.is_some() && self.conns.is_empty() {
                 return Ok(());
             }
@@ -266,7 +283,7 @@ impl Stack {
             let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
             if step(conn, socket, draining) {
                 let conn = self.conns.swap_remove(i);
-                self.sockets.remove(conn.handle);
+                self.retired.push(conn.handle);
                 let result = conn.ending.unwrap_or(Ok(()));
                 ctx.connection_closed(
                     format!("{} (userspace)", conn.peer),

@@ -227,6 +227,48 @@ pub fn terminate_with_stderr(
     (status, rest, err)
 }
 
+/// As [`terminate_with_stderr`], but the server must be gone within `bound`: one that is
+/// not is killed and the test fails (a drain that never ends would otherwise hang the suite).
+pub fn terminate_within(
+    mut child: Child,
+    mut stdout: ChildStdout,
+    bound: Duration,
+) -> (std::process::ExitStatus, String, String) {
+    let mut stderr = child.stderr.take().expect("spawned with a piped stderr");
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stdout.read_to_string(&mut rest);
+        rest
+    });
+    let err = std::thread::spawn(move || {
+        let mut err = String::new();
+        let _ = stderr.read_to_string(&mut err);
+        err
+    });
+    let deadline = std::time::Instant::now() + bound;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the server") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the server was still running {bound:?} after SIGTERM; stderr: {}",
+                err.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5)); // polling an exit, bounded above
+    };
+    (
+        status,
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    )
+}
+
 /// Why this machine cannot give a test a network namespace with a TAP device, if it cannot.
 pub fn netns_unavailable() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
