@@ -50,10 +50,15 @@ struct Server {
 
 impl Server {
     fn start(engine: EngineKind) -> Server {
+        Server::start_with(engine, &[])
+    }
+
+    fn start_with(engine: EngineKind, extra: &[&str]) -> Server {
         let args: Vec<String> = ["--engine", engine.name(), "--protocol", "http", "--root"]
             .iter()
             .map(|s| s.to_string())
             .chain([root().display().to_string()])
+            .chain(extra.iter().map(|s| s.to_string()))
             .collect();
         let (child, addr, stdout) = common::spawn_server(&args);
         Server {
@@ -115,6 +120,67 @@ fn have(tool: &str) -> bool {
 fn every_engine_answers_pipelined_requests_in_order_and_honours_close() {
     for &engine in EngineKind::ALL {
         let server = Server::start(engine);
+        pipelined_requests_in_order_and_close(engine, &server);
+        server.stop();
+    }
+}
+
+/// The event-loop engines on two loops: the same answers from each.
+#[test]
+fn http_on_two_threads_answers_as_on_one() {
+    let paths = load_paths("threads2");
+    for &engine in EngineKind::ALL.iter().filter(|e| e.is_event_loop()) {
+        let server = Server::start_with(engine, &["--threads", "2"]);
+        // Several connections, so that both loops (SO_REUSEPORT spreads them) answer some.
+        for _ in 0..8 {
+            pipelined_requests_in_order_and_close(engine, &server);
+        }
+        http_load_counts_only_the_missing_page(engine, &server, &paths);
+        let summary = server.stop();
+        assert!(summary.contains("protocol_errors=0"), "{engine}: {summary}");
+    }
+    let _ = std::fs::remove_file(&paths);
+}
+
+/// A client that pipelines 200 GETs of a 300 KiB file (60 MB of answers) and never reads
+/// holds only its own connection: another client is answered meanwhile, and a stop cuts the
+/// lazy one off after the drain timeout.
+#[test]
+fn a_client_that_pipelines_large_gets_and_never_reads_stalls_no_one() {
+    for &engine in EngineKind::ALL {
+        let server = Server::start_with(engine, &["--drain-timeout", "200ms"]);
+        let mut lazy = TcpStream::connect(server.addr).unwrap();
+        let asks = "GET /pages/big.bin HTTP/1.1\r\nHost: t\r\n\r\n".repeat(200);
+        lazy.write_all(asks.as_bytes()).unwrap();
+        // It is being answered (its socket buffers fill), and never read further.
+        lazy.set_read_timeout(Some(common::BOUND)).unwrap();
+        lazy.peek(&mut [0u8; 1]).expect("a first answer byte");
+        let (out, closed) = exchange(
+            server.addr,
+            b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            common::BOUND,
+        );
+        assert!(closed, "{engine}: the second client was not answered in full");
+        assert_eq!(statuses(&out), ["200"], "{engine}");
+        assert!(out.ends_with(INDEX.as_bytes()), "{engine}");
+        // Nor does it cost the server the answers it asked for: they wait as references to
+        // the cached file and behind the socket's window, not as 60 MB of copies.
+        let pid = server.child.as_ref().unwrap().id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let rss_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        assert!(rss_kib < 48 << 10, "{engine}: the server holds {rss_kib} KiB");
+        let summary = server.stop();
+        assert!(summary.contains("protocol_errors=0"), "{engine}: {summary}");
+        drop(lazy);
+    }
+}
+
+fn pipelined_requests_in_order_and_close(engine: EngineKind, server: &Server) {
+    {
         let request = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n\
                         HEAD /pages/big.bin HTTP/1.1\r\nHost: t\r\n\r\n\
                         GET /missing HTTP/1.1\r\nHost: t\r\n\r\n\
@@ -143,7 +209,6 @@ fn every_engine_answers_pipelined_requests_in_order_and_honours_close() {
         );
         // The last response's body is the file, byte for byte.
         assert!(out.ends_with(&big()), "{engine}: the 300 KiB body differs");
-        server.stop();
     }
 }
 
@@ -319,7 +384,18 @@ fn wrk_gets_only_good_answers_from_every_engine() {
 
 #[test]
 fn iolab_load_speaks_http_to_every_engine() {
-    let paths = std::env::temp_dir().join(format!("iolab-http-paths-{}", std::process::id()));
+    let paths = load_paths("every");
+    for &engine in EngineKind::ALL {
+        let server = Server::start(engine);
+        http_load_counts_only_the_missing_page(engine, &server, &paths);
+        server.stop();
+    }
+    let _ = std::fs::remove_file(&paths);
+}
+
+/// A `--paths` file: three pages with their sizes, and one that does not exist.
+fn load_paths(tag: &str) -> PathBuf {
+    let paths = std::env::temp_dir().join(format!("iolab-http-paths-{tag}-{}", std::process::id()));
     std::fs::write(
         &paths,
         format!(
@@ -330,45 +406,39 @@ fn iolab_load_speaks_http_to_every_engine() {
         ),
     )
     .unwrap();
-    for &engine in EngineKind::ALL {
-        let server = Server::start(engine);
-        let json = std::env::temp_dir().join(format!(
-            "iolab-http-load-{}-{}.json",
-            engine.name(),
-            std::process::id()
-        ));
-        let out = Command::new(env!("CARGO_BIN_EXE_iolab"))
-            .args(["load", "--protocol", "http", "--addr", &server.addr.to_string()])
-            .args([
-                "--rate",
-                "400",
-                "--duration",
-                "0.5s",
-                "--connections",
-                "4",
-                "--seed",
-                "7",
-                "--paths",
-            ])
-            .arg(&paths)
-            .arg("--json")
-            .arg(&json)
-            .output()
-            .unwrap();
-        let summary: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-        // Only the missing page fails, and it is counted under its status.
-        let not_found = summary["error_kinds"]["http_status"]["404"].as_u64().unwrap_or(0);
-        assert!(
-            not_found > 0,
-            "{engine}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        assert_eq!(summary["errors"].as_u64(), Some(not_found), "{engine}: {summary}");
-        assert!(summary["completed"].as_u64().unwrap() > 50, "{engine}: {summary}");
-        assert_eq!(summary["config"]["protocol"], "http");
-        let _ = std::fs::remove_file(&json);
-        server.stop();
-    }
-    let _ = std::fs::remove_file(&paths);
+    paths
+}
+
+fn http_load_counts_only_the_missing_page(engine: EngineKind, server: &Server, paths: &Path) {
+    let json = paths.with_extension(format!("{}.json", engine.name()));
+    let out = Command::new(env!("CARGO_BIN_EXE_iolab"))
+        .args(["load", "--protocol", "http", "--addr", &server.addr.to_string()])
+        .args([
+            "--rate",
+            "400",
+            "--duration",
+            "0.5s",
+            "--connections",
+            "4",
+            "--seed",
+            "7",
+            "--paths",
+        ])
+        .arg(paths)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // Only the missing page fails, and it is counted under its status.
+    let not_found = summary["error_kinds"]["http_status"]["404"].as_u64().unwrap_or(0);
+    assert!(
+        not_found > 0,
+        "{engine}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(summary["errors"].as_u64(), Some(not_found), "{engine}: {summary}");
+    assert!(summary["completed"].as_u64().unwrap() > 50, "{engine}: {summary}");
+    assert_eq!(summary["config"]["protocol"], "http");
+    let _ = std::fs::remove_file(&json);
 }
