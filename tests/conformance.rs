@@ -218,6 +218,36 @@ pub fn pipelined_replies_stay_in_order(engine: Setup) {
     server.stop().unwrap();
 }
 
+/// Three thousand pipelined requests on one connection: past any engine's cap on requests
+/// in flight per connection (pool hands at most 1,024 to its workers, then stops reading
+/// until replies go out), so the connection must be picked up again each time it had to stop.
+pub fn thousands_of_pipelined_requests_stay_in_order(engine: Setup) {
+    const N: u64 = 3000;
+    let server = start(engine);
+    let mut s = connect(server.addr);
+    let mut reader = s.try_clone().unwrap();
+    std::thread::scope(|scope| {
+        let replies = scope.spawn(move || read_replies(&mut reader, N as usize));
+        let mut all = Vec::new();
+        for id in 0..N {
+            // A little work each, so that requests pile up at an engine's workers.
+            all.extend(request_with_spin(
+                id,
+                (id % 7) as usize * 11,
+                ReplySize::Echo,
+                10_000,
+            ));
+        }
+        s.write_all(&all).unwrap();
+        for (i, r) in replies.join().unwrap().iter().enumerate() {
+            check_echo(r, i as u64, (i % 7) * 11);
+        }
+    });
+    drop(s);
+    let summary = server.stop().unwrap();
+    assert_eq!(summary.requests, N, "{summary}");
+}
+
 pub fn one_byte_at_a_time(engine: Setup) {
     let server = start(engine);
     let mut s = connect_to(&server.endpoint);
@@ -401,6 +431,7 @@ macro_rules! conformance {
             #[test] fn load_with_mixed_payloads() { super::load_with_mixed_payloads($engine) }
             #[test] fn echo_at_the_edges() { super::echo_at_the_edges($engine) }
             #[test] fn pipelined_replies_stay_in_order() { super::pipelined_replies_stay_in_order($engine) }
+            #[test] fn thousands_of_pipelined_requests_stay_in_order() { super::thousands_of_pipelined_requests_stay_in_order($engine) }
             #[test] fn one_byte_at_a_time() { super::one_byte_at_a_time($engine) }
             #[test] fn half_close_after_last_request() { super::half_close_after_last_request($engine) }
             #[test] fn a_client_that_never_reads_does_not_stall_others() { super::a_client_that_never_reads_does_not_stall_others($engine) }
@@ -458,6 +489,7 @@ macro_rules! conformance_in_netns {
             #[test] fn load_with_mixed_payloads() { run(super::load_with_mixed_payloads) }
             #[test] fn echo_at_the_edges() { run(super::echo_at_the_edges) }
             #[test] fn pipelined_replies_stay_in_order() { run(super::pipelined_replies_stay_in_order) }
+            #[test] fn thousands_of_pipelined_requests_stay_in_order() { run(super::thousands_of_pipelined_requests_stay_in_order) }
             #[test] fn one_byte_at_a_time() { run(super::one_byte_at_a_time) }
             #[test] fn half_close_after_last_request() { run(super::half_close_after_last_request) }
             #[test] fn a_client_that_never_reads_does_not_stall_others() { run(super::a_client_that_never_reads_does_not_stall_others) }
