@@ -144,3 +144,25 @@ fn out_of_descriptors(engine: &str) {
     assert_eq!(warnings.len(), 1, "said once, not per connection: {warnings:?}");
     assert!(warnings[0].contains("ulimit -Hn"), "{}", warnings[0]);
 }
+
+/// `--threads 2`: both loops serve. The kernel spreads 64 connections over the two
+/// SO_REUSEPORT listeners, and each request spins 1 ms on the loop that has its connection, so
+/// each loop's CPU time is its share of the connections (all on one loop: once in 2^63).
+#[test]
+fn connections_spread_over_every_loop() {
+    use iolab::loadgen::{self, LoadConfig};
+    for engine in ["select", "poll", "epoll", "uring", "tokio", "monoio"] {
+        let args = ["--engine", engine, "--threads", "2"].map(String::from);
+        let (child, addr, stdout) = spawn_server(&args);
+        let mut cfg = LoadConfig::new(addr, 400.0, std::time::Duration::from_secs(1));
+        cfg.connections = 64;
+        cfg.work = "fixed:1ms".parse().unwrap();
+        let r = loadgen::run(cfg, &mut |_| {}).unwrap();
+        assert_eq!((r.error.as_deref(), r.errors()), (None, 0), "{engine}");
+        let ticks = loop_cpu_ticks(child.id(), engine);
+        let (status, _) = terminate(child, stdout);
+        assert!(status.success());
+        // 400 ms of spinning: 40 ticks at 100 Hz, about 20 a loop.
+        assert_every_loop_worked(&ticks, 2, 20, 0.15, engine);
+    }
+}

@@ -269,6 +269,45 @@ pub fn terminate_within(
     )
 }
 
+/// CPU time (user + system, in clock ticks) of each event-loop thread of the server process
+/// `pid`: the threads named `ENGINE-loop-I` (as the kernel keeps them, cut to 15 bytes).
+/// Which loop served a connection shows nowhere else, and CPU time needs no clock in the
+/// test: a loop that served no requests has spun for none.
+pub fn loop_cpu_ticks(pid: u32, engine: &str) -> Vec<u64> {
+    let name = format!("{engine}-loop-");
+    let prefix = &name[..name.len().min(15)];
+    let mut ticks = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("the server's threads") {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.trim_end().starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: state is the 3rd, utime the 14th, stime the 15th.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        ticks.push(fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap());
+    }
+    ticks
+}
+
+/// Each loop's share of the loops' CPU time is at least `floor`, and the loops spent at least
+/// `min_total` ticks between them.
+pub fn assert_every_loop_worked(ticks: &[u64], loops: usize, min_total: u64, floor: f64, what: &str) {
+    assert_eq!(ticks.len(), loops, "{what}: loop threads {ticks:?}");
+    let total: u64 = ticks.iter().sum();
+    assert!(
+        total >= min_total,
+        "{what}: the loops ran {total} ticks: {ticks:?}"
+    );
+    for &t in ticks {
+        assert!(
+            t as f64 >= floor * total as f64,
+            "{what}: a loop served almost nothing: {ticks:?} ticks"
+        );
+    }
+}
+
 /// Why this machine cannot give a test a network namespace with a TAP device, if it cannot.
 pub fn netns_unavailable() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
@@ -339,6 +378,12 @@ pub fn tool_or_skip(tool: &str) -> bool {
 /// TAP devices and every connection `f` makes stay off the host's network. Where namespaces
 /// cannot be made the test is skipped ([`netns_available_or_skip`]).
 pub fn in_private_netns<R: Send>(tag: &str, f: impl FnOnce() -> R + Send) -> Option<R> {
+    in_named_netns(tag, |_| f())
+}
+
+/// As [`in_private_netns`], handing `f` the namespace's name (for child processes that join
+/// it by name, as `iolab load --netns NAME` does).
+pub fn in_named_netns<R: Send>(tag: &str, f: impl FnOnce(&str) -> R + Send) -> Option<R> {
     if !netns_available_or_skip() {
         return None;
     }
@@ -349,7 +394,7 @@ pub fn in_private_netns<R: Send>(tag: &str, f: impl FnOnce() -> R + Send) -> Opt
         let run = scope.spawn(|| {
             let ns = iolab::netns::Netns::create_or_join(&name).expect("create a network namespace");
             ns.enter().expect("enter it");
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&name)));
             drop(ns); // deleted even when the case failed
             result
         });
