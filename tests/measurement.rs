@@ -1,11 +1,12 @@
 //! The generator's measurement claims, each put under a stall made on purpose.
 //!
-//! One `iolab load` run against an in-process server is frozen with SIGSTOP for 300 ms once
-//! its first interval has been printed: every send scheduled inside the freeze goes out late.
-//! A generator that measured from the actual send (coordinated omission) would not see the
-//! freeze at all; one that rescheduled after a late send would have sent almost nothing
-//! inside it. The same run's logs (`--hdr-log`, `--requests-log`, `--interarrivals`) are read
-//! back against its JSON summary, the HdrHistogram log by a second, independent reader too
+//! One `iolab load` run is frozen with SIGSTOP for 300 ms once its first interval has been
+//! printed: every send scheduled inside the freeze goes out late. A generator that measured
+//! from the actual send (coordinated omission) would not see the freeze at all; one that
+//! rescheduled after a late send would have sent almost nothing inside it. A second run
+//! freezes the server instead: an open-loop generator keeps sending on time into the stall.
+//! The first run's logs (`--hdr-log`, `--requests-log`, `--interarrivals`) are read back
+//! against its JSON summary, the HdrHistogram log by a second, independent reader too
 //! (Python's `hdrhistogram` package).
 
 mod common;
@@ -15,8 +16,6 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
-
-use iolab::engine::{self, EngineKind, ServeConfig};
 
 /// How long the load is frozen. Every bound below is a fraction of it, not a timing of the
 /// machine: the freeze lasts at least this long whatever the machine does.
@@ -34,71 +33,96 @@ impl Frozen {
     }
 }
 
-/// The frozen run, shared by the tests here.
+/// Which process the freeze stops.
+#[derive(Clone, Copy, PartialEq)]
+enum Freeze {
+    /// The load generator: its sends go late.
+    Generator,
+    /// The server: replies stop, while an open-loop generator keeps sending on time.
+    Server,
+}
+
+/// The run with the generator frozen, shared by the tests here.
 fn frozen() -> &'static Frozen {
     static RUN: OnceLock<Frozen> = OnceLock::new();
-    RUN.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("iolab-frozen-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let server = engine::start(ServeConfig::new(
-            EngineKind::Epoll,
-            "127.0.0.1:0".parse().unwrap(),
-        ))
-        .unwrap();
-        let mut load = Command::new(env!("CARGO_BIN_EXE_iolab"))
-            .arg("load")
-            .args(["--addr", &server.addr.to_string()])
-            .args([
-                "--rate",
-                &RATE.to_string(),
-                "--duration",
-                "2s",
-                "--warmup",
-                "200ms",
-            ])
-            .args([
-                "--connections",
-                "4",
-                "--log-interval",
-                "100ms",
-                "--watch-cpus",
-                "none",
-            ])
-            .arg("--json")
-            .arg(dir.join("summary.json"))
-            .arg("--hdr-log")
-            .arg(dir.join("latency.hlog"))
-            .arg("--requests-log")
-            .arg(dir.join("requests.csv"))
-            .arg("--interarrivals")
-            .arg(dir.join("gaps.txt"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start iolab load");
-        let mut lines = std::io::BufReader::new(load.stdout.take().unwrap()).lines();
-        // The first interval line: connected, past the warm-up, sending on schedule.
-        let first = lines.by_ref().map_while(Result::ok).find(|l| l.starts_with('['));
-        assert!(first.is_some(), "the load printed no interval line");
-        let pid = load.id() as libc::pid_t;
-        // SAFETY: kill has no memory preconditions; `pid` is our own child, not yet reaped.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-        std::thread::sleep(FREEZE); // the stall itself, not a wait for anything
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
-        let rest: Vec<String> = lines.map_while(Result::ok).collect();
-        let out = load.wait_with_output().expect("the load ends");
-        assert!(
-            out.status.success(),
-            "{}\n{}",
-            rest.join("\n"),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        server.stop().unwrap();
-        let summary =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-        Frozen { dir, summary }
-    })
+    RUN.get_or_init(|| run_with(Freeze::Generator))
+}
+
+/// The run with the server frozen.
+fn server_frozen() -> &'static Frozen {
+    static RUN: OnceLock<Frozen> = OnceLock::new();
+    RUN.get_or_init(|| run_with(Freeze::Server))
+}
+
+fn stop_for(pid: u32, how_long: Duration) {
+    let pid = pid as libc::pid_t;
+    // SAFETY: kill has no memory preconditions; `pid` is our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    std::thread::sleep(how_long); // the stall itself, not a wait for anything
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+}
+
+fn run_with(freeze: Freeze) -> Frozen {
+    let tag = if freeze == Freeze::Server {
+        "server"
+    } else {
+        "load"
+    };
+    let dir = std::env::temp_dir().join(format!("iolab-frozen-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (server, addr, server_out) = common::spawn_server(&["--engine".into(), "epoll".into()]);
+    let mut load = Command::new(env!("CARGO_BIN_EXE_iolab"))
+        .arg("load")
+        .args(["--addr", &addr.to_string()])
+        .args([
+            "--rate",
+            &RATE.to_string(),
+            "--duration",
+            "2s",
+            "--warmup",
+            "200ms",
+        ])
+        .args([
+            "--connections",
+            "4",
+            "--log-interval",
+            "100ms",
+            "--watch-cpus",
+            "none",
+        ])
+        .arg("--json")
+        .arg(dir.join("summary.json"))
+        .arg("--hdr-log")
+        .arg(dir.join("latency.hlog"))
+        .arg("--requests-log")
+        .arg(dir.join("requests.csv"))
+        .arg("--interarrivals")
+        .arg(dir.join("gaps.txt"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start iolab load");
+    let mut lines = std::io::BufReader::new(load.stdout.take().unwrap()).lines();
+    // The first interval line: connected, past the warm-up, sending on schedule.
+    let first = lines.by_ref().map_while(Result::ok).find(|l| l.starts_with('['));
+    assert!(first.is_some(), "the load printed no interval line");
+    match freeze {
+        Freeze::Generator => stop_for(load.id(), FREEZE),
+        Freeze::Server => stop_for(server.id(), FREEZE),
+    }
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = load.wait_with_output().expect("the load ends");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        rest.join("\n"),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, _) = common::terminate(server, server_out);
+    assert!(status.success());
+    let summary = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    Frozen { dir, summary }
 }
 
 fn us(v: &serde_json::Value) -> f64 {
@@ -123,6 +147,40 @@ fn latency_counts_from_the_scheduled_send_so_a_frozen_generator_shows() {
         2.0 * uncorrected < p99,
         "from the actual send the freeze is hidden: uncorrected p99 {uncorrected} us, corrected {p99} us"
     );
+}
+
+/// A stalled server, an open-loop generator: sends keep to their schedule through the stall
+/// (no waiting for replies, no send skipped), and the stall is in the latency of every request
+/// sent into it.
+#[test]
+fn a_stalled_server_does_not_slow_the_sends() {
+    let run = server_frozen();
+    let s = &run.summary;
+    let freeze_us = FREEZE.as_secs_f64() * 1e6;
+    assert_eq!(s["errors"], 0, "{s}");
+    assert!(us(&s["latency_us"]["max"]) >= 0.8 * freeze_us, "{s}");
+    assert!(us(&s["latency_uncorrected_us"]["max"]) >= 0.8 * freeze_us, "{s}");
+    let rows = requests(run);
+    // The requests sent into the stall: replies at least a third of it late.
+    let stalled: Vec<&Request> = rows
+        .iter()
+        .filter(|r| r.done_ns - r.sent_ns >= FREEZE.as_nanos() as u64 / 3)
+        .collect();
+    assert!(
+        stalled.len() >= 50,
+        "only {} requests met the stall",
+        stalled.len()
+    );
+    // Each of them was sent when scheduled: the generator did not wait for the server. (The
+    // bound is a tenth of the stall, far above the generator's own lag on any machine that
+    // can run the stall at all.)
+    let worst = stalled.iter().map(|r| r.sent_ns - r.scheduled_ns).max().unwrap();
+    assert!(
+        worst < FREEZE.as_nanos() as u64 / 10,
+        "a send into the stall was {} us late",
+        worst / 1000
+    );
+    assert_eq!(s["error_kinds"]["overflow"], 0, "{s}");
 }
 
 #[derive(Debug, serde::Deserialize)]
