@@ -491,3 +491,103 @@ fn contention_on_the_load_core_invalidates_a_point_that_is_then_measured_again()
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Invalid and saturated points made on purpose, through the whole sweep: a generator that
+/// can never be busy enough to pass (`--max-generator-busy 0`) leaves only lower bounds, and a
+/// server given 5 ms of work per request on one connection at twice what it can serve is
+/// saturated, so no rate meets the SLO.
+#[test]
+fn points_made_invalid_or_saturated_on_purpose_give_lower_bounds_and_no_knee() {
+    let _machine = machine();
+    let sweep = |name: &str, extra: &[&str]| {
+        let dir = std::env::temp_dir().join(format!("iolab-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let dir_arg = dir.to_string_lossy().into_owned();
+        let mut args = vec![
+            "sweep",
+            "--engines",
+            "epoll",
+            "--duration",
+            "0.3s",
+            "--warmup",
+            "0.1s",
+        ];
+        args.extend_from_slice(extra);
+        args.extend(["--out", &dir_arg]);
+        let (ok, out, err) = iolab(&args);
+        assert!(ok, "{err}\n{out}");
+        let knee = Command::new(env!("CARGO_BIN_EXE_iolab"))
+            .args(["knee", "--json"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let k: serde_json::Value = serde_json::from_slice(&knee.stdout).unwrap();
+        let rows = iolab::results::read_points(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        (rows, k["engines"][0].clone(), out)
+    };
+
+    let (rows, knee, out) = sweep(
+        "never-valid",
+        &[
+            "--rates",
+            "300,600",
+            "--connections",
+            "2",
+            "--max-generator-busy",
+            "0",
+        ],
+    );
+    let tries: Vec<(f64, u32, u32, bool, &str)> = rows
+        .iter()
+        .map(|r| (r.offered_rps, r.attempt, r.round, r.valid, r.blame.as_str()))
+        .collect();
+    // Two of three repeats the generator's limit settle the cell; nothing above it runs.
+    assert_eq!(
+        tries,
+        [
+            (300.0, 1, 1, false, "generator"),
+            (300.0, 2, 2, false, "generator")
+        ],
+        "{out}"
+    );
+    assert!(
+        rows.iter().all(|r| r.invalid_reason.contains("generator busy")),
+        "{rows:?}"
+    );
+    assert_eq!(knee["knee_rps"], serde_json::Value::Null, "{knee}");
+    assert_eq!(knee["lower_bound"], true, "{knee}");
+    assert!(out.contains("not measured"), "{out}");
+
+    let (rows, knee, out) = sweep(
+        "saturated",
+        &[
+            "--rates",
+            "400",
+            "--connections",
+            "1",
+            "--work",
+            "fixed:5ms",
+            "--max-stall",
+            "0.9",
+            "--max-send-lag",
+            "10s",
+            "--min-ks-p",
+            "0",
+            "--max-generator-busy",
+            "1",
+        ],
+    );
+    assert_eq!(rows.len(), 2, "two saturated repeats settle it: {rows:?}");
+    for r in &rows {
+        assert!(r.valid && r.saturated && r.over_slo, "{r:?}");
+        // A queue the server never catches up with, left when the window closed.
+        assert!(r.backlog_at_end > 50, "{r:?}");
+    }
+    assert_eq!(knee["knee_rps"], serde_json::Value::Null, "{knee}");
+    assert_eq!(knee["lower_bound"], false, "{knee}");
+    assert!(
+        out.contains("none rps") && out.contains("saturated at 400 rps"),
+        "{out}"
+    );
+}
