@@ -36,6 +36,13 @@ pub fn config(engines: &[EngineKind], rates: Vec<f64>, out: PathBuf) -> anyhow::
     cfg.max_tries = 5;
     cfg.quiet.timeout = Duration::from_millis(500);
     cfg.budget = Some(BUDGET);
+    // The lesson of the closed loop, on the engine most readers know (epoll, when it runs).
+    cfg.compare_loops = cfg
+        .engines
+        .iter()
+        .find(|e| e[0] == EngineKind::Epoll.name())
+        .or(cfg.engines.first())
+        .cloned();
     Ok(cfg)
 }
 

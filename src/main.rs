@@ -1,6 +1,6 @@
 //! The `iolab` command line: the only place that knows every subsystem.
 
-use std::io::Write;
+use std::io::{IsTerminal as _, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,7 +39,7 @@ struct Cli {
 enum Command {
     /// Run one engine as a server until SIGINT/SIGTERM.
     Serve(Box<ServeArgs>),
-    /// Drive a server with open-loop load and report latency and throughput.
+    /// Drive a server with open-loop load (or --closed-loop) and report latency and throughput.
     Load(Box<LoadArgs>),
     /// A one-minute sweep of every engine, then the HTML report and notebook (loopback, no setup).
     Demo(DemoArgs),
@@ -191,6 +191,12 @@ struct SweepArgs {
     load_cpus: Option<CpuList>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// After the sweep, the coordinated-omission lesson: load this engine (a spec as in
+    /// --engines) at the first rate, once open loop and once closed loop (one request per
+    /// connection, as wrk), while the server is stopped for 100 ms every second; the report
+    /// sets the two tails side by side.
+    #[arg(long)]
+    compare_loops: Option<String>,
     /// Results folder (default: results/sweep-<unix time>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -497,12 +503,29 @@ struct LoadArgs {
     #[arg(long)]
     host: Option<String>,
     /// Total offered load in requests per second, over all connections and threads
-    /// (fractions are fine: 0.5 is one request every two seconds).
+    /// (fractions are fine: 0.5 is one request every two seconds). Not with --closed-loop.
+    #[arg(long, required_unless_present = "closed_loop", conflicts_with = "closed_loop")]
+    rate: Option<f64>,
+    /// How long to measure (after the warm-up), e.g. 10s. Optional with --requests.
+    #[arg(long, required_unless_present = "requests")]
+    duration: Option<Dur>,
+    /// Stop after this many measured requests have been sent and answered (either loop), as
+    /// the echo clients' --nrequests does; with --duration too, whichever comes first.
     #[arg(long)]
-    rate: f64,
-    /// How long to measure (after the warm-up), e.g. 10s.
+    requests: Option<u64>,
+    /// Closed loop, as wrk and the echo clients of kernel-bypass stacks run: each connection
+    /// keeps --depth requests outstanding and sends the next the moment a reply arrives. No
+    /// schedule, so a server that stalls is simply sent less, and its stall barely shows in
+    /// the latency (coordinated omission). The summary's "mode" says "closed".
     #[arg(long)]
-    duration: Dur,
+    closed_loop: bool,
+    /// With --closed-loop: requests each connection keeps outstanding.
+    #[arg(long, default_value_t = 1, requires = "closed_loop")]
+    depth: usize,
+    /// No start line and no live progress line (they are shown only when stdout is a
+    /// terminal anyway).
+    #[arg(long, short)]
+    quiet: bool,
     /// Load sent before measuring starts; its requests are not counted.
     #[arg(long, default_value = "0s")]
     warmup: Dur,
@@ -737,7 +760,11 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
         }
         _ => anyhow::bail!("--addr HOST:PORT (or --transport shm --shm NAME) says which server to load"),
     };
-    let mut cfg = LoadConfig::new(addr, a.rate, a.duration.0);
+    // With --requests alone, the run ends when they are answered (a year is "unbounded").
+    let duration = a.duration.map_or(Duration::from_secs(365 * 86_400), |d| d.0);
+    let mut cfg = LoadConfig::new(addr, a.rate.unwrap_or(f64::NAN), duration);
+    cfg.closed_loop = a.closed_loop.then_some(a.depth);
+    cfg.requests = a.requests;
     cfg.shm = a.shm.clone();
     cfg.netns = a.netns.clone();
     if a.transport == Transport::Userspace {
@@ -798,11 +825,31 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--log-interval must be at least 1ms");
     }
 
-    let report = loadgen::run(cfg, &mut |line| {
-        if print_intervals {
-            println!("{}", line.describe());
-        }
-    })?;
+    // A terminal sees a start line and a live progress line; a pipe or --quiet sees neither.
+    let live = !a.quiet && std::io::stdout().is_terminal();
+    if live {
+        println!("{}", start_line(&cfg, a.duration.is_some()));
+    }
+    let mut progress = |p: &loadgen::Progress| {
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, "\r\x1b[2K{}", p.describe());
+        let _ = out.flush();
+    };
+    let report = loadgen::run_watched(
+        cfg,
+        &mut |line| {
+            if print_intervals {
+                if live {
+                    print!("\r\x1b[2K");
+                }
+                println!("{}", line.describe());
+            }
+        },
+        live.then_some(&mut progress as &mut dyn FnMut(&loadgen::Progress)),
+    )?;
+    if live {
+        print!("\r\x1b[2K");
+    }
     print!("{}", report.table());
     // Partial results are written even when the run failed: they are what was measured.
     if let Some(p) = &a.json {
@@ -824,6 +871,26 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
         }
         None => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// What `iolab load` is about to do, for a terminal: target, rate (or loop), connections,
+/// and how long.
+fn start_line(cfg: &LoadConfig, timed: bool) -> String {
+    let what = match cfg.closed_loop {
+        Some(depth) => format!("closed loop, {depth} outstanding per connection"),
+        None => format!("{} rps offered", cfg.rate),
+    };
+    let until = match (timed, cfg.requests) {
+        (true, Some(n)) => format!("{:.1}s or {n} requests", cfg.duration.as_secs_f64()),
+        (false, Some(n)) => format!("{n} requests"),
+        _ => format!("{:.1}s", cfg.duration.as_secs_f64()),
+    };
+    format!(
+        "iolab load -> {}: {what} over {} connection(s), {until} after {:.1}s of warm-up",
+        cfg.endpoint(),
+        cfg.connections,
+        cfg.warmup.as_secs_f64()
+    )
 }
 
 fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -942,7 +1009,30 @@ fn run_sweep(cfg: &iolab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::resul
         )),
     });
     bar.finish_and_clear();
-    points
+    let points = points?;
+    if let Some(spec) = &cfg.compare_loops {
+        println!(
+            "open vs closed loop: {} at {:.0} rps, then in a closed loop, {:.0} ms each, the server stopped for {:.0} ms every {:.0} s",
+            spec.join(" "),
+            cfg.rates[0],
+            (cfg.warmup + iolab::sweep::LOOPS_DURATION).as_secs_f64() * 1e3,
+            iolab::sweep::LOOPS_STALL.as_secs_f64() * 1e3,
+            iolab::sweep::LOOPS_STALL_EVERY.as_secs_f64()
+        );
+        // The lesson is extra: failing it costs the sweep nothing.
+        match iolab::sweep::compare_loops(cfg, spec)
+            .map(|_| iolab::results::LoopsComparison::read(&cfg.out, &spec.join(" ")))
+        {
+            Ok(Some(Ok(c))) => {
+                for line in c.sentences() {
+                    println!("  {line}");
+                }
+            }
+            Ok(Some(Err(e))) | Err(e) => println!("  could not compare the loops: {e:#}"),
+            Ok(None) => println!("  could not compare the loops: no results written"),
+        }
+    }
+    Ok(points)
 }
 
 fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
@@ -992,6 +1082,17 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
     cfg.server_cpus = server_cpus;
     cfg.load_cpus = load_cpus;
     cfg.seed = a.seed;
+    if let Some(spec) = &a.compare_loops {
+        let spec: Vec<String> = spec.split_whitespace().map(String::from).collect();
+        match spec.first() {
+            Some(name) if <EngineKind as clap::ValueEnum>::from_str(name, false).is_ok() => {}
+            _ => anyhow::bail!(
+                "--compare-loops takes an engine, as --engines does: not '{}'",
+                spec.join(" ")
+            ),
+        }
+        cfg.compare_loops = Some(spec);
+    }
     let points = run_sweep(&cfg)?;
     let rows = iolab::results::read_points(&out)?;
     println!("{}", iolab::results::knee_table(&rows, cfg.slo));

@@ -439,6 +439,103 @@ fn unmeasured_reason(c: &Cell) -> String {
     }
 }
 
+/// The coordinated-omission lesson of a results folder (`sweep --compare-loops`): the same
+/// server, stopped now and then, loaded open loop and closed loop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoopsComparison {
+    pub engine: String,
+    pub connections: u64,
+    pub open_rate: f64,
+    pub open_p99_us: f64,
+    pub open_p50_us: f64,
+    pub open_sent: u64,
+    pub closed_rate: f64,
+    pub closed_p99_us: f64,
+    pub closed_p50_us: f64,
+    pub closed_sent: u64,
+    pub duration_s: f64,
+    pub stall_ms: f64,
+    pub every_s: f64,
+}
+
+impl LoopsComparison {
+    /// Reads `loops/open.json` and `loops/closed.json`; `None` when the sweep did not compare.
+    pub fn read(dir: &Path, engine: &str) -> Option<anyhow::Result<LoopsComparison>> {
+        let folder = dir.join(crate::sweep::LOOPS_DIR);
+        if !folder.join("open.json").is_file() {
+            return None;
+        }
+        let read = |name: &str| -> anyhow::Result<serde_json::Value> {
+            let path = folder.join(format!("{name}.json"));
+            let text =
+                std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{} is not a summary", path.display()))
+        };
+        Some((|| {
+            let (open, closed) = (read("open")?, read("closed")?);
+            let num = |v: &serde_json::Value, path: &[&str]| {
+                path.iter().fold(v, |v, k| &v[*k]).as_f64().unwrap_or(f64::NAN)
+            };
+            Ok(LoopsComparison {
+                engine: engine.to_string(),
+                connections: closed["config"]["connections"].as_u64().unwrap_or(0),
+                open_rate: num(&open, &["offered_rps"]),
+                open_p99_us: num(&open, &["latency_us", "p99"]),
+                open_p50_us: num(&open, &["latency_us", "p50"]),
+                open_sent: open["sent"].as_u64().unwrap_or(0),
+                closed_rate: num(&closed, &["achieved_rps"]),
+                closed_p99_us: num(&closed, &["latency_us", "p99"]),
+                closed_p50_us: num(&closed, &["latency_us", "p50"]),
+                closed_sent: closed["sent"].as_u64().unwrap_or(0),
+                duration_s: num(&open, &["duration_s"]),
+                stall_ms: crate::sweep::LOOPS_STALL.as_secs_f64() * 1e3,
+                every_s: crate::sweep::LOOPS_STALL_EVERY.as_secs_f64(),
+            })
+        })())
+    }
+
+    /// What the two runs say, in words and numbers.
+    pub fn sentences(&self) -> Vec<String> {
+        let ratio = self.open_p99_us / self.closed_p99_us;
+        let stalls = (self.duration_s / self.every_s).floor().max(1.0);
+        vec![
+            format!(
+                "The server ({}) was stopped for {:.0} ms once every {:.0} s in both runs. Open loop, \
+                 a schedule of {:.0} rps: p99 {} (p50 {}). Closed loop, {} connections each waiting \
+                 for its reply (as wrk and the echo clients of kernel-bypass stacks run): p99 {} \
+                 (p50 {}) at the {:.0} rps it reached. The closed loop reports a p99 {} lower.",
+                self.engine,
+                self.stall_ms,
+                self.every_s,
+                self.open_rate,
+                fmt_us(self.open_p99_us),
+                fmt_us(self.open_p50_us),
+                self.connections,
+                fmt_us(self.closed_p99_us),
+                fmt_us(self.closed_p50_us),
+                self.closed_rate,
+                if ratio.is_finite() {
+                    format!("{ratio:.0}x")
+                } else {
+                    "-".into()
+                },
+            ),
+            format!(
+                "Why: while the server was stopped, each closed-loop connection had its one request \
+                 out and sent nothing more, so only {} requests met each stop, and the {} it sent in \
+                 all are mostly from the time the server ran. The open loop kept sending on its \
+                 schedule, about {:.0} requests into each stop, as users who do not wait for each \
+                 other would: their waits are the tail the closed loop never measured (coordinated \
+                 omission), over {:.0} stops.",
+                self.connections,
+                self.closed_sent,
+                self.open_rate * self.stall_ms / 1e3,
+                stalls,
+            ),
+        ]
+    }
+}
+
 /// Microseconds as people read them: `152 us`, `1.2 ms`.
 pub fn fmt_us(us: f64) -> String {
     if us.is_nan() {

@@ -29,6 +29,8 @@
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -83,6 +85,9 @@ pub struct SweepConfig {
     pub server_binary: PathBuf,
     /// How this sweep was asked for, recorded in meta.json.
     pub command_line: Vec<String>,
+    /// `--compare-loops ENGINE`: after the sweep, load this engine once on a schedule and
+    /// once in a closed loop while the sweep stops its server now and then ([`compare_loops`]).
+    pub compare_loops: Option<Vec<String>>,
 }
 
 /// How the sweep decides the machine is quiet before a point.
@@ -137,6 +142,7 @@ impl SweepConfig {
             out,
             server_binary: std::env::current_exe().context("cannot find the iolab binary")?,
             command_line: std::env::args().collect(),
+            compare_loops: None,
         })
     }
 
@@ -149,6 +155,8 @@ impl SweepConfig {
 struct Meta<'a> {
     iolab_version: &'static str,
     command_line: &'a [String],
+    /// The engine of the open vs closed loop comparison (`loops/`), if one was asked for.
+    compare_loops: Option<String>,
     hostname: String,
     cpu_model: String,
     cpus: usize,
@@ -573,6 +581,86 @@ pub fn run(cfg: &SweepConfig, mut progress: impl FnMut(Progress<'_>)) -> anyhow:
     Ok(points)
 }
 
+/// The server stall `--compare-loops` injects: SIGSTOP for this long ...
+pub const LOOPS_STALL: Duration = Duration::from_millis(100);
+/// ... once in this long.
+pub const LOOPS_STALL_EVERY: Duration = Duration::from_secs(1);
+/// Each of the two runs' measured time (after the sweep's warm-up).
+pub const LOOPS_DURATION: Duration = Duration::from_secs(2);
+/// Where the two runs go in the results folder: `loops/open.*` and `loops/closed.*`.
+pub const LOOPS_DIR: &str = "loops";
+
+/// The coordinated-omission lesson: the same server loaded twice at the sweep's first rate's
+/// connections, once open loop (on a schedule at the first rate) and once closed loop (each
+/// connection waits for its reply before the next send, as wrk does), while a thread here
+/// stops the server with SIGSTOP for [`LOOPS_STALL`] every [`LOOPS_STALL_EVERY`]. The report
+/// sets the two latency distributions side by side. Returns the two reports, open first.
+pub fn compare_loops(cfg: &SweepConfig, spec: &[String]) -> anyhow::Result<[LoadReport; 2]> {
+    let dir = cfg.out.join(LOOPS_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let log = dir.join("server.log");
+    let mut reports = Vec::with_capacity(2);
+    for (serial, closed) in [(10_001, false), (10_002, true)] {
+        let _ = wait_quiet(cfg);
+        let server = Server::start(cfg, spec, &log, serial)?;
+        let mut load = load_config(cfg, &server.endpoint, server.netns.as_deref(), cfg.rates[0]);
+        load.duration = LOOPS_DURATION;
+        if closed {
+            load.closed_loop = Some(1);
+        }
+        let stalls = Staller::start(server.child.id());
+        let report = loadgen::run(load, &mut |_| {});
+        stalls.finish();
+        server.stop()?;
+        let report = report?;
+        let name = if closed { "closed" } else { "open" };
+        report.write_json(&dir.join(format!("{name}.json")))?;
+        report.write_hdr_log(&dir.join(format!("{name}.hlog")))?;
+        reports.push(report);
+    }
+    let closed = reports.pop().context("two runs")?;
+    let open = reports.pop().context("two runs")?;
+    Ok([open, closed])
+}
+
+/// A thread that stops a process for [`LOOPS_STALL`] every [`LOOPS_STALL_EVERY`] until
+/// finished, and always leaves it running.
+struct Staller {
+    done: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Staller {
+    fn start(pid: u32) -> Staller {
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        let thread = std::thread::spawn(move || {
+            let pid = pid as libc::pid_t;
+            let step = Duration::from_millis(10);
+            'run: loop {
+                let mut waited = Duration::ZERO;
+                while waited < LOOPS_STALL_EVERY - LOOPS_STALL {
+                    if flag.load(Ordering::Relaxed) {
+                        break 'run;
+                    }
+                    std::thread::sleep(step);
+                    waited += step;
+                }
+                // SAFETY: signalling our own child; SIGCONT follows below on every path.
+                unsafe { libc::kill(pid, libc::SIGSTOP) };
+                std::thread::sleep(LOOPS_STALL);
+                unsafe { libc::kill(pid, libc::SIGCONT) };
+            }
+        });
+        Staller { done, thread }
+    }
+
+    fn finish(self) {
+        self.done.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
 /// What the quiet check found before a point.
 #[derive(Debug, Clone, Copy)]
 struct Quiet {
@@ -865,6 +953,7 @@ fn write_meta(cfg: &SweepConfig, started_unix_s: u64, finished: Option<Finished>
     let meta = Meta {
         iolab_version: env!("CARGO_PKG_VERSION"),
         command_line: &cfg.command_line,
+        compare_loops: cfg.compare_loops.as_ref().map(|e| e.join(" ")),
         hostname: read("/proc/sys/kernel/hostname").trim().to_string(),
         cpu_model,
         cpus: canary::online_cpus().len(),

@@ -591,3 +591,112 @@ fn points_made_invalid_or_saturated_on_purpose_give_lower_bounds_and_no_knee() {
         "{out}"
     );
 }
+
+/// Runs `iolab ARGS` with stdout on a new pseudo-terminal; what it wrote there.
+fn iolab_on_a_terminal(args: &[&str]) -> String {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain libc calls on a descriptor this function owns; the name buffer is ours.
+    let (master, slave_path) = unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(master >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::grantpt(master), 0);
+        assert_eq!(libc::unlockpt(master), 0);
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(master, name.as_mut_ptr(), name.len()), 0);
+        let path = std::ffi::CStr::from_ptr(name.as_ptr())
+            .to_string_lossy()
+            .into_owned();
+        (std::fs::File::from_raw_fd(master), path)
+    };
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&slave_path)
+        .expect("open the terminal's other end");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iolab"))
+        .args(args)
+        .stdout(std::process::Stdio::from(slave))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run iolab");
+    // The child holds the only other end now: reads end (EIO) when it exits.
+    let reader = std::thread::spawn(move || {
+        let mut master = master;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    assert!(child.wait().unwrap().success());
+    reader.join().unwrap()
+}
+
+/// `iolab load` on a terminal says what it starts and keeps a progress line alive (refreshed
+/// in place, four times a second); in a pipe or with --quiet it prints the summary alone.
+#[test]
+fn the_progress_line_shows_on_a_terminal_only() {
+    let (child, addr, stdout) = common::spawn_server(&["--engine".into(), "epoll".into()]);
+    let addr = addr.to_string();
+    let args = [
+        "load",
+        "--addr",
+        &addr,
+        "--rate",
+        "500",
+        "--duration",
+        "1500ms",
+        "--connections",
+        "4",
+        "--watch-cpus",
+        "none",
+    ];
+    let on_tty = iolab_on_a_terminal(&args);
+    assert!(
+        on_tty.contains(&format!(
+            "iolab load -> {addr}: 500 rps offered over 4 connection(s), 1.5s"
+        )),
+        "{on_tty}"
+    );
+    let refreshes = on_tty.matches("\r\x1b[2K[").count();
+    assert!(
+        refreshes >= 3,
+        "{refreshes} progress refreshes in 1.5 s:\n{on_tty:?}"
+    );
+    let last = on_tty.rsplit("\r\x1b[2K[").nth(1).unwrap_or_default();
+    for field in [
+        "/ 1.5s]",
+        "sent ",
+        "done ",
+        "rps)",
+        "p50 ",
+        "p99 ",
+        "errors 0",
+        "send lag p99 ",
+    ] {
+        assert!(
+            last.contains(field),
+            "{field} missing from the progress line {last:?}"
+        );
+    }
+    assert!(on_tty.contains("load done ->"), "the summary follows:\n{on_tty}");
+
+    let quiet = iolab_on_a_terminal(&[&args[..], &["--quiet"]].concat());
+    assert!(
+        !quiet.contains("iolab load ->") && !quiet.contains('\x1b'),
+        "{quiet:?}"
+    );
+    let (ok, piped, err) = iolab(&args);
+    assert!(ok, "{err}");
+    assert!(
+        piped.starts_with("load done ->") && !piped.contains('\x1b'),
+        "{piped:?}"
+    );
+    let (status, _) = common::terminate(child, stdout);
+    assert!(status.success());
+}

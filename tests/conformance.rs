@@ -136,6 +136,17 @@ fn start(s: Setup) -> RunningServer {
 }
 
 fn run_load(endpoint: &str, request_size: &str, reply: &str, rate: f64) -> loadgen::LoadReport {
+    run_load_with(endpoint, request_size, reply, rate, None)
+}
+
+/// As [`run_load`]; `closed`: a closed loop with this many requests out per connection.
+fn run_load_with(
+    endpoint: &str,
+    request_size: &str,
+    reply: &str,
+    rate: f64,
+    closed: Option<usize>,
+) -> loadgen::LoadReport {
     let (addr, shm) = match endpoint.strip_prefix("shm:") {
         Some(name) => (SocketAddr::from(([0, 0, 0, 0], 0)), Some(name.to_string())),
         None => (endpoint.parse().expect("an address"), None),
@@ -146,6 +157,10 @@ fn run_load(endpoint: &str, request_size: &str, reply: &str, rate: f64) -> loadg
     cfg.request_size = request_size.parse::<SizeDist>().unwrap();
     cfg.reply = reply.parse::<ReplyDist>().unwrap();
     cfg.seed = 42;
+    cfg.closed_loop = closed;
+    if closed.is_some() {
+        cfg.duration = Duration::from_millis(300);
+    }
     let report = loadgen::run(cfg, &mut |_| {}).expect("load runs");
     assert_eq!(report.error, None);
     assert!(report.m.sent > 0);
@@ -173,6 +188,24 @@ pub fn load_with_mixed_payloads(engine: Setup) {
     let big = run_load(&server.endpoint, "uniform:0-64KiB", "uniform:0-1MiB", 150.0);
     let summary = server.stop().unwrap();
     assert!(summary.requests >= echo.m.completed + big.m.completed);
+    assert_eq!(summary.protocol_errors, 0);
+}
+
+/// A closed loop (as wrk runs: a reply, then the next request) with two requests out per
+/// connection: it reaches a rate, and every reply is verified byte for byte.
+pub fn a_closed_loop_is_answered_in_full(engine: Setup) {
+    let server = start(engine);
+    let r = run_load_with(
+        &server.endpoint,
+        "uniform:0-8KiB",
+        "uniform:0-64KiB",
+        f64::NAN,
+        Some(2),
+    );
+    let s = r.summary();
+    assert_eq!((s.mode, s.depth, s.offered_rps), ("closed", Some(2), None));
+    assert!(s.achieved_rps > 0.0 && r.m.completed > 100, "{}", r.table());
+    let summary = server.stop().unwrap();
     assert_eq!(summary.protocol_errors, 0);
 }
 
@@ -429,6 +462,7 @@ macro_rules! conformance {
         mod $name {
             use super::*;
             #[test] fn load_with_mixed_payloads() { super::load_with_mixed_payloads($engine) }
+            #[test] fn a_closed_loop_is_answered_in_full() { super::a_closed_loop_is_answered_in_full($engine) }
             #[test] fn echo_at_the_edges() { super::echo_at_the_edges($engine) }
             #[test] fn pipelined_replies_stay_in_order() { super::pipelined_replies_stay_in_order($engine) }
             #[test] fn thousands_of_pipelined_requests_stay_in_order() { super::thousands_of_pipelined_requests_stay_in_order($engine) }
@@ -459,6 +493,10 @@ mod shm {
         super::echo_at_the_edges(SHM)
     }
     #[test]
+    fn a_closed_loop_is_answered_in_full() {
+        super::a_closed_loop_is_answered_in_full(SHM)
+    }
+    #[test]
     fn pipelined_replies_stay_in_order() {
         super::pipelined_replies_stay_in_order(SHM)
     }
@@ -487,6 +525,7 @@ macro_rules! conformance_in_netns {
                 in_private_netns(stringify!($name), || case($engine));
             }
             #[test] fn load_with_mixed_payloads() { run(super::load_with_mixed_payloads) }
+            #[test] fn a_closed_loop_is_answered_in_full() { run(super::a_closed_loop_is_answered_in_full) }
             #[test] fn echo_at_the_edges() { run(super::echo_at_the_edges) }
             #[test] fn pipelined_replies_stay_in_order() { run(super::pipelined_replies_stay_in_order) }
             #[test] fn thousands_of_pipelined_requests_stay_in_order() { run(super::thousands_of_pipelined_requests_stay_in_order) }

@@ -173,3 +173,29 @@ fn a_vanishing_server_is_reported_by_both_drivers() {
         assert!(e.contains("closed connection"), "{driver:?}: {e}");
     }
 }
+
+/// `--requests N` stops after exactly N measured requests, answered, in either loop with
+/// either driver, long before `--duration` would have.
+#[test]
+fn requests_n_completes_exactly_n_in_either_loop() {
+    for driver in [DriverKind::Epoll, DriverKind::Uring] {
+        for closed in [None, Some(3)] {
+            let server = server();
+            let mut cfg = LoadConfig::new(server.addr, 5000.0, Duration::from_secs(60));
+            cfg.connections = 8;
+            cfg.threads = 2;
+            cfg.driver = driver;
+            cfg.closed_loop = closed;
+            cfg.requests = Some(777);
+            cfg.warmup = Duration::from_millis(100);
+            let r = loadgen::run(cfg, &mut |_| {}).unwrap();
+            let what = format!("{driver:?}, closed {closed:?}");
+            assert_eq!((r.error.as_deref(), r.errors()), (None, 0), "{what}");
+            assert_eq!((r.m.sent, r.m.completed), (777, 777), "{what}");
+            let s = r.summary();
+            assert!(s.duration_s < 59.0, "{what}: the run waited for --duration");
+            assert!(s.achieved_rps > 0.0, "{what}");
+            server.stop().unwrap();
+        }
+    }
+}

@@ -40,6 +40,8 @@ enum Freeze {
     Generator,
     /// The server: replies stop, while an open-loop generator keeps sending on time.
     Server,
+    /// The server, under a closed loop: its clients stop sending while it is stopped.
+    ServerClosedLoop,
 }
 
 /// The run with the generator frozen, shared by the tests here.
@@ -54,6 +56,12 @@ fn server_frozen() -> &'static Frozen {
     RUN.get_or_init(|| run_with(Freeze::Server))
 }
 
+/// The server frozen under a closed loop: 8 connections, one request out each, as wrk runs.
+fn server_frozen_closed() -> &'static Frozen {
+    static RUN: OnceLock<Frozen> = OnceLock::new();
+    RUN.get_or_init(|| run_with(Freeze::ServerClosedLoop))
+}
+
 fn stop_for(pid: u32, how_long: Duration) {
     let pid = pid as libc::pid_t;
     // SAFETY: kill has no memory preconditions; `pid` is our own child, not yet reaped.
@@ -63,10 +71,15 @@ fn stop_for(pid: u32, how_long: Duration) {
 }
 
 fn run_with(freeze: Freeze) -> Frozen {
-    let tag = if freeze == Freeze::Server {
-        "server"
-    } else {
-        "load"
+    let tag = match freeze {
+        Freeze::Generator => "load",
+        Freeze::Server => "server",
+        Freeze::ServerClosedLoop => "closed",
+    };
+    let rate = RATE.to_string();
+    let shape: &[&str] = match freeze {
+        Freeze::ServerClosedLoop => &["--closed-loop", "--depth", "1", "--connections", "8"],
+        _ => &["--rate", &rate, "--connections", "4"],
     };
     let dir = std::env::temp_dir().join(format!("iolab-frozen-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -75,22 +88,9 @@ fn run_with(freeze: Freeze) -> Frozen {
     let mut load = Command::new(env!("CARGO_BIN_EXE_iolab"))
         .arg("load")
         .args(["--addr", &addr.to_string()])
-        .args([
-            "--rate",
-            &RATE.to_string(),
-            "--duration",
-            "2s",
-            "--warmup",
-            "200ms",
-        ])
-        .args([
-            "--connections",
-            "4",
-            "--log-interval",
-            "100ms",
-            "--watch-cpus",
-            "none",
-        ])
+        .args(shape)
+        .args(["--duration", "2s", "--warmup", "200ms"])
+        .args(["--log-interval", "100ms", "--watch-cpus", "none"])
         .arg("--json")
         .arg(dir.join("summary.json"))
         .arg("--hdr-log")
@@ -109,7 +109,7 @@ fn run_with(freeze: Freeze) -> Frozen {
     assert!(first.is_some(), "the load printed no interval line");
     match freeze {
         Freeze::Generator => stop_for(load.id(), FREEZE),
-        Freeze::Server => stop_for(server.id(), FREEZE),
+        Freeze::Server | Freeze::ServerClosedLoop => stop_for(server.id(), FREEZE),
     }
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let out = load.wait_with_output().expect("the load ends");
@@ -181,6 +181,30 @@ fn a_stalled_server_does_not_slow_the_sends() {
         worst / 1000
     );
     assert_eq!(s["error_kinds"]["overflow"], 0, "{s}");
+    // About 300 of its 2,000 requests met the stall: the p99 is in it.
+    assert!(us(&s["latency_us"]["p99"]) >= 0.5 * freeze_us, "{s}");
+}
+
+/// The lesson: the same stall under a closed loop (8 connections, one request out each)
+/// leaves the p99 alone, because only 8 requests met it; the open loop's p99 above is in it.
+#[test]
+fn a_closed_loop_hides_the_stall_the_open_loop_shows() {
+    let closed = &server_frozen_closed().summary;
+    let open = &server_frozen().summary;
+    let freeze_us = FREEZE.as_secs_f64() * 1e6;
+    assert_eq!(
+        (closed["mode"].as_str(), closed["errors"].as_u64()),
+        (Some("closed"), Some(0)),
+        "{closed}"
+    );
+    assert_eq!(closed["offered_rps"], serde_json::Value::Null);
+    // The stall is there, in the few requests that met it...
+    assert!(us(&closed["latency_us"]["max"]) >= 0.8 * freeze_us, "{closed}");
+    // ... and nowhere near the p99, which the open loop's is.
+    let (closed_p99, open_p99) = (us(&closed["latency_us"]["p99"]), us(&open["latency_us"]["p99"]));
+    assert!(open_p99 >= 0.5 * freeze_us, "open p99 {open_p99} us");
+    assert!(closed_p99 < 0.5 * freeze_us, "closed p99 {closed_p99} us");
+    assert!(closed["achieved_rps"].as_f64().unwrap() > 0.0);
 }
 
 #[derive(Debug, serde::Deserialize)]

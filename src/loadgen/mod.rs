@@ -34,7 +34,7 @@ use crate::stats::{
     gaps_per_sample, ks_erlang, ks_exponential, mean_cv, new_histogram, quantile_ci, KsResult,
 };
 pub use arrival::ArrivalKind;
-use driver::{IntervalReport, StartGate, ThreadOutcome, ThreadPlan};
+use driver::{Report, StartGate, ThreadOutcome, ThreadPlan};
 use spec::{ReplyDist, SizeDist, WorkDist};
 
 /// How connections are opened before the run.
@@ -148,6 +148,11 @@ pub struct LoadConfig {
     /// Of each machine stall, the part beyond this counts as `machine_stalls.excess_us`: what
     /// could push a request past a latency bound about twice this long on its own.
     pub stall_grace: Duration,
+    /// Closed loop: each connection keeps this many requests outstanding and sends the next
+    /// as each reply arrives (`rate` is then unused). `None`: the open loop, on a schedule.
+    pub closed_loop: Option<usize>,
+    /// Stop after this many measured requests have been sent and answered (`--requests`).
+    pub requests: Option<u64>,
 }
 
 impl LoadConfig {
@@ -182,6 +187,8 @@ impl LoadConfig {
             netns: None,
             watch_cpus: canary::online_cpus(),
             stall_grace: Duration::from_micros(500),
+            closed_loop: None,
+            requests: None,
         }
     }
 
@@ -195,7 +202,17 @@ impl LoadConfig {
 
     /// Rejects combinations that cannot run, with a reason a person can act on.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.rate.is_finite() && self.rate > 0.0) {
+        if let Some(depth) = self.closed_loop {
+            if depth == 0 {
+                return Err("--depth must be at least 1 request outstanding per connection".into());
+            }
+            if depth > self.max_in_flight {
+                return Err(format!(
+                    "--depth {depth} is above --max-in-flight {}",
+                    self.max_in_flight
+                ));
+            }
+        } else if !(self.rate.is_finite() && self.rate > 0.0) {
             return Err(format!(
                 "--rate must be a positive number of requests per second, not {}",
                 self.rate
@@ -203,6 +220,9 @@ impl LoadConfig {
         }
         if self.duration.is_zero() {
             return Err("--duration must be longer than zero".into());
+        }
+        if self.requests == Some(0) {
+            return Err("--requests must be at least 1".into());
         }
         if self.connections == 0 {
             return Err("--connections must be at least 1".into());
@@ -380,9 +400,11 @@ pub struct LoadReport {
 /// The `--json` summary. Keys are part of the command-line contract: add, never rename.
 #[derive(Debug, Serialize)]
 pub struct Summary {
-    pub offered_rps: f64,
+    /// The rate offered; `null` in a closed loop, whose rate is what the server allowed.
+    pub offered_rps: Option<f64>,
     pub achieved_rps: f64,
-    pub achieved_within_1pct: bool,
+    /// `null` in a closed loop.
+    pub achieved_within_1pct: Option<bool>,
     /// Arrivals the schedule placed in the measured window, per second. A Poisson count is
     /// itself random (relative spread 1/sqrt(rate x duration)), so this is what achieved
     /// should be compared with to judge the server and the generator.
@@ -413,8 +435,11 @@ pub struct Summary {
     /// Stalls of the whole machine inside the measured window, seen by the canaries: time no
     /// program on a watched CPU could run, which neither the server nor the generator caused.
     pub machine_stalls: canary::StallSummary,
-    /// `"open"` (the schedule does not wait for replies).
+    /// `"open"` (a schedule that does not wait for replies) or `"closed"` (each connection
+    /// waits for a reply before sending the next: `--closed-loop`).
     pub mode: &'static str,
+    /// Closed loop: requests each connection keeps outstanding (`null` when open).
+    pub depth: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -539,8 +564,28 @@ impl LoadReport {
         self.m.bad_replies + self.m.overflow + self.m.lost
     }
 
+    /// The measured window's length: `--duration`, or up to the last reply when `--requests`
+    /// ended the run first.
+    pub fn measured_duration(&self) -> Duration {
+        let (from, to) = self.window_ns;
+        if self.config.requests.is_some() && to > from {
+            Duration::from_nanos(to - from).min(self.config.duration)
+        } else {
+            self.config.duration
+        }
+    }
+
+    pub fn closed(&self) -> bool {
+        self.config.closed_loop.is_some()
+    }
+
     pub fn achieved_rps(&self) -> f64 {
-        self.m.completed as f64 / self.config.duration.as_secs_f64()
+        self.m.completed as f64 / self.measured_duration().as_secs_f64()
+    }
+
+    /// The rate offered: none in a closed loop, whose rate is the server's answer.
+    pub fn offered_rps(&self) -> Option<f64> {
+        (!self.closed()).then_some(self.config.rate)
     }
 
     pub fn achieved_within_1pct(&self) -> bool {
@@ -553,7 +598,7 @@ impl LoadReport {
     }
 
     pub fn scheduled_rps(&self) -> f64 {
-        self.scheduled() as f64 / self.config.duration.as_secs_f64()
+        self.scheduled() as f64 / self.measured_duration().as_secs_f64()
     }
 
     pub fn achieved_within_1pct_of_scheduled(&self) -> bool {
@@ -565,12 +610,12 @@ impl LoadReport {
         let gaps_us: Vec<f64> = self.interarrivals_ns.iter().map(|g| g / 1e3).collect();
         let (mean_us, cv) = mean_cv(&gaps_us);
         Summary {
-            offered_rps: c.rate,
+            offered_rps: self.offered_rps(),
             achieved_rps: self.achieved_rps(),
-            achieved_within_1pct: self.achieved_within_1pct(),
+            achieved_within_1pct: (!self.closed()).then(|| self.achieved_within_1pct()),
             scheduled_rps: self.scheduled_rps(),
             achieved_within_1pct_of_scheduled: self.achieved_within_1pct_of_scheduled(),
-            duration_s: c.duration.as_secs_f64(),
+            duration_s: self.measured_duration().as_secs_f64(),
             warmup_s: c.warmup.as_secs_f64(),
             sent: self.m.sent,
             completed: self.m.completed,
@@ -591,7 +636,10 @@ impl LoadReport {
             send_lag_us: latency_us(&self.m.send_lag),
             interarrival: InterarrivalSummary {
                 mean_us,
-                offered_mean_us: 1e6 / c.rate,
+                offered_mean_us: match self.offered_rps() {
+                    Some(rate) => 1e6 / rate,
+                    None => f64::NAN,
+                },
                 cv,
                 ks_p_value: self.ks_actual.p_value,
                 ks_d: self.ks_actual.d,
@@ -632,7 +680,8 @@ impl LoadReport {
             error: self.error.clone(),
             backlog_at_end: self.backlog_at_end(),
             machine_stalls: self.machine_stalls(),
-            mode: "open",
+            mode: if self.closed() { "closed" } else { "open" },
+            depth: c.closed_loop,
         }
     }
 
@@ -663,14 +712,18 @@ impl LoadReport {
         }
         let _ = writeln!(
             t,
-            "load {} -> {}: {} arrivals at {} rps over {} connection(s) on {} {} thread(s), {:.1}s (+{:.1}s warm-up)",
-            if self.error.is_some() { "INCOMPLETE" } else { "done" },
-            c.endpoint(),
-            match c.arrival {
-                ArrivalKind::Poisson => "poisson",
-                ArrivalKind::Constant => "constant",
+            "load {} -> {}: {} over {} connection(s) on {} {} thread(s), {:.1}s (+{:.1}s warm-up)",
+            if self.error.is_some() {
+                "INCOMPLETE"
+            } else {
+                "done"
             },
-            c.rate,
+            c.endpoint(),
+            match (c.closed_loop, c.arrival) {
+                (Some(depth), _) => format!("closed loop, {depth} outstanding per connection"),
+                (None, ArrivalKind::Poisson) => format!("poisson arrivals at {} rps", c.rate),
+                (None, ArrivalKind::Constant) => format!("constant arrivals at {} rps", c.rate),
+            },
             c.connections,
             c.threads.min(c.connections),
             match c.driver {
@@ -682,7 +735,7 @@ impl LoadReport {
                 },
                 _ => "epoll",
             },
-            c.duration.as_secs_f64(),
+            self.measured_duration().as_secs_f64(),
             c.warmup.as_secs_f64()
         );
         let _ = writeln!(
@@ -712,8 +765,20 @@ impl LoadReport {
                 .collect();
             let _ = writeln!(t, "  HTTP status   not 200: {}", by_status.join(", "));
         }
-        let noise = 100.0 / (c.rate * c.duration.as_secs_f64()).sqrt();
-        let _ = writeln!(
+        if self.closed() {
+            let _ = writeln!(
+                t,
+                "  throughput    reached {:.1} rps (a closed loop offers no rate: this is what the server let it send)\n\
+                 {:16}each connection waited for a reply before its next send, so a server that stalls\n\
+                 {:16}is sent less instead of showing in the latency (coordinated omission)",
+                self.achieved_rps(),
+                "",
+                ""
+            );
+        }
+        let noise = 100.0 / (c.rate * self.measured_duration().as_secs_f64()).sqrt();
+        if !self.closed() {
+            let _ = writeln!(
             t,
             "  throughput    offered {:.1} rps, scheduled {:.1} (Poisson count noise +-{:.1}%), achieved {:.1} rps\n\
              {:16}achieved is {} of offered and {} of scheduled",
@@ -725,6 +790,7 @@ impl LoadReport {
             if self.achieved_within_1pct() { "within 1%" } else { "NOT within 1%" },
             if self.achieved_within_1pct_of_scheduled() { "within 1%" } else { "NOT within 1%" },
         );
+        }
         let row = |name: &str, h: &Histogram<u64>| {
             if h.is_empty() {
                 return format!("  {name:<13} (no samples)\n");
@@ -743,7 +809,12 @@ impl LoadReport {
         t.push_str(&row("uncorrected", &self.m.uncorrected));
         t.push_str(&row("send lag", &self.m.send_lag));
         let ia = &s.interarrival;
-        if self.interarrivals_ns.is_empty() {
+        if self.closed() {
+            let _ = writeln!(
+                t,
+                "  arrivals      none to check: in a closed loop the sends follow the replies"
+            );
+        } else if self.interarrivals_ns.is_empty() {
             let _ = writeln!(t, "  arrivals      (none measured)");
         } else {
             let _ = writeln!(
@@ -844,10 +915,81 @@ impl LoadReport {
     }
 }
 
+/// The run so far, for a live progress line: refreshed about four times a second.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// Since the schedule started (warm-up included).
+    pub elapsed: Duration,
+    /// Warm-up and duration; `None` when `--requests` alone ends the run.
+    pub total: Option<Duration>,
+    pub warming_up: bool,
+    /// `--requests`: how many measured requests the run is to send.
+    pub requests: Option<u64>,
+    pub sent: u64,
+    pub completed: u64,
+    pub errors: u64,
+    pub latency: Histogram<u64>,
+    pub send_lag: Histogram<u64>,
+    /// Seconds of measured window so far (after the warm-up).
+    pub measured_secs: f64,
+}
+
+impl Progress {
+    /// One line: `[ 12.0s / 60.0s] sent 120000 done 119990 (10000 rps) p50 ... errors 0`.
+    pub fn describe(&self) -> String {
+        let of = match (self.total, self.requests) {
+            (_, Some(n)) if self.total.is_none_or(|t| t > Duration::from_secs(86_400)) => {
+                format!(" of {n} requests")
+            }
+            (Some(t), _) => format!(" / {:.1}s", t.as_secs_f64()),
+            _ => String::new(),
+        };
+        let measured = self.elapsed.as_secs_f64();
+        let q = |h: &Histogram<u64>, q: f64| {
+            if h.is_empty() {
+                "-".to_string()
+            } else {
+                fmt_us(h.value_at_quantile(q))
+            }
+        };
+        format!(
+            "[{:>6.1}s{of}]{} sent {} done {} ({:.0} rps)  p50 {}  p99 {}  errors {}  send lag p99 {}",
+            measured,
+            if self.warming_up { " warming up" } else { "" },
+            self.sent,
+            self.completed,
+            self.rate(),
+            q(&self.latency, 0.5),
+            q(&self.latency, 0.99),
+            self.errors,
+            q(&self.send_lag, 0.99),
+        )
+    }
+
+    /// Completions per second of measured time so far.
+    fn rate(&self) -> f64 {
+        let secs = self.measured_secs;
+        if secs > 0.0 {
+            self.completed as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
 /// Runs a load as configured. `on_interval` sees each `--log-interval` slice as it ends.
 /// Failures (connection refused, a server that dies) come back in [`LoadReport::error`] with
 /// whatever was measured up to then.
-pub fn run(mut config: LoadConfig, on_interval: &mut dyn FnMut(&IntervalLine)) -> anyhow::Result<LoadReport> {
+pub fn run(config: LoadConfig, on_interval: &mut dyn FnMut(&IntervalLine)) -> anyhow::Result<LoadReport> {
+    run_watched(config, on_interval, None)
+}
+
+/// As [`run`], and `on_progress` (if any) sees the run so far about four times a second.
+pub fn run_watched(
+    mut config: LoadConfig,
+    on_interval: &mut dyn FnMut(&IntervalLine),
+    mut on_progress: Option<&mut dyn FnMut(&Progress)>,
+) -> anyhow::Result<LoadReport> {
     config.validate().map_err(anyhow::Error::msg)?;
     // Every thread of the load is born inside the namespace; this one returns when done.
     let _visit = match &config.netns {
@@ -878,7 +1020,10 @@ pub fn run(mut config: LoadConfig, on_interval: &mut dyn FnMut(&IntervalLine)) -
     let abort = Arc::new(AtomicBool::new(false));
     let gate = Arc::new(StartGate::default());
     let (ready_tx, ready_rx) = mpsc::channel();
-    let (interval_tx, interval_rx) = mpsc::channel::<IntervalReport>();
+    let (interval_tx, interval_rx) = mpsc::channel::<Report>();
+    let tickets = config
+        .requests
+        .map(|n| Arc::new(std::sync::atomic::AtomicU64::new(n)));
 
     let mut handles = Vec::with_capacity(threads);
     for index in 0..threads {
@@ -890,6 +1035,8 @@ pub fn run(mut config: LoadConfig, on_interval: &mut dyn FnMut(&IntervalLine)) -
             gate: gate.clone(),
             ready: ready_tx.clone(),
             intervals: config.log_interval.map(|_| interval_tx.clone()),
+            progress: on_progress.as_ref().map(|_| interval_tx.clone()),
+            tickets: tickets.clone(),
         };
         handles.push(
             std::thread::Builder::new()
@@ -929,7 +1076,42 @@ pub fn run(mut config: LoadConfig, on_interval: &mut dyn FnMut(&IntervalLine)) -
         on_interval(&line);
         intervals.push(line);
     };
+    let mut so_far = Progress {
+        elapsed: Duration::ZERO,
+        total: Some(config.warmup + config.duration),
+        warming_up: true,
+        requests: config.requests,
+        sent: 0,
+        completed: 0,
+        errors: 0,
+        latency: new_histogram(),
+        send_lag: new_histogram(),
+        measured_secs: 0.0,
+    };
+    let mut shown_at = Instant::now();
     for report in interval_rx.iter() {
+        let report = match report {
+            Report::Interval(r) => r,
+            Report::Progress(p) => {
+                so_far.sent += p.sent;
+                so_far.completed += p.completed;
+                so_far.errors += p.errors;
+                let _ = so_far.latency.add(&p.latency);
+                let _ = so_far.send_lag.add(&p.send_lag);
+                if let Some(show) = on_progress.as_mut() {
+                    let now = crate::clock::now_ns();
+                    so_far.elapsed = Duration::from_nanos(now.saturating_sub(start));
+                    so_far.warming_up = now < window_ns.0;
+                    so_far.measured_secs = now.saturating_sub(window_ns.0) as f64 / 1e9;
+                    // One line per round of the threads' reports, not one per thread.
+                    if shown_at.elapsed() >= driver::PROGRESS_EVERY / 2 {
+                        shown_at = Instant::now();
+                        show(&so_far);
+                    }
+                }
+                continue;
+            }
+        };
         let entry = pending.entry(report.index).or_insert_with(|| {
             (
                 0,
@@ -967,6 +1149,12 @@ pub fn run(mut config: LoadConfig, on_interval: &mut dyn FnMut(&IntervalLine)) -
         }
     }
     drop(idle);
+    // With --requests the measured window ends at the last reply, not at --duration.
+    let last_done = outcomes.iter().map(|o| o.last_done_ns).max().unwrap_or(0);
+    let window_ns = match config.requests {
+        Some(_) if last_done > window_ns.0 => (window_ns.0, last_done.min(window_ns.1)),
+        _ => window_ns,
+    };
     let mut report = merge(
         config,
         outcomes,
@@ -1034,6 +1222,17 @@ fn merge(
     );
     let ks_strict = ks_exponential(&interarrivals_ns, offered_gap_ns, 0.0);
     let ks_scheduled = ks_exponential(&gaps(scheduled_times), offered_gap_ns, 0.0);
+    // A closed loop has no arrival process to check: its sends follow the replies.
+    let (ks_actual, ks_strict, ks_scheduled) = if config.closed_loop.is_some() {
+        let none = KsResult {
+            d: f64::NAN,
+            p_value: f64::NAN,
+            n: 0,
+        };
+        (none, none, none)
+    } else {
+        (ks_actual, ks_strict, ks_scheduled)
+    };
     LoadReport {
         config,
         m,

@@ -298,7 +298,7 @@ pub struct Distribution<'a> {
 
 /// Latency CDFs on a "nines" axis: y = −log10(1 − q), so 90%, 99%, 99.9% are evenly spaced
 /// and the tail, where engines differ, gets the room.
-pub fn latency_cdfs(rate: f64, dists: &[Distribution<'_>]) -> anyhow::Result<String> {
+pub fn latency_cdfs(caption: &str, dists: &[Distribution<'_>]) -> anyhow::Result<String> {
     let samples = dists
         .iter()
         .map(|d| d.latency_ns.len())
@@ -330,7 +330,7 @@ pub fn latency_cdfs(rate: f64, dists: &[Distribution<'_>]) -> anyhow::Result<Str
     };
     figure(
         (900, 450),
-        &format!("Latency distribution at {rate:.0} rps offered"),
+        caption,
         SeriesLabelPosition::UpperLeft,
         (
             (min_x..max_x)

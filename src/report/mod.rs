@@ -215,6 +215,9 @@ fn build(
     sections.push(latency);
 
     sections.push(cdf_section(dir, rows, &engines, at_rate)?);
+    if let Some(section) = loops_section(dir, meta)? {
+        sections.push(section);
+    }
     sections.push(arrivals_section(dir, rows, meta, at_rate)?);
 
     sections.push(Section {
@@ -489,9 +492,54 @@ fn cdf_section(dir: &Path, rows: &[Point], engines: &[String], rate: f64) -> any
         text,
         blocks: vec![Block::Figure {
             name: "latency-cdf".into(),
-            svg: figures::latency_cdfs(rate, &dists)?,
+            svg: figures::latency_cdfs(&format!("Latency distribution at {rate:.0} rps offered"), &dists)?,
         }],
     })
+}
+
+/// The coordinated-omission lesson (`sweep --compare-loops`), if the sweep made it.
+fn loops_section(dir: &Path, meta: &serde_json::Value) -> anyhow::Result<Option<Section>> {
+    let engine = meta["compare_loops"].as_str().unwrap_or("the server");
+    let Some(comparison) = crate::results::LoopsComparison::read(dir, engine) else {
+        return Ok(None);
+    };
+    let c = comparison?;
+    let folder = dir.join(crate::sweep::LOOPS_DIR);
+    let open = read_hlog(&folder.join("open.hlog"))?;
+    let closed = read_hlog(&folder.join("closed.hlog"))?;
+    let dists = [
+        Distribution {
+            engine: "open loop",
+            color: 0,
+            valid: true,
+            latency_ns: &open,
+        },
+        Distribution {
+            engine: "closed loop",
+            color: 3,
+            valid: true,
+            latency_ns: &closed,
+        },
+    ];
+    let mut text = vec![
+        "Most load tools run a closed loop: each connection sends a request, waits for its reply,          and only then sends the next. The same server, loaded both ways while it stalls now and          then, shows what that hides."
+            .to_string(),
+    ];
+    text.extend(c.sentences());
+    Ok(Some(Section {
+        title: "What a closed loop hides".into(),
+        text,
+        blocks: vec![Block::Figure {
+            name: "open-vs-closed-loop".into(),
+            svg: figures::latency_cdfs(
+                &format!(
+                    "Open vs closed loop, the server stopped {:.0} ms every {:.0} s",
+                    c.stall_ms, c.every_s
+                ),
+                &dists,
+            )?,
+        }],
+    }))
 }
 
 fn arrivals_section(

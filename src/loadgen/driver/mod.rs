@@ -82,6 +82,26 @@ pub struct IntervalReport {
     pub latency: Histogram<u64>,
 }
 
+/// What one thread measured since its last progress report, for the live progress line.
+#[derive(Debug)]
+pub struct ProgressReport {
+    pub sent: u64,
+    pub completed: u64,
+    pub errors: u64,
+    pub latency: Histogram<u64>,
+    pub send_lag: Histogram<u64>,
+}
+
+/// What the driver threads tell the main thread while they run.
+#[derive(Debug)]
+pub enum Report {
+    Interval(IntervalReport),
+    Progress(ProgressReport),
+}
+
+/// How often a thread reports progress when a progress line is wanted.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
 /// Everything one driver thread needs.
 #[derive(Debug)]
 pub struct ThreadPlan {
@@ -92,7 +112,12 @@ pub struct ThreadPlan {
     pub abort: Arc<AtomicBool>,
     pub gate: Arc<StartGate>,
     pub ready: mpsc::Sender<Result<(), String>>,
-    pub intervals: Option<mpsc::Sender<IntervalReport>>,
+    /// Where interval slices go (with `--log-interval` or `--hdr-log`).
+    pub intervals: Option<mpsc::Sender<Report>>,
+    /// Where progress reports go (the live progress line), every [`PROGRESS_EVERY`].
+    pub progress: Option<mpsc::Sender<Report>>,
+    /// With `--requests N`: the measured sends left to the whole run, shared by its threads.
+    pub tickets: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// What one driver thread measured.
@@ -112,6 +137,9 @@ pub struct ThreadOutcome {
     pub schedule_ns: u64,
     /// Why the run stopped early, if it did.
     pub error: Option<String>,
+    /// When the last measured reply arrived (0: none): with `--requests`, where the measured
+    /// window really ended.
+    pub last_done_ns: u64,
 }
 
 struct Conn {
@@ -208,6 +236,42 @@ struct Tally {
     keep_records: bool,
     /// The end of the measured window: replies after it still count, but not as on time.
     window_end_ns: u64,
+    /// Since the last progress report, when one is wanted.
+    progress: Option<ProgressTally>,
+    /// Closed loop: connections that had a reply since the loop last topped them up.
+    refill: Option<Vec<usize>>,
+}
+
+/// Counts for the live progress line, reset at each report.
+struct ProgressTally {
+    sent: u64,
+    completed: u64,
+    errors: u64,
+    latency: Histogram<u64>,
+    send_lag: Histogram<u64>,
+}
+
+impl ProgressTally {
+    fn new() -> Self {
+        ProgressTally {
+            sent: 0,
+            completed: 0,
+            errors: 0,
+            latency: new_histogram(),
+            send_lag: new_histogram(),
+        }
+    }
+
+    fn take(&mut self) -> ProgressReport {
+        let t = std::mem::replace(self, ProgressTally::new());
+        ProgressReport {
+            sent: t.sent,
+            completed: t.completed,
+            errors: t.errors,
+            latency: t.latency,
+            send_lag: t.send_lag,
+        }
+    }
 }
 
 impl Tally {
@@ -216,6 +280,16 @@ impl Tally {
             return;
         }
         let r = c.request;
+        self.out.last_done_ns = self.out.last_done_ns.max(c.done_ns);
+        if let Some(p) = &mut self.progress {
+            if c.ok {
+                p.completed += 1;
+                p.latency
+                    .saturating_record(c.done_ns.saturating_sub(r.scheduled_ns));
+            } else {
+                p.errors += 1;
+            }
+        }
         if c.ok {
             let latency = c.done_ns.saturating_sub(r.scheduled_ns);
             self.out.m.completed += 1;
@@ -262,12 +336,15 @@ pub fn run(plan: ThreadPlan) -> ThreadOutcome {
             idle_ns: 0,
             schedule_ns: 0,
             error: None,
+            last_done_ns: 0,
         },
         interval: new_histogram(),
         interval_completed: 0,
         interval_errors: 0,
         keep_records,
         window_end_ns: u64::MAX,
+        progress: plan.progress.as_ref().map(|_| ProgressTally::new()),
+        refill: plan.config.closed_loop.map(|_| Vec::new()),
     };
     let io = match Io::new(&plan.config, plan.connections.len()) {
         Ok(io) => io,
@@ -307,8 +384,11 @@ impl Driver {
         let Some(start) = self.plan.gate.wait() else {
             return Ok(()); // another thread failed to connect; it reports why
         };
-        let mut interval = IntervalClock::new(cfg.log_interval, start + cfg.warmup.as_nanos() as u64);
-        let schedule_result = self.schedule(&cfg, start, &mut interval);
+        let mut interval = IntervalClock::new(cfg.log_interval, start + cfg.warmup.as_nanos() as u64, start);
+        let schedule_result = match cfg.closed_loop {
+            Some(depth) => self.closed_loop(&cfg, start, depth, &mut interval),
+            None => self.schedule(&cfg, start, &mut interval),
+        };
         self.tally.out.schedule_ns = now_ns().saturating_sub(start);
         schedule_result?;
         self.drain(&cfg, &mut interval)?;
@@ -343,7 +423,7 @@ impl Driver {
     /// Sends every request whose scheduled time falls before the end of the run.
     fn schedule(&mut self, cfg: &LoadConfig, start: u64, interval: &mut IntervalClock) -> Result<(), String> {
         let warm_end = start + cfg.warmup.as_nanos() as u64;
-        let end = warm_end + cfg.duration.as_nanos() as u64;
+        let end = warm_end.saturating_add(cfg.duration.as_nanos() as u64);
         self.tally.window_end_ns = end;
         let per_conn_rate = cfg.rate / cfg.connections as f64;
         let arrivals = Arrivals::new(cfg.arrival, per_conn_rate);
@@ -364,21 +444,12 @@ impl Driver {
             self.wait_until(at, interval)?;
             // The spec is drawn whether or not the request can go, so the schedule and the
             // request mix depend only on the seed, never on how the server behaves.
-            let spec = RequestSpec {
-                request_bytes: cfg.request_size.sample(&mut rng).min(cfg.max_frame as u64) as u32,
-                reply: match cfg.reply {
-                    ReplyDist::Echo => ReplySize::Echo,
-                    ReplyDist::Sized(d) => {
-                        ReplySize::Bytes(d.sample(&mut rng).min(cfg.max_frame as u64) as u32)
-                    }
-                },
-                spin_ns: cfg.work.sample_ns(&mut rng),
-                page: match &cfg.http {
-                    Some(pages) => rng.random_range(0..pages.len() as u32),
-                    None => 0,
-                },
-            };
-            self.fire(slot, at, at >= warm_end, spec, next_id)?;
+            let spec = draw_spec(cfg, &mut rng);
+            let measured = at >= warm_end;
+            if measured && !self.take_ticket() {
+                break; // --requests: the run has sent all it was asked to
+            }
+            self.fire(slot, at, measured, spec, next_id)?;
             next_id += 1;
             next_at[slot] += arrivals.gap(&mut rng);
             // The connection's next send replaces it at the top: one sift, not a pop and a push.
@@ -387,6 +458,65 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// `--requests N`: takes one of the run's measured sends, if any are left.
+    fn take_ticket(&self) -> bool {
+        self.plan.tickets.as_ref().is_none_or(|t| {
+            t.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1))
+                .is_ok()
+        })
+    }
+
+    /// The closed loop: every connection keeps `depth` requests out and sends the next the
+    /// moment a reply arrives; there is no schedule, so a request is "scheduled" when it is
+    /// sent and a server that stalls simply gets fewer requests (what the loop hides).
+    fn closed_loop(
+        &mut self,
+        cfg: &LoadConfig,
+        start: u64,
+        depth: usize,
+        interval: &mut IntervalClock,
+    ) -> Result<(), String> {
+        let warm_end = start + cfg.warmup.as_nanos() as u64;
+        let end = warm_end.saturating_add(cfg.duration.as_nanos() as u64);
+        self.tally.window_end_ns = end;
+        let seed = cfg.seed ^ (self.plan.index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed);
+        let mut next_id = (self.plan.index as u64) << 48;
+        let mut top_up: Vec<usize> = (0..self.conns.len()).collect();
+        let mut out_of_tickets = false;
+        self.wait_until(start, interval)?;
+        loop {
+            let now = now_ns();
+            interval.tick(self, now);
+            if now >= end || self.plan.abort.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            for &slot in &top_up {
+                while !out_of_tickets && self.conns[slot].client.in_flight() < depth {
+                    let at = now_ns();
+                    let measured = at >= warm_end;
+                    if measured && !self.take_ticket() {
+                        out_of_tickets = true;
+                        break;
+                    }
+                    let spec = draw_spec(cfg, &mut rng);
+                    self.fire(slot, at, measured, spec, next_id)?;
+                    next_id += 1;
+                }
+            }
+            if out_of_tickets && self.conns.iter().all(|c| c.client.in_flight() == 0) {
+                return Ok(());
+            }
+            let timeout = Duration::from_nanos(end - now).min(MAX_SLEEP);
+            let polled = self.io.poll(&mut self.conns, &mut self.tally, timeout)?;
+            self.tally.out.idle_ns += polled.waited_ns;
+            top_up.clear();
+            if let Some(refill) = &mut self.tally.refill {
+                top_up.append(refill);
+            }
+        }
     }
 
     fn fire(
@@ -413,6 +543,10 @@ impl Driver {
             out.m.send_lag.saturating_record(now.saturating_sub(at));
             out.send_times.push(now);
             out.scheduled_times.push(at);
+            if let Some(p) = &mut self.tally.progress {
+                p.sent += 1;
+                p.send_lag.saturating_record(now.saturating_sub(at));
+            }
         }
         self.io.send(&mut self.conns, &mut self.tally, slot)
     }
@@ -470,19 +604,22 @@ impl Driver {
 }
 
 /// Cuts the run into `--log-interval` slices and hands each slice's histogram to the main
-/// thread as the slice ends.
+/// thread as the slice ends; and, when a progress line is wanted, reports what was measured
+/// every [`PROGRESS_EVERY`].
 struct IntervalClock {
     every_ns: Option<u64>,
     origin: u64,
     index: u64,
+    progress_at: u64,
 }
 
 impl IntervalClock {
-    fn new(every: Option<Duration>, origin: u64) -> Self {
+    fn new(every: Option<Duration>, origin: u64, start: u64) -> Self {
         IntervalClock {
             every_ns: every.map(|d| (d.as_nanos() as u64).max(1_000_000)),
             origin,
             index: 0,
+            progress_at: start,
         }
     }
 
@@ -492,9 +629,16 @@ impl IntervalClock {
                 self.flush(d, false);
             }
         }
+        if now >= self.progress_at {
+            self.progress_at = now + PROGRESS_EVERY.as_nanos() as u64;
+            d.report_progress();
+        }
     }
 
     fn flush(&mut self, d: &mut Driver, last: bool) {
+        if last {
+            d.report_progress();
+        }
         if self.every_ns.is_none()
             || (last && d.tally.interval_completed == 0 && d.tally.interval_errors == 0)
         {
@@ -502,15 +646,39 @@ impl IntervalClock {
         }
         if let Some(tx) = &d.plan.intervals {
             let latency = std::mem::replace(&mut d.tally.interval, new_histogram());
-            let _ = tx.send(IntervalReport {
+            let _ = tx.send(Report::Interval(IntervalReport {
                 thread: d.plan.index,
                 index: self.index,
                 completed: std::mem::take(&mut d.tally.interval_completed),
                 errors: std::mem::take(&mut d.tally.interval_errors),
                 latency,
-            });
+            }));
         }
         self.index += 1;
+    }
+}
+
+impl Driver {
+    fn report_progress(&mut self) {
+        if let (Some(tx), Some(p)) = (&self.plan.progress, &mut self.tally.progress) {
+            let _ = tx.send(Report::Progress(p.take()));
+        }
+    }
+}
+
+/// One request's shape, drawn from the workload's distributions.
+fn draw_spec(cfg: &LoadConfig, rng: &mut rand::rngs::Xoshiro256PlusPlus) -> RequestSpec {
+    RequestSpec {
+        request_bytes: cfg.request_size.sample(rng).min(cfg.max_frame as u64) as u32,
+        reply: match cfg.reply {
+            ReplyDist::Echo => ReplySize::Echo,
+            ReplyDist::Sized(d) => ReplySize::Bytes(d.sample(rng).min(cfg.max_frame as u64) as u32),
+        },
+        spin_ns: cfg.work.sample_ns(rng),
+        page: match &cfg.http {
+            Some(pages) => rng.random_range(0..pages.len() as u32),
+            None => 0,
+        },
     }
 }
 
@@ -522,9 +690,16 @@ pub fn uring_available() -> bool {
 /// Feeds bytes received on `slot` to its client and counts the replies they complete.
 fn received(conn: &mut Conn, tally: &mut Tally, slot: usize, data: &[u8], now: u64) -> Result<(), String> {
     tally.out.m.bytes_received += data.len() as u64;
+    let before = conn.client.in_flight();
     conn.client
         .receive(data, now, |c| tally.complete(c))
-        .map_err(|e| format!("connection {slot}: {e}"))
+        .map_err(|e| format!("connection {slot}: {e}"))?;
+    if let Some(refill) = &mut tally.refill {
+        if conn.client.in_flight() < before {
+            refill.push(slot);
+        }
+    }
+    Ok(())
 }
 
 /// A non-blocking connect has finished: did it succeed?
