@@ -393,6 +393,45 @@ fn iolab_load_speaks_http_to_every_engine() {
     let _ = std::fs::remove_file(&paths);
 }
 
+/// `iolab load --protocol http --closed-loop`: wrk's way, one GET out per connection at a
+/// time, every response's status and length checked.
+#[test]
+fn a_closed_loop_of_gets_is_answered_in_full() {
+    let server = Server::start(EngineKind::Epoll);
+    let json = std::env::temp_dir().join(format!("iolab-http-closed-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_iolab"))
+        .args(["load", "--protocol", "http", "--addr", &server.addr.to_string()])
+        .args([
+            "--closed-loop",
+            "--duration",
+            "0.5s",
+            "--connections",
+            "4",
+            "--path",
+            "/pages/big.bin",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(
+        (summary["mode"].as_str(), summary["errors"].as_u64()),
+        (Some("closed"), Some(0)),
+        "{summary}"
+    );
+    let completed = summary["completed"].as_u64().unwrap();
+    assert!(completed > 20, "{summary}");
+    assert!(
+        summary["bytes_received"].as_u64().unwrap() > completed * big().len() as u64,
+        "{summary}"
+    );
+    let served = server.stop();
+    assert!(served.contains("protocol_errors=0"), "{served}");
+}
+
 /// A `--paths` file: three pages with their sizes, and one that does not exist.
 fn load_paths(tag: &str) -> PathBuf {
     let paths = std::env::temp_dir().join(format!("iolab-http-paths-{tag}-{}", std::process::id()));
