@@ -519,9 +519,9 @@ struct LoadArgs {
     /// the latency (coordinated omission). The summary's "mode" says "closed".
     #[arg(long)]
     closed_loop: bool,
-    /// With --closed-loop: requests each connection keeps outstanding.
-    #[arg(long, default_value_t = 1, requires = "closed_loop")]
-    depth: usize,
+    /// With --closed-loop: requests each connection keeps outstanding [default: 1].
+    #[arg(long, requires = "closed_loop")]
+    depth: Option<usize>,
     /// No start line and no live progress line (they are shown only when stdout is a
     /// terminal anyway).
     #[arg(long, short)]
@@ -763,7 +763,7 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     // With --requests alone, the run ends when they are answered (a year is "unbounded").
     let duration = a.duration.map_or(Duration::from_secs(365 * 86_400), |d| d.0);
     let mut cfg = LoadConfig::new(addr, a.rate.unwrap_or(f64::NAN), duration);
-    cfg.closed_loop = a.closed_loop.then_some(a.depth);
+    cfg.closed_loop = a.closed_loop.then_some(a.depth.unwrap_or(1));
     cfg.requests = a.requests;
     cfg.shm = a.shm.clone();
     cfg.netns = a.netns.clone();
