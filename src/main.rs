@@ -1012,10 +1012,10 @@ fn run_sweep(cfg: &iolab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::resul
     let points = points?;
     if let Some(spec) = &cfg.compare_loops {
         println!(
-            "open vs closed loop: {} at {:.0} rps, then in a closed loop, {:.0} ms each, the server stopped for {:.0} ms every {:.0} s",
+            "open vs closed loop: {}, open loop at {:.0} rps and then closed loop, {:.1} s each, the server stopped for {:.0} ms every {:.0} s",
             spec.join(" "),
             cfg.rates[0],
-            (cfg.warmup + iolab::sweep::LOOPS_DURATION).as_secs_f64() * 1e3,
+            (cfg.warmup + iolab::sweep::LOOPS_DURATION).as_secs_f64(),
             iolab::sweep::LOOPS_STALL.as_secs_f64() * 1e3,
             iolab::sweep::LOOPS_STALL_EVERY.as_secs_f64()
         );
