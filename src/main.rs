@@ -1015,9 +1015,9 @@ fn run_sweep(cfg: &iolab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::resul
             "open vs closed loop: {}, open loop at {:.0} rps and then closed loop, {:.1} s each, the server stopped for {:.0} ms every {:.0} s",
             spec.join(" "),
             cfg.rates[0],
-            (cfg.warmup + iolab::sweep::LOOPS_DURATION).as_secs_f64(),
-            iolab::sweep::LOOPS_STALL.as_secs_f64() * 1e3,
-            iolab::sweep::LOOPS_STALL_EVERY.as_secs_f64()
+            (cfg.warmup + iolab::results::LOOPS_DURATION).as_secs_f64(),
+            iolab::results::LOOPS_STALL.as_secs_f64() * 1e3,
+            iolab::results::LOOPS_STALL_EVERY.as_secs_f64()
         );
         // The lesson is extra: failing it costs the sweep nothing.
         match iolab::sweep::compare_loops(cfg, spec)

@@ -439,6 +439,16 @@ fn unmeasured_reason(c: &Cell) -> String {
     }
 }
 
+/// The server stall `sweep --compare-loops` injects (part of the folder's format: the report
+/// describes the runs by it): SIGSTOP for this long ...
+pub const LOOPS_STALL: Duration = Duration::from_millis(100);
+/// ... once in this long.
+pub const LOOPS_STALL_EVERY: Duration = Duration::from_secs(1);
+/// Each of the two runs' measured time (after the sweep's warm-up).
+pub const LOOPS_DURATION: Duration = Duration::from_secs(2);
+/// Where the two runs go in the results folder: `loops/open.*` and `loops/closed.*`.
+pub const LOOPS_DIR: &str = "loops";
+
 /// The coordinated-omission lesson of a results folder (`sweep --compare-loops`): the same
 /// server, stopped now and then, loaded open loop and closed loop.
 #[derive(Debug, Clone, PartialEq)]
@@ -461,7 +471,7 @@ pub struct LoopsComparison {
 impl LoopsComparison {
     /// Reads `loops/open.json` and `loops/closed.json`; `None` when the sweep did not compare.
     pub fn read(dir: &Path, engine: &str) -> Option<anyhow::Result<LoopsComparison>> {
-        let folder = dir.join(crate::sweep::LOOPS_DIR);
+        let folder = dir.join(LOOPS_DIR);
         if !folder.join("open.json").is_file() {
             return None;
         }
@@ -488,8 +498,8 @@ impl LoopsComparison {
                 closed_p50_us: num(&closed, &["latency_us", "p50"]),
                 closed_sent: closed["sent"].as_u64().unwrap_or(0),
                 duration_s: num(&open, &["duration_s"]),
-                stall_ms: crate::sweep::LOOPS_STALL.as_secs_f64() * 1e3,
-                every_s: crate::sweep::LOOPS_STALL_EVERY.as_secs_f64(),
+                stall_ms: LOOPS_STALL.as_secs_f64() * 1e3,
+                every_s: LOOPS_STALL_EVERY.as_secs_f64(),
             })
         })())
     }

@@ -39,7 +39,7 @@ use serde::Serialize;
 use crate::loadgen::canary::{self, StallWatch};
 use crate::loadgen::spec::{ReplyDist, SizeDist, WorkDist};
 use crate::loadgen::{self, LoadConfig, LoadReport};
-use crate::results::Point;
+use crate::results::{Point, LOOPS_DIR, LOOPS_DURATION, LOOPS_STALL, LOOPS_STALL_EVERY};
 
 /// A sweep, fully specified.
 #[derive(Debug, Clone)]
@@ -580,15 +580,6 @@ pub fn run(cfg: &SweepConfig, mut progress: impl FnMut(Progress<'_>)) -> anyhow:
     write_meta(cfg, started_unix_s, Some(fin))?;
     Ok(points)
 }
-
-/// The server stall `--compare-loops` injects: SIGSTOP for this long ...
-pub const LOOPS_STALL: Duration = Duration::from_millis(100);
-/// ... once in this long.
-pub const LOOPS_STALL_EVERY: Duration = Duration::from_secs(1);
-/// Each of the two runs' measured time (after the sweep's warm-up).
-pub const LOOPS_DURATION: Duration = Duration::from_secs(2);
-/// Where the two runs go in the results folder: `loops/open.*` and `loops/closed.*`.
-pub const LOOPS_DIR: &str = "loops";
 
 /// The coordinated-omission lesson: the same server loaded twice at the sweep's first rate's
 /// connections, once open loop (on a schedule at the first rate) and once closed loop (each

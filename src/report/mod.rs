@@ -504,7 +504,7 @@ fn loops_section(dir: &Path, meta: &serde_json::Value) -> anyhow::Result<Option<
         return Ok(None);
     };
     let c = comparison?;
-    let folder = dir.join(crate::sweep::LOOPS_DIR);
+    let folder = dir.join(crate::results::LOOPS_DIR);
     let open = read_hlog(&folder.join("open.hlog"))?;
     let closed = read_hlog(&folder.join("closed.hlog"))?;
     let dists = [
