@@ -10,10 +10,10 @@ use std::io;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use iolab::frame::{Body, FrameDecoder, OutFrame, ReplySize, RequestHeader};
-use iolab::http::{HttpDecoder, HttpLimits};
 use iolab::queue::{Backend, Endpoint, LibOs, Outcome, Qd, Queues, State};
-use iolab::session::{ServerSession, SessionConfig};
+use iolab::sansio::frame::{Body, FrameDecoder, OutFrame, ReplySize, RequestHeader};
+use iolab::sansio::http::{HttpDecoder, HttpLimits};
+use iolab::sansio::session::{ServerSession, SessionConfig};
 
 fn request(id: u64, payload: usize) -> Vec<u8> {
     let header = RequestHeader {
@@ -24,7 +24,7 @@ fn request(id: u64, payload: usize) -> Vec<u8> {
         reply: ReplySize::Echo,
     };
     let frame = OutFrame::new(header, Body::Owned(vec![7; payload]));
-    let mut out = iolab::frame::OutQueue::new(4096);
+    let mut out = iolab::sansio::frame::OutQueue::new(4096);
     out.push(frame);
     let mut bytes = Vec::new();
     while let Some(s) = out.front() {

@@ -9,7 +9,7 @@ use iolab::loadgen::canary::StallWatch;
 fn main() {
     let seconds: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(30);
     let cpus: Vec<usize> = (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
-    let start = iolab::clock::now_ns();
+    let start = iolab::os::clock::now_ns();
     let watch = StallWatch::start(&cpus);
     std::thread::sleep(std::time::Duration::from_secs(seconds));
     let log = watch.finish();

@@ -8,8 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use iolab::frame::ReplySize;
 use iolab::loadgen::client::{ClientConn, RequestSpec};
+use iolab::sansio::frame::ReplySize;
 use iolab::shm::Connection;
 
 fn main() -> anyhow::Result<()> {

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use iolab::demo;
-use iolab::engine::{self, parse_cpu_list, EngineKind, EpollMode, RecvMode, ServeConfig, UringOptions};
-use iolab::frame::{DEFAULT_CHUNK_SIZE, DEFAULT_MAX_FRAME};
+use iolab::engine::{self, EngineKind, EpollMode, RecvMode, ServeConfig, UringOptions};
+use iolab::lab::demo;
 use iolab::loadgen::spec::{ReplyDist, SizeDist, WorkDist};
 use iolab::loadgen::{self, ArrivalKind, ConnectMode, DriverKind, LoadConfig};
-use iolab::session::SessionConfig;
-use iolab::units::{Dur, Size};
+use iolab::sansio::frame::{DEFAULT_CHUNK_SIZE, DEFAULT_MAX_FRAME};
+use iolab::sansio::session::SessionConfig;
+use iolab::sansio::units::{Dur, Size};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -105,7 +105,7 @@ struct WorkloadArgs {
 struct CpuList(Vec<usize>);
 
 fn cpus(s: &str) -> Result<CpuList, String> {
-    parse_cpu_list(s).map(CpuList)
+    iolab::os::cpu::parse_cpu_list(s).map(CpuList)
 }
 
 fn watched_cpus(s: &str) -> Result<CpuList, String> {
@@ -120,7 +120,7 @@ fn watched_cpus(s: &str) -> Result<CpuList, String> {
 struct Rates(Vec<f64>);
 
 fn rates(s: &str) -> Result<Rates, String> {
-    iolab::sweep::parse_rates(s).map(Rates)
+    iolab::lab::sweep::parse_rates(s).map(Rates)
 }
 
 #[derive(Args, Debug)]
@@ -658,7 +658,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     match (a.protocol, &a.root) {
         (Protocol::Http, Some(root)) => {
-            let files = iolab::static_files::StaticFiles::load(root, a.cache_limit.0)?;
+            let files = iolab::sansio::static_files::StaticFiles::load(root, a.cache_limit.0)?;
             let s = files.summary();
             eprintln!(
                 "http: {} file(s), {:.1} MiB in memory from {}{}",
@@ -739,9 +739,9 @@ fn link_options(
     tap_ip: &str,
     mtu: usize,
     buffer: Size,
-) -> anyhow::Result<iolab::tap::LinkOptions> {
-    let (ip, prefix) = iolab::tap::parse_cidr(tap_ip).map_err(anyhow::Error::msg)?;
-    Ok(iolab::tap::LinkOptions {
+) -> anyhow::Result<iolab::os::tap::LinkOptions> {
+    let (ip, prefix) = iolab::os::tap::parse_cidr(tap_ip).map_err(anyhow::Error::msg)?;
+    Ok(iolab::os::tap::LinkOptions {
         tap: tap.to_string(),
         ip,
         prefix,
@@ -925,12 +925,12 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         a.budget.0.as_secs_f64()
     );
     run_sweep(&cfg)?;
-    let rows = iolab::results::read_points(&out)?;
-    println!("{}", iolab::results::knee_table(&rows, cfg.slo));
-    let written = iolab::report::write(
+    let rows = iolab::lab::results::read_points(&out)?;
+    println!("{}", iolab::lab::results::knee_table(&rows, cfg.slo));
+    let written = iolab::lab::report::write(
         &out,
         &out.join("report.html"),
-        &iolab::report::ReportOptions::default(),
+        &iolab::lab::report::ReportOptions::default(),
     )?;
     println!(
         "Latency runs from each request's scheduled send to its full reply (no coordinated omission).\n\
@@ -944,8 +944,8 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs a sweep with a progress bar and one line per point.
-fn run_sweep(cfg: &iolab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::results::Point>> {
-    use iolab::sweep::Progress;
+fn run_sweep(cfg: &iolab::lab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::lab::results::Point>> {
+    use iolab::lab::sweep::Progress;
     let per_point = cfg.duration + cfg.warmup;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
@@ -961,7 +961,7 @@ fn run_sweep(cfg: &iolab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::resul
             bar.println(line);
         }
     };
-    let points = iolab::sweep::run(cfg, |p| match p {
+    let points = iolab::lab::sweep::run(cfg, |p| match p {
         Progress::Round { round, points } => {
             bar.set_length(bar.position() + points as u64);
             say(format!("round {round}: up to {points} point(s)"));
@@ -1015,13 +1015,13 @@ fn run_sweep(cfg: &iolab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::resul
             "open vs closed loop: {}, open loop at {:.0} rps and then closed loop, {:.1} s each, the server stopped for {:.0} ms every {:.0} s",
             spec.join(" "),
             cfg.rates[0],
-            (cfg.warmup + iolab::results::LOOPS_DURATION).as_secs_f64(),
-            iolab::results::LOOPS_STALL.as_secs_f64() * 1e3,
-            iolab::results::LOOPS_STALL_EVERY.as_secs_f64()
+            (cfg.warmup + iolab::lab::results::LOOPS_DURATION).as_secs_f64(),
+            iolab::lab::results::LOOPS_STALL.as_secs_f64() * 1e3,
+            iolab::lab::results::LOOPS_STALL_EVERY.as_secs_f64()
         );
         // The lesson is extra: failing it costs the sweep nothing.
-        match iolab::sweep::compare_loops(cfg, spec)
-            .map(|_| iolab::results::LoopsComparison::read(&cfg.out, &spec.join(" ")))
+        match iolab::lab::sweep::compare_loops(cfg, spec)
+            .map(|_| iolab::lab::results::LoopsComparison::read(&cfg.out, &spec.join(" ")))
         {
             Ok(Some(Ok(c))) => {
                 for line in c.sentences() {
@@ -1036,7 +1036,7 @@ fn run_sweep(cfg: &iolab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::resul
 }
 
 fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
-    use iolab::sweep::SweepConfig;
+    use iolab::lab::sweep::SweepConfig;
     let engines: Vec<Vec<String>> = a
         .engines
         .split(',')
@@ -1047,7 +1047,7 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
         <EngineKind as clap::ValueEnum>::from_str(&e[0], false)
             .map_err(|_| anyhow::anyhow!("unknown engine '{}' in --engines", e[0]))?;
     }
-    let cpus = engine::num_cpus();
+    let cpus = iolab::os::cpu::num_cpus();
     let server_cpus = a.server_cpus.map_or_else(|| vec![0], |c| c.0);
     let load_cpus = a
         .load_cpus
@@ -1094,8 +1094,8 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
         cfg.compare_loops = Some(spec);
     }
     let points = run_sweep(&cfg)?;
-    let rows = iolab::results::read_points(&out)?;
-    println!("{}", iolab::results::knee_table(&rows, cfg.slo));
+    let rows = iolab::lab::results::read_points(&out)?;
+    println!("{}", iolab::lab::results::knee_table(&rows, cfg.slo));
     println!(
         "{} point(s) in {}; `iolab knee {}` prints the table again",
         points.len(),
@@ -1106,7 +1106,7 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn corpus(a: CorpusArgs) -> anyhow::Result<ExitCode> {
-    let w = iolab::corpus::write(&a.out, a.pages, a.seed)?;
+    let w = iolab::lab::corpus::write(&a.out, a.pages, a.seed)?;
     println!(
         "wrote {} pages, {:.1} MiB (median {:.1} KiB, p90 {:.1} KiB) into {}/pages, a 1 KiB page {}/one-kib.html,\n\
          and the list {}/paths.txt. Serve it: iolab serve --engine epoll --protocol http --root {}\n\
@@ -1125,23 +1125,23 @@ fn corpus(a: CorpusArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn knee(a: KneeArgs) -> anyhow::Result<ExitCode> {
-    let rows = iolab::results::read_points(&a.dir)?;
+    let rows = iolab::lab::results::read_points(&a.dir)?;
     if a.json {
-        let json = iolab::results::knee_json(&rows, a.slo.0);
+        let json = iolab::lab::results::knee_json(&rows, a.slo.0);
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
-        print!("{}", iolab::results::knee_table(&rows, a.slo.0));
+        print!("{}", iolab::lab::results::knee_table(&rows, a.slo.0));
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn report(a: ReportArgs) -> anyhow::Result<ExitCode> {
     let html = a.output.unwrap_or_else(|| a.dir.join("report.html"));
-    let opts = iolab::report::ReportOptions {
+    let opts = iolab::lab::report::ReportOptions {
         slo_us: a.slo.map(|s| s.0.as_secs_f64() * 1e6),
         at_rate: a.at,
     };
-    let w = iolab::report::write(&a.dir, &html, &opts)?;
+    let w = iolab::lab::report::write(&a.dir, &html, &opts)?;
     println!(
         "report: {} ({} figures)\nnotebook: {}\nfigures: {}",
         w.html.display(),

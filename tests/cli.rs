@@ -48,7 +48,7 @@ fn demo_sweeps_every_engine_and_writes_the_report() {
         &dir_arg,
     ]);
     assert!(ok, "demo failed: {err}\n{out}");
-    let rows = iolab::results::read_points(&dir).expect("the demo leaves points.csv");
+    let rows = iolab::lab::results::read_points(&dir).expect("the demo leaves points.csv");
     for engine in iolab::engine::EngineKind::ALL.iter().map(|e| e.name()) {
         let mine: Vec<_> = rows.iter().filter(|r| r.engine == engine).collect();
         assert!(!mine.is_empty(), "no points for {engine}:\n{out}");
@@ -62,7 +62,7 @@ fn demo_sweeps_every_engine_and_writes_the_report() {
     // its heading, not any progress line that names an engine and a rate.
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
-    let knees = iolab::results::knees(&rows, meta["slo_us"].as_f64().unwrap());
+    let knees = iolab::lab::results::knees(&rows, meta["slo_us"].as_f64().unwrap());
     let table: Vec<&str> = out
         .lines()
         .skip_while(|l| !l.starts_with("highest rate with p99"))
@@ -260,7 +260,7 @@ fn sweep_writes_a_results_folder_that_knee_reads() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
     assert_eq!(meta["engines"][1], "uring --register-files");
     assert!(meta["kernel"].as_str().is_some_and(|k| !k.is_empty()));
-    let rows = iolab::results::read_points(&dir).expect("points.csv reads back");
+    let rows = iolab::lab::results::read_points(&dir).expect("points.csv reads back");
     // Round 1 measures every engine at every rate, rates rising, engines in order; a
     // point the test machine made invalid is measured again in a later round.
     let first_round: Vec<(String, u64, u32)> = rows
@@ -402,7 +402,7 @@ fn a_point_over_the_slo_is_measured_again_before_the_walk_stops() {
         &dir_arg,
     ]);
     assert!(ok, "{err}");
-    let rows = iolab::results::read_points(&dir).unwrap();
+    let rows = iolab::lab::results::read_points(&dir).unwrap();
     let tries: Vec<(f64, u32, u32, bool, bool)> = rows
         .iter()
         .map(|r| (r.offered_rps, r.attempt, r.round, r.over_slo, r.saturated))
@@ -471,7 +471,7 @@ fn contention_on_the_load_core_invalidates_a_point_that_is_then_measured_again()
         out.push('\n');
     }
     assert!(sweep.wait().unwrap().success(), "{out}");
-    let rows = iolab::results::read_points(&dir).unwrap();
+    let rows = iolab::lab::results::read_points(&dir).unwrap();
     let first = &rows[0];
     assert!(!first.valid, "the disturbed point is invalid: {first:?}\n{out}");
     assert!(!first.saturated, "and not the server's fault: {first:?}");
@@ -522,7 +522,7 @@ fn points_made_invalid_or_saturated_on_purpose_give_lower_bounds_and_no_knee() {
             .output()
             .unwrap();
         let k: serde_json::Value = serde_json::from_slice(&knee.stdout).unwrap();
-        let rows = iolab::results::read_points(&dir).unwrap();
+        let rows = iolab::lab::results::read_points(&dir).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         (rows, k["engines"][0].clone(), out)
     };

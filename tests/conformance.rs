@@ -16,9 +16,9 @@ use std::time::Duration;
 use common::*;
 
 use iolab::engine::{self, EngineKind, EpollMode, RecvMode, RunningServer, ServeConfig};
-use iolab::frame::{pattern_matches, Header, ReplySize, RequestHeader, DEFAULT_CHUNK_SIZE};
 use iolab::loadgen::spec::{ReplyDist, SizeDist};
 use iolab::loadgen::{self, LoadConfig};
+use iolab::sansio::frame::{pattern_matches, Header, ReplySize, RequestHeader, DEFAULT_CHUNK_SIZE};
 
 const CHUNK: usize = DEFAULT_CHUNK_SIZE;
 

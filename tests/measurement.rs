@@ -292,7 +292,7 @@ fn buckets(h: &hdrhistogram::Histogram<u64>) -> Vec<(u64, u64)> {
 #[test]
 fn the_hdr_log_reads_back_as_the_summary() {
     let run = frozen();
-    let merged = iolab::report::read_hlog(&run.file("latency.hlog")).expect("the log reads back");
+    let merged = iolab::lab::report::read_hlog(&run.file("latency.hlog")).expect("the log reads back");
     assert_eq!(merged.len(), run.summary["completed"].as_u64().unwrap());
     let p99_us = merged.value_at_quantile(0.99) as f64 / 1e3;
     assert!(

@@ -240,7 +240,7 @@ fn table_rows(html: &str, column: &str) -> Vec<HtmlRow> {
 /// table and the table of every point say, row by row, what points.csv says.
 #[test]
 fn a_hand_made_folder_renders_every_verdict_row_by_row() {
-    use iolab::results::{read_points, Point};
+    use iolab::lab::results::{read_points, Point};
     let source = report_dir();
     let dir = std::env::temp_dir().join(format!("iolab-report-hand-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

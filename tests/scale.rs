@@ -13,7 +13,7 @@ use std::io::Write;
 use std::net::TcpStream;
 
 use common::*;
-use iolab::frame::ReplySize;
+use iolab::sansio::frame::ReplySize;
 
 /// Opens `n` connections, sends one request on each, then reads every reply. Returns the
 /// connections that were answered and those the server closed without an answer.
@@ -39,7 +39,7 @@ fn one_request_each(addr: std::net::SocketAddr, n: usize) -> (usize, usize) {
 
 #[test]
 fn select_refuses_what_it_cannot_watch_and_keeps_serving() {
-    iolab::engine::raise_fd_limit();
+    iolab::os::cpu::raise_fd_limit();
     let (child, addr, stdout) = spawn_server(&["--engine".into(), "select".into()]);
     let mut early = connect(addr);
     early.write_all(&request(1, 10, ReplySize::Echo)).unwrap();
@@ -61,7 +61,7 @@ fn select_refuses_what_it_cannot_watch_and_keeps_serving() {
 }
 
 fn c10k(engine: &str) {
-    let limit = iolab::engine::raise_fd_limit();
+    let limit = iolab::os::cpu::raise_fd_limit();
     assert!(
         limit > 10_100,
         "this test needs an open-file limit above 10100 (have {limit}): ulimit -Hn"

@@ -7,8 +7,8 @@ mod common;
 use std::process::{Child, ChildStdout, Command};
 use std::time::{Duration, Instant};
 
-use iolab::frame::{pattern_vec, ReplySize};
 use iolab::loadgen::client::{ClientConn, Completion, RequestSpec};
+use iolab::sansio::frame::{pattern_vec, ReplySize};
 use iolab::shm::{segment_path, Connection, Segment, FREE};
 
 fn unique(tag: &str) -> String {

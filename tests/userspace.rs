@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::*;
 use iolab::engine::{self, EngineKind, ServeConfig};
-use iolab::frame::{Header as _, ReplyHeader, ReplySize};
 use iolab::queue::{Endpoint, LibOs, Outcome, Qd};
+use iolab::sansio::frame::{Header as _, ReplyHeader, ReplySize};
 
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -361,7 +361,7 @@ fn queue_api_over_shared_memory_both_ends() {
 #[test]
 fn queue_api_over_the_user_space_stack_both_ways() {
     in_private_netns("queue", || {
-        let options = iolab::tap::LinkOptions {
+        let options = iolab::os::tap::LinkOptions {
             tap: "iolabq0".into(),
             ip: Ipv4Addr::new(10, 79, 0, 1),
             prefix: 24,

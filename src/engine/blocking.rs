@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::conns::{out_of_fds, Registry};
 use super::{out_of_fds_message, wait_readable, ConnError, EngineCtx, ServerStats};
-use crate::session::ServerSession;
+use crate::sansio::session::ServerSession;
 
 /// Serves one connection until the peer closes it or it fails.
 pub type ConnFn = fn(&mut TcpStream, &mut ServerSession) -> Result<(), ConnError>;

@@ -14,7 +14,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use super::{out_of_fds_message, ConnError, EngineCtx, ServerStats};
-use crate::session::ServerSession;
+use crate::sansio::session::ServerSession;
 
 /// A connection's index in its loop.
 pub type Token = usize;

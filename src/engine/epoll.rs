@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use super::nonblocking::{Driven, EpollWaiter, LoopCore, Token};
 use super::{EngineCtx, EpollMode};
-use crate::sys::{interest, Epoll};
+use crate::os::sys::{interest, Epoll};
 
 pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
     let mode = ctx.config.epoll_mode;

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 
 use super::blocking::retry;
 use super::ConnError;
-use crate::session::ServerSession;
+use crate::sansio::session::ServerSession;
 
 /// Chunk-sized buffers filled by one readv.
 const READ_BUFFERS: usize = 16;

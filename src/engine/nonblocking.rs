@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 pub use super::conns::Token;
 use super::conns::{out_of_fds, FdReserve, Slab};
 use super::{ConnError, EngineCtx, ServerStats};
-use crate::session::{ServerSession, SessionError};
-use crate::sys::{interest, Epoll};
+use crate::os::sys::{interest, Epoll};
+use crate::sansio::session::{ServerSession, SessionError};
 
 /// One read buffer per loop, shared by all its connections: an idle connection costs no buffer.
 pub const READ_BUFFER: usize = 64 * 1024;

@@ -15,10 +15,10 @@ use std::sync::{Arc, Mutex};
 
 use super::nonblocking::{Conn, EpollWaiter, LoopCore, Token, FIRST_ENGINE_EVENT};
 use super::EngineCtx;
-use crate::frame::OutFrame;
-use crate::session::{Request, SessionError};
-use crate::sys::{interest, EventFd};
-use crate::workload;
+use crate::os::sys::{interest, EventFd};
+use crate::sansio::frame::OutFrame;
+use crate::sansio::session::{Request, SessionError};
+use crate::sansio::workload;
 
 const COMPLETIONS: u64 = FIRST_ENGINE_EVENT;
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{ConnError, EngineCtx, RunningServer, ServeConfig, ServerStats, Shutdown};
-use crate::session::ServerSession;
+use crate::sansio::session::ServerSession;
 use crate::shm::{Ring, Segment, CLAIMED, CLOSED, SERVER_CLOSED};
 
 /// Sleep between polls once idle past the spin time.
@@ -45,7 +45,7 @@ impl std::str::FromStr for Spin {
         if s.trim().eq_ignore_ascii_case("auto") {
             return Ok(Spin::Auto);
         }
-        s.parse::<crate::units::Dur>()
+        s.parse::<crate::sansio::units::Dur>()
             .map(|d| Spin::Fixed(d.0))
             .map_err(|e| format!("{e}, or 'auto'"))
     }
@@ -125,7 +125,7 @@ struct Conn {
 }
 
 fn serve(ctx: Arc<EngineCtx>, segment: Segment) -> anyhow::Result<()> {
-    super::pin_current_thread(&ctx.config.pin)?;
+    crate::os::cpu::pin_current_thread(&ctx.config.pin)?;
     let slots = segment.slots();
     let mut conns: Vec<Option<Conn>> = (0..slots).map(|_| None).collect();
     let mut buf = vec![0u8; ctx.config.session.chunk_size.max(4096)];

@@ -11,7 +11,7 @@ use std::net::TcpStream;
 
 use super::blocking::retry;
 use super::ConnError;
-use crate::session::ServerSession;
+use crate::sansio::session::ServerSession;
 
 pub fn serve_connection(stream: &mut TcpStream, session: &mut ServerSession) -> Result<(), ConnError> {
     let mut buf = vec![0u8; session.chunk_size()];

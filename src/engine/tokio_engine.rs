@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::conns::{connection_task, AcceptFailures, TaskTracker};
 use super::{ConnError, EngineCtx, ServerStats};
-use crate::session::ServerSession;
+use crate::sansio::session::ServerSession;
 
 /// Bytes one read may bring in.
 const READ_BUFFER: usize = 16 * 1024;

@@ -21,7 +21,7 @@
 //!   buffers stay held until the kernel's notification), `--register-files` (a fixed file
 //!   table spares each operation the file lookup), `--ring-entries`.
 //!
-//! [`OutQueue::hold`]: crate::frame::OutQueue::hold
+//! [`OutQueue::hold`]: crate::sansio::frame::OutQueue::hold
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -33,9 +33,9 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::conns::{out_of_fds, FdReserve, Slab, Token};
 use super::{ConnError, EngineCtx, RecvMode, ServerStats};
-use crate::session::{ServerSession, SessionError};
-use crate::uring::bufring::{self, BufRing};
-use crate::uring::{setup, tag, untag, Gather, Target};
+use crate::os::uring::bufring::{self, BufRing};
+use crate::os::uring::{setup, tag, untag, Gather, Target};
+use crate::sansio::session::{ServerSession, SessionError};
 use crate::uring_op;
 
 // What a completion is about: the top byte of its user_data; the rest is the token.
@@ -142,7 +142,7 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
         }
     }
     let registered_files = if opts.register_files {
-        let n = super::raise_fd_limit().min(65_536) as u32;
+        let n = crate::os::cpu::raise_fd_limit().min(65_536) as u32;
         ring.submitter()
             .register_files_sparse(n)
             .map_err(|e| anyhow::anyhow!("cannot register a file table of {n} slots: {e}"))?;
@@ -240,7 +240,7 @@ impl Loop {
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {} // CQ full: reap first
                 Err(e) => return Err(anyhow::anyhow!("io_uring_enter failed: {e}")),
             }
-            crate::uring::reap(&mut self.ring, &mut completions);
+            crate::os::uring::reap(&mut self.ring, &mut completions);
             for &(data, result, flags) in &completions {
                 self.complete(data, result, flags)?;
             }
@@ -251,7 +251,7 @@ impl Loop {
     fn push(&mut self, entry: squeue::Entry) -> anyhow::Result<()> {
         // SAFETY: every pointer an entry carries (buffers, iovecs, msghdr, timespec) points
         // into memory this loop keeps in place until the operation completes.
-        unsafe { crate::uring::push(&mut self.ring, &entry) }
+        unsafe { crate::os::uring::push(&mut self.ring, &entry) }
             .map_err(|e| anyhow::anyhow!("cannot submit to the ring: {e} (--ring-entries too small?)"))
     }
 

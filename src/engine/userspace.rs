@@ -26,9 +26,9 @@ use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 
 use super::{ConnError, EngineCtx, RunningServer, ServeConfig, ServerStats, Shutdown};
-use crate::netns::Netns;
-use crate::session::ServerSession;
-use crate::tap::{self, ArpShare, LinkOptions, TapQueue};
+use crate::os::netns::Netns;
+use crate::os::tap::{self, ArpShare, LinkOptions, TapQueue};
+use crate::sansio::session::ServerSession;
 
 /// Port when `--addr` asks for port 0: the stack is alone on its link, nothing can clash.
 pub const DEFAULT_PORT: u16 = 7000;

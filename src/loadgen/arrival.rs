@@ -59,7 +59,7 @@ impl Arrivals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::ks_exponential;
+    use crate::sansio::stats::ks_exponential;
     use rand::SeedableRng;
 
     fn merged(kind: ArrivalKind, rate: f64, conns: usize, n_per_conn: usize) -> Vec<f64> {

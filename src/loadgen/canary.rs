@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::now_ns;
+use crate::os::clock::now_ns;
 
 /// How often each canary wakes.
 pub const PERIOD: Duration = Duration::from_millis(1);
@@ -124,10 +124,10 @@ impl StallWatch {
 
 fn canary(cpu: usize, stop: &AtomicBool, woken: &AtomicU64) -> CanaryLog {
     let mut log = CanaryLog::default();
-    if crate::engine::pin_current_thread(&[cpu]).is_err() {
+    if crate::os::cpu::pin_current_thread(&[cpu]).is_err() {
         return log;
     }
-    crate::sys::tighten_timer_slack();
+    crate::os::sys::tighten_timer_slack();
     let param = libc::sched_param { sched_priority: 1 };
     // SAFETY: a plain struct we own; 0 is this thread.
     log.realtime = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0;
@@ -163,9 +163,9 @@ fn canary(cpu: usize, stop: &AtomicBool, woken: &AtomicU64) -> CanaryLog {
 pub fn online_cpus() -> Vec<usize> {
     std::fs::read_to_string("/sys/devices/system/cpu/online")
         .ok()
-        .and_then(|s| crate::engine::parse_cpu_list(s.trim()).ok())
+        .and_then(|s| crate::os::cpu::parse_cpu_list(s.trim()).ok())
         .filter(|cpus| !cpus.is_empty())
-        .unwrap_or_else(|| (0..crate::engine::num_cpus()).collect())
+        .unwrap_or_else(|| (0..crate::os::cpu::num_cpus()).collect())
 }
 
 /// Sleeps until `at` on [`now_ns`]'s clock.

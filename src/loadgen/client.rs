@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::frame::{
+use crate::sansio::frame::{
     pattern_matches, Body, FrameDecoder, FrameError, OutFrame, OutQueue, ReplyHeader, ReplySize,
     RequestHeader,
 };
@@ -400,8 +400,8 @@ mod tests {
             page,
         }
     }
-    use crate::session::{ServerSession, SessionConfig};
-    use crate::workload;
+    use crate::sansio::session::{ServerSession, SessionConfig};
+    use crate::sansio::workload;
 
     /// Moves every queued byte from one side to the other in `step`-sized pieces.
     fn pump(client: &mut ClientConn, server: &mut ServerSession, step: usize) -> Vec<Completion> {
@@ -465,7 +465,7 @@ mod tests {
         };
         client.queue(5, 1, 2, spec, true);
         // A server that flips one byte of the echo.
-        let mut payload = crate::frame::pattern_vec(5, 100);
+        let mut payload = crate::sansio::frame::pattern_vec(5, 100);
         payload[50] ^= 0xff;
         let mut reply = OutQueue::new(4096);
         reply.push(OutFrame::new(
@@ -492,7 +492,7 @@ mod tests {
     fn out_of_order_and_unsolicited_replies_are_errors() {
         let frame = |id| {
             let mut q = OutQueue::new(4096);
-            q.push(workload::execute(crate::frame::Frame {
+            q.push(workload::execute(crate::sansio::frame::Frame {
                 header: RequestHeader {
                     payload_len: 0,
                     id,
@@ -522,7 +522,7 @@ mod tests {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("a.html"), "x".repeat(5000)).unwrap();
         std::fs::write(dir.join("b.txt"), "").unwrap();
-        let files = crate::static_files::StaticFiles::load(dir, 1 << 20).unwrap();
+        let files = crate::sansio::static_files::StaticFiles::load(dir, 1 << 20).unwrap();
         let server = ServerSession::new(&SessionConfig {
             http: Some(Arc::new(files)),
             ..SessionConfig::default()

@@ -29,8 +29,8 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::frame::{DEFAULT_CHUNK_SIZE, DEFAULT_MAX_FRAME};
-use crate::stats::{
+use crate::sansio::frame::{DEFAULT_CHUNK_SIZE, DEFAULT_MAX_FRAME};
+use crate::sansio::stats::{
     gaps_per_sample, ks_erlang, ks_exponential, mean_cv, new_histogram, quantile_ci, KsResult,
 };
 pub use arrival::ArrivalKind;
@@ -139,7 +139,7 @@ pub struct LoadConfig {
     pub shm: Option<String>,
     /// Reach the server through a user-space TCP/IP stack (smoltcp) on a TAP device of the
     /// load's own, instead of the kernel's sockets. Needs `netns`.
-    pub userspace: Option<crate::tap::LinkOptions>,
+    pub userspace: Option<crate::os::tap::LinkOptions>,
     /// Run the load inside this (existing) network namespace.
     pub netns: Option<String>,
     /// CPUs a real-time canary watches for machine stalls during the run ([`canary`]);
@@ -392,7 +392,7 @@ pub struct LoadReport {
     pub error: Option<String>,
     /// What the canaries saw over the whole run.
     pub stalls: canary::StallLog,
-    /// The measured window, `[start, end)` on [`crate::clock::now_ns`]'s clock (zero when
+    /// The measured window, `[start, end)` on [`crate::os::clock::now_ns`]'s clock (zero when
     /// nothing ran).
     pub window_ns: (u64, u64),
 }
@@ -993,7 +993,7 @@ pub fn run_watched(
     config.validate().map_err(anyhow::Error::msg)?;
     // Every thread of the load is born inside the namespace; this one returns when done.
     let _visit = match &config.netns {
-        Some(name) => Some(crate::netns::Visit::enter(name)?),
+        Some(name) => Some(crate::os::netns::Visit::enter(name)?),
         None => None,
     };
     config.driver = match (&config.http, config.driver) {
@@ -1008,13 +1008,13 @@ pub fn run_watched(
         },
         _ => config.driver.resolve(config.request_size, config.reply),
     };
-    crate::engine::raise_fd_limit();
+    crate::os::cpu::raise_fd_limit();
     let idle = match open_idle(&config) {
         Ok(idle) => idle,
         Err(e) => return Ok(LoadReport::failed_before_start(config, e)),
     };
     let started = Instant::now();
-    let cpu_before = crate::sys::process_cpu_time();
+    let cpu_before = crate::os::sys::process_cpu_time();
     let threads = config.threads.min(config.connections);
     let shared = Arc::new(config.clone());
     let abort = Arc::new(AtomicBool::new(false));
@@ -1059,7 +1059,7 @@ pub fn run_watched(
         }
     }
     // Every thread starts its schedule at the same instant, a moment from now.
-    let start = crate::clock::now_ns() + 2_000_000;
+    let start = crate::os::clock::now_ns() + 2_000_000;
     let watch = canary::StallWatch::start(&config.watch_cpus);
     gate.open(setup_error.is_none().then_some(start));
     let window_ns = if setup_error.is_none() {
@@ -1099,7 +1099,7 @@ pub fn run_watched(
                 let _ = so_far.latency.add(&p.latency);
                 let _ = so_far.send_lag.add(&p.send_lag);
                 if let Some(show) = on_progress.as_mut() {
-                    let now = crate::clock::now_ns();
+                    let now = crate::os::clock::now_ns();
                     so_far.elapsed = Duration::from_nanos(now.saturating_sub(start));
                     so_far.warming_up = now < window_ns.0;
                     so_far.measured_secs = now.saturating_sub(window_ns.0) as f64 / 1e9;
@@ -1161,7 +1161,7 @@ pub fn run_watched(
         intervals,
         setup_error,
         started.elapsed(),
-        crate::sys::process_cpu_time() - cpu_before,
+        crate::os::sys::process_cpu_time() - cpu_before,
     );
     report.stalls = watch.finish();
     report.window_ns = window_ns;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use rand::{Rng, RngExt};
 use rand_distr::{Distribution, Exp, LogNormal};
 
-use crate::units::{Dur, Size};
+use crate::sansio::units::{Dur, Size};
 
 /// The shape parameter of a log-normal: a finite, non-negative number.
 fn parse_sigma(spec: &str, sigma: &str) -> Result<f64, String> {

@@ -36,7 +36,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::clock::now_ns;
+use crate::os::clock::now_ns;
 
 /// A queue: one connection, or one listening endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,7 +93,7 @@ pub enum Outcome {
 pub struct Completion {
     pub qd: Qd,
     pub outcome: Outcome,
-    /// For a pop, when the transport delivered the last of its bytes (`crate::clock`'s ns):
+    /// For a pop, when the transport delivered the last of its bytes (`crate::os::clock`'s ns):
     /// a caller timing replies need not depend on when it got round to this completion.
     /// 0 for other operations.
     pub at_ns: u64,
@@ -382,7 +382,7 @@ impl LibOs {
     }
 
     /// A smoltcp stack on a TAP device of its own (created in the calling thread's namespace).
-    pub fn smoltcp(options: &crate::tap::LinkOptions) -> anyhow::Result<LibOs> {
+    pub fn smoltcp(options: &crate::os::tap::LinkOptions) -> anyhow::Result<LibOs> {
         Ok(LibOs::new(Box::new(smol::SmolBackend::new(options)?)))
     }
 

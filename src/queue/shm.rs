@@ -10,7 +10,7 @@ use std::io;
 use std::time::Duration;
 
 use super::{Backend, Endpoint, Qd, Queue, QueueMut, Queues, State};
-use crate::clock::now_ns;
+use crate::os::clock::now_ns;
 use crate::shm::{Connection, Ring, Segment, CLAIMED, CLOSED};
 
 /// Polls between checks that the other side is still there.

@@ -16,7 +16,7 @@ use smoltcp::socket::tcp;
 use smoltcp::wire::IpAddress;
 
 use super::{Backend, Endpoint, Qd, Queue, QueueMut, Queues, State};
-use crate::tap::{self, ArpShare, LinkOptions, TapQueue};
+use crate::os::tap::{self, ArpShare, LinkOptions, TapQueue};
 
 /// Listening sockets kept per listening queue.
 const BACKLOG: usize = 64;
@@ -48,7 +48,7 @@ impl SmolBackend {
             conns: HashMap::new(),
             listeners: HashMap::new(),
             closing: Vec::new(),
-            next_port: 49152 + (crate::clock::now_ns() % 8192) as u16,
+            next_port: 49152 + (crate::os::clock::now_ns() % 8192) as u16,
             buffer: o.socket_buffer,
         })
     }

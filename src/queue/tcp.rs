@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use super::{Backend, Endpoint, Qd, Queue, QueueMut, Queues, State};
-use crate::sys::{interest, take_socket_error, Epoll};
+use crate::os::sys::{interest, take_socket_error, Epoll};
 
 const READ_BUFFER: usize = 256 * 1024;
 

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
-use iolab::frame::{
+use iolab::sansio::frame::{
     pattern_matches, Body, Frame, FrameDecoder, OutFrame, OutQueue, ReplyHeader, ReplySize, RequestHeader,
 };
 
@@ -392,7 +392,7 @@ pub fn in_named_netns<R: Send>(tag: &str, f: impl FnOnce(&str) -> R + Send) -> O
     let name = format!("iolab-t{}-{tag}-{n}", std::process::id());
     std::thread::scope(|scope| {
         let run = scope.spawn(|| {
-            let ns = iolab::netns::Netns::create_or_join(&name).expect("create a network namespace");
+            let ns = iolab::os::netns::Netns::create_or_join(&name).expect("create a network namespace");
             ns.enter().expect("enter it");
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&name)));
             drop(ns); // deleted even when the case failed

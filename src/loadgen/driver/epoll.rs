@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::{Conn, Link, Polled, Tally};
-use crate::clock::now_ns;
-use crate::sys::{interest, Epoll};
+use crate::os::clock::now_ns;
+use crate::os::sys::{interest, Epoll};
 
 /// Bytes read per read call.
 const READ_BUFFER: usize = 256 * 1024;

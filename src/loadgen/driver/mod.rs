@@ -36,10 +36,10 @@ use super::arrival::Arrivals;
 use super::client::{ClientConn, Completion, RequestSpec};
 use super::spec::ReplyDist;
 use super::{ConnectMode, DriverKind, LoadConfig, Measured, RequestRecord};
-use crate::clock::now_ns;
-use crate::frame::ReplySize;
-use crate::stats::new_histogram;
-use crate::sys::{take_socket_error, tighten_timer_slack};
+use crate::os::clock::now_ns;
+use crate::os::sys::{take_socket_error, tighten_timer_slack};
+use crate::sansio::frame::ReplySize;
+use crate::sansio::stats::new_histogram;
 
 /// How long before a scheduled send the thread stops sleeping and starts spinning.
 const SPIN_WINDOW_NS: u64 = 60_000;
@@ -376,7 +376,7 @@ impl Driver {
         tighten_timer_slack();
         if !cfg.pin.is_empty() {
             let cpu = cfg.pin[self.plan.index % cfg.pin.len()];
-            crate::engine::pin_current_thread(&[cpu]).map_err(|e| e.to_string())?;
+            crate::os::cpu::pin_current_thread(&[cpu]).map_err(|e| e.to_string())?;
         }
         let connected = self.connect_all(&cfg);
         let _ = self.plan.ready.send(connected.clone());
@@ -684,7 +684,7 @@ fn draw_spec(cfg: &LoadConfig, rng: &mut rand::rngs::Xoshiro256PlusPlus) -> Requ
 
 /// Whether the io_uring driver can run here (io_uring allowed, multishot recv present).
 pub fn uring_available() -> bool {
-    crate::uring::setup::kernel_at_least(6, 0) && crate::uring::setup::try_ring(256, None).is_ok()
+    crate::os::uring::setup::kernel_at_least(6, 0) && crate::os::uring::setup::try_ring(256, None).is_ok()
 }
 
 /// Feeds bytes received on `slot` to its client and counts the replies they complete.

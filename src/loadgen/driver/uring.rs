@@ -13,9 +13,9 @@ use std::time::Duration;
 use io_uring::{cqueue, squeue, types, IoUring};
 
 use super::{Conn, Polled, Tally};
-use crate::clock::now_ns;
-use crate::uring::bufring::{self, BufRing};
-use crate::uring::{setup, tag, untag, Gather, Target};
+use crate::os::clock::now_ns;
+use crate::os::uring::bufring::{self, BufRing};
+use crate::os::uring::{setup, tag, untag, Gather, Target};
 use crate::uring_op;
 
 /// Receive buffers: replies of any size stream through them, so the count matters more
@@ -70,7 +70,7 @@ impl UringIo {
         if conn.connected {
             self.arm_recv(slot, conn)
         } else {
-            let poll = crate::uring::poll(conn.fd()?, libc::POLLOUT);
+            let poll = crate::os::uring::poll(conn.fd()?, libc::POLLOUT);
             self.push(poll.user_data(tag(CONNECT, slot)))
         }
     }
@@ -78,7 +78,7 @@ impl UringIo {
     fn push(&mut self, entry: squeue::Entry) -> Result<(), String> {
         // SAFETY: what an entry points at (a Gather, the queue it holds, the buffer ring)
         // stays in place until its completion.
-        unsafe { crate::uring::push(&mut self.ring, &entry) }.map_err(|e| format!("io_uring: {e}"))
+        unsafe { crate::os::uring::push(&mut self.ring, &entry) }.map_err(|e| format!("io_uring: {e}"))
     }
 
     fn arm_recv(&mut self, slot: usize, conn: &Conn) -> Result<(), String> {
@@ -130,7 +130,7 @@ impl UringIo {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
             Err(e) => return Err(format!("io_uring_enter: {e}")),
         }
-        crate::uring::reap(&mut self.ring, &mut self.completions);
+        crate::os::uring::reap(&mut self.ring, &mut self.completions);
         let now = now_ns();
         let waited_ns = now.saturating_sub(before);
         for i in 0..self.completions.len() {

@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::stats::median;
+use crate::sansio::stats::median;
 
 /// One row of points.csv.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -659,7 +659,7 @@ pub fn knee_table(rows: &[Point], slo: Duration) -> String {
     let knees = knees(rows, slo_us);
     let mut t = format!(
         "highest rate with p99 <= {} (majority of valid repeats; median p99 [interval])\n",
-        crate::units::Dur(slo)
+        crate::sansio::units::Dur(slo)
     );
     for k in &knees {
         let at_least = if k.lower_bound { ">=" } else { "" };

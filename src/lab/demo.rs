@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::engine::EngineKind;
-use crate::sweep::SweepConfig;
+use crate::lab::sweep::SweepConfig;
 
 /// The demo's engines: every kernel-TCP engine, then shared memory (no sockets at all), then
 /// the user-space TCP/IP stack (in a network namespace of its own; skipped, with the reason,

@@ -11,8 +11,10 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::frame::{Body, OutFrame};
-use crate::http::{http_date, normalize_target, response_head, HttpError, HttpRequest, Method, Status};
+use crate::sansio::frame::{Body, OutFrame};
+use crate::sansio::http::{
+    http_date, normalize_target, response_head, HttpError, HttpRequest, Method, Status,
+};
 
 /// Directory levels the loader descends at most.
 const MAX_DEPTH: usize = 32;
@@ -213,7 +215,7 @@ mod tests {
     use super::*;
 
     fn text(f: &OutFrame) -> String {
-        let mut q = crate::frame::OutQueue::new(1 << 20);
+        let mut q = crate::sansio::frame::OutQueue::new(1 << 20);
         q.push(f.clone());
         let mut out = Vec::new();
         while let Some(s) = q.front() {

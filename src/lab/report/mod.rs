@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 
-use crate::results::{
+use crate::lab::results::{
     cell, comparisons, engine_order, fmt_spread, knees, offered_rates, read_points, Cell, Point, Spread,
 };
-use crate::stats::{fmt_p, gaps_per_sample, new_histogram};
+use crate::sansio::stats::{fmt_p, gaps_per_sample, new_histogram};
 use figures::Distribution;
 
 /// Which latency a plot shows: over a cell's repeats, and of one raw point.
@@ -500,11 +500,11 @@ fn cdf_section(dir: &Path, rows: &[Point], engines: &[String], rate: f64) -> any
 /// The coordinated-omission lesson (`sweep --compare-loops`), if the sweep made it.
 fn loops_section(dir: &Path, meta: &serde_json::Value) -> anyhow::Result<Option<Section>> {
     let engine = meta["compare_loops"].as_str().unwrap_or("the server");
-    let Some(comparison) = crate::results::LoopsComparison::read(dir, engine) else {
+    let Some(comparison) = crate::lab::results::LoopsComparison::read(dir, engine) else {
         return Ok(None);
     };
     let c = comparison?;
-    let folder = dir.join(crate::results::LOOPS_DIR);
+    let folder = dir.join(crate::lab::results::LOOPS_DIR);
     let open = read_hlog(&folder.join("open.hlog"))?;
     let closed = read_hlog(&folder.join("closed.hlog"))?;
     let dists = [

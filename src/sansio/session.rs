@@ -15,13 +15,13 @@
 
 use std::time::Duration;
 
-use crate::frame::{
+use crate::sansio::frame::{
     FrameDecoder, FrameError, OutFrame, OutQueue, ReplySize, RequestHeader, DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_FRAME,
 };
-use crate::http::{HttpDecoder, HttpError, HttpLimits};
-use crate::static_files::StaticFiles;
-use crate::workload;
+use crate::sansio::http::{HttpDecoder, HttpError, HttpLimits};
+use crate::sansio::static_files::StaticFiles;
+use crate::sansio::workload;
 use std::sync::Arc;
 
 /// Limits and sizes shared by every connection of a server.
@@ -78,7 +78,7 @@ pub struct SessionCounters {
 }
 
 /// A decoded request, checked against the limits, ready to execute anywhere.
-pub type Request = crate::frame::Frame<RequestHeader>;
+pub type Request = crate::sansio::frame::Frame<RequestHeader>;
 
 #[derive(Debug)]
 pub struct ServerSession {
@@ -225,7 +225,7 @@ impl ServerSession {
         Ok(())
     }
 
-    /// Queues a reply produced by [`crate::workload::execute`].
+    /// Queues a reply produced by [`crate::sansio::workload::execute`].
     pub fn queue_reply(&mut self, reply: OutFrame) {
         self.counters.requests += 1;
         self.out.push(reply);
@@ -277,7 +277,7 @@ impl ServerSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{pattern_matches, Body, FrameDecoder, ReplyHeader};
+    use crate::sansio::frame::{pattern_matches, Body, FrameDecoder, ReplyHeader};
     use std::io::IoSlice;
 
     fn request_bytes(id: u64, payload: usize, reply: ReplySize, spin_ns: u64) -> Vec<u8> {

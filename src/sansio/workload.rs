@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::frame::{Body, Frame, OutFrame, ReplyHeader, ReplySize, RequestHeader};
+use crate::sansio::frame::{Body, Frame, OutFrame, ReplyHeader, ReplySize, RequestHeader};
 
 /// Runs one request to completion and returns the reply frame.
 pub fn execute(request: Frame<RequestHeader>) -> OutFrame {
@@ -48,7 +48,7 @@ pub fn spin(duration: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{pattern_matches, Header};
+    use crate::sansio::frame::{pattern_matches, Header};
 
     fn req(reply: ReplySize, payload: Vec<u8>, spin_ns: u64) -> Frame<RequestHeader> {
         Frame {
@@ -69,7 +69,7 @@ mod tests {
         let ptr = payload.as_ptr();
         let reply = execute(req(ReplySize::Echo, payload, 0));
         assert_eq!(reply.len(), ReplyHeader::LEN + 4);
-        let mut q = crate::frame::OutQueue::new(4096);
+        let mut q = crate::sansio::frame::OutQueue::new(4096);
         q.push(reply);
         // The header slice, then the payload slice that still lives where the request put it.
         let mut s = [std::io::IoSlice::new(&[]); 4];
@@ -82,7 +82,7 @@ mod tests {
     fn payload_reply_has_the_requested_size_and_pattern() {
         let reply = execute(req(ReplySize::Bytes(100_000), vec![9; 10], 0));
         assert_eq!(reply.len(), ReplyHeader::LEN + 100_000);
-        let mut q = crate::frame::OutQueue::new(4096);
+        let mut q = crate::sansio::frame::OutQueue::new(4096);
         q.push(reply);
         let mut body = Vec::new();
         while let Some(s) = q.front() {

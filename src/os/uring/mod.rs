@@ -13,7 +13,7 @@ use std::os::fd::RawFd;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use crate::frame::OutQueue;
+use crate::sansio::frame::OutQueue;
 
 /// Slices gathered into one sendmsg.
 pub const GATHER_SLICES: usize = 64;
@@ -31,9 +31,9 @@ pub enum Target {
 macro_rules! uring_op {
     ($target:expr, $op:ident ( $($arg:expr),* ) $(. $m:ident ( $($a:expr),* ))* ) => {
         match $target {
-            $crate::uring::Target::Fd(fd) => ::io_uring::opcode::$op::new(
+            $crate::os::uring::Target::Fd(fd) => ::io_uring::opcode::$op::new(
                 ::io_uring::types::Fd(fd) $(, $arg)*) $(. $m($($a),*))* .build(),
-            $crate::uring::Target::Fixed(i) => ::io_uring::opcode::$op::new(
+            $crate::os::uring::Target::Fixed(i) => ::io_uring::opcode::$op::new(
                 ::io_uring::types::Fixed(i) $(, $arg)*) $(. $m($($a),*))* .build(),
         }
     };

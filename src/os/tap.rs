@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use smoltcp::phy::{Device, DeviceCapabilities, Medium};
 
-use crate::sys::EventFd;
+use crate::os::sys::EventFd;
 
 /// Ethernet header bytes on top of the IP MTU.
 const ETHERNET_HEADER: usize = 14;
@@ -110,7 +110,7 @@ impl LinkOptions {
         if !(576..=65_000).contains(&self.mtu) {
             anyhow::bail!("--tap-mtu must be between 576 and 65000");
         }
-        if crate::netns::in_host_namespace() {
+        if crate::os::netns::in_host_namespace() {
             anyhow::bail!(
                 "the user-space stack keeps its TAP device out of the host's network: add --netns NAME \
                  or run it under `ip netns exec NAME`"
@@ -448,7 +448,7 @@ pub fn interface(device: &mut TapQueue, ip: Ipv4Addr, prefix: u8) -> smoltcp::if
     let o = ip.octets();
     let mac = EthernetAddress([0x02, 0x00, o[0], o[1], o[2], o[3]]);
     let mut config = Config::new(HardwareAddress::Ethernet(mac));
-    config.random_seed = crate::clock::now_ns() ^ ((device.raw_fd() as u64) << 32);
+    config.random_seed = crate::os::clock::now_ns() ^ ((device.raw_fd() as u64) << 32);
     let mut iface = Interface::new(config, device, smoltcp::time::Instant::now());
     iface.update_ip_addrs(|addrs| {
         let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(ip), prefix));

@@ -36,10 +36,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::lab::results::{Point, LOOPS_DIR, LOOPS_DURATION, LOOPS_STALL, LOOPS_STALL_EVERY};
 use crate::loadgen::canary::{self, StallWatch};
 use crate::loadgen::spec::{ReplyDist, SizeDist, WorkDist};
 use crate::loadgen::{self, LoadConfig, LoadReport};
-use crate::results::{Point, LOOPS_DIR, LOOPS_DURATION, LOOPS_STALL, LOOPS_STALL_EVERY};
 
 /// A sweep, fully specified.
 #[derive(Debug, Clone)]
@@ -110,7 +110,7 @@ impl SweepConfig {
     /// A sweep with the command line's defaults: 64 B echo, 64 connections, 3 s points after
     /// 1 s of warm-up, SLO 1 ms, three repeats, the server on CPU 0 and the generator on CPU 1.
     pub fn new(engines: Vec<Vec<String>>, rates: Vec<f64>, out: PathBuf) -> anyhow::Result<Self> {
-        let two_cpus = crate::engine::num_cpus() > 1;
+        let two_cpus = crate::os::cpu::num_cpus() > 1;
         Ok(SweepConfig {
             engines,
             rates,
@@ -832,7 +832,7 @@ pub fn judge(
             "arrivals failed the Poisson check at {:.0} us scale (K-S D = {:.3}, p {} < {})",
             s.interarrival.ks_timescale_us,
             s.interarrival.ks_d,
-            crate::stats::fmt_p(s.interarrival.ks_p_value),
+            crate::sansio::stats::fmt_p(s.interarrival.ks_p_value),
             cfg.min_ks_p
         );
         if stall_explains {

@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
-use crate::results::{cells, Cell, Point, Spread};
+use crate::lab::results::{cells, Cell, Point, Spread};
 
 /// One colour per engine, eleven of them, so no two engines of a full demo share one.
 pub const PALETTE: [RGBColor; 11] = [
