@@ -20,7 +20,8 @@
 //!   never imports them.
 //! - [`lab`]: sweeps into results folders, the folder format and the knee rule, the report,
 //!   the demo and the HTTP corpus. The report reads files only.
-//! - The command line (`src/main.rs`) is the only place that knows everything.
+//! - The command line (`src/cli/`: `args.rs` the options, `mod.rs` the commands; `main.rs`
+//!   only runs it) is the only place that knows everything.
 
 pub mod engine;
 pub mod lab;

@@ -10,7 +10,7 @@
 //! - `loadgen` imports `sansio`, `os` and the transports, never `engine`: it measures engines;
 //! - `lab::report` imports only `lab::results` and `sansio::stats` (it reads files, never
 //!   runs anything); the rest of `lab` anything but the command line;
-//! - only `main.rs` knows everything.
+//! - only the command line (`cli/`, run by `main.rs`) knows everything.
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +31,7 @@ fn layer_of(path: &Path) -> &'static str {
             "queue" => "queue",
             "loadgen" => "loadgen",
             "lab" => "lab",
+            "cli" => "cli",
             other => panic!("src/{other}/ is not a layer this test knows: add it and its rule"),
         },
         ["main.rs"] => "cli",

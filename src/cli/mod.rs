@@ -1,0 +1,553 @@
+//! The `iolab` command line: the only place that knows every subsystem. `args` holds the
+//! options; the commands here turn them into configurations and run them.
+
+use std::io::{IsTerminal as _, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use iolab::engine::{self, EngineKind, ServeConfig};
+use iolab::lab::demo;
+use iolab::loadgen::spec::{ReplyDist, SizeDist, WorkDist};
+use iolab::loadgen::{self, LoadConfig};
+use iolab::sansio::session::SessionConfig;
+use iolab::sansio::units::{Dur, Size};
+
+mod args;
+
+use args::*;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(a) => serve(*a),
+        Command::Load(a) => load(*a),
+        Command::Demo(a) => run_demo(a),
+        Command::Sweep(a) => sweep(*a),
+        Command::Knee(a) => knee(a),
+        Command::Report(a) => report(a),
+        Command::Corpus(a) => corpus(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("iolab: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = ServeConfig::new(a.engine, a.addr);
+    cfg.pin = a.pin.map(|c| c.0).unwrap_or_default();
+    cfg.threads = a.threads;
+    cfg.workers = a.workers;
+    cfg.epoll_mode = a.epoll_mode;
+    if a.workers == 0 {
+        anyhow::bail!("--workers must be at least 1");
+    }
+    let (chunk_size, max_frame) = a.frame.sizes()?;
+    cfg.session = SessionConfig {
+        chunk_size,
+        max_frame,
+        max_spin: a.max_spin.0,
+        ..SessionConfig::default()
+    };
+    match (a.protocol, &a.root) {
+        (Protocol::Http, Some(root)) => {
+            let files = iolab::sansio::static_files::StaticFiles::load(root, a.cache_limit.0)?;
+            let s = files.summary();
+            eprintln!(
+                "http: {} file(s), {:.1} MiB in memory from {}{}",
+                s.files,
+                s.bytes as f64 / (1 << 20) as f64,
+                root.display(),
+                if s.skipped_links > 0 {
+                    format!(" ({} link(s) leading outside it left out)", s.skipped_links)
+                } else {
+                    String::new()
+                }
+            );
+            cfg.session.http = Some(std::sync::Arc::new(files));
+        }
+        (Protocol::Http, None) => anyhow::bail!("--protocol http needs --root DIR"),
+        (Protocol::Frame, Some(_)) => {
+            anyhow::bail!("--root serves files over HTTP: add --protocol http")
+        }
+        (Protocol::Frame, None) => {}
+    }
+    cfg.drain_timeout = a.drain_timeout.0;
+    cfg.log_errors = !a.quiet;
+    cfg.uring = a.uring.options()?;
+    match (a.engine, &a.shm.shm) {
+        (EngineKind::Shm, None) => {
+            anyhow::bail!("--engine shm needs --shm NAME (the segment clients attach to)")
+        }
+        (EngineKind::Shm, Some(_)) if a.protocol != Protocol::Frame => {
+            anyhow::bail!("--engine shm carries the frame protocol only")
+        }
+        (EngineKind::Shm, Some(name)) => {
+            if name.is_empty() || name.contains('/') || name.len() > 200 {
+                anyhow::bail!("--shm '{name}': a name of up to 200 characters, without '/'");
+            }
+            cfg.shm = engine::ShmOptions {
+                name: Some(name.clone()),
+                slots: a.shm.shm_slots,
+                ring_bytes: usize::try_from(a.shm.shm_ring.0).unwrap_or(usize::MAX),
+                spin: a.shm.shm_spin,
+            };
+        }
+        (_, Some(_)) => anyhow::bail!("--shm names the segment of --engine shm"),
+        (_, None) => {}
+    }
+    if a.engine == EngineKind::Userspace {
+        let u = &a.userspace;
+        cfg.userspace = engine::userspace::UserspaceOptions {
+            link: link_options(&u.tap, &u.tap_ip, u.tap_mtu, u.tap_buffer)?,
+            backlog: a.userspace.tap_backlog,
+            netns: a.userspace.netns.clone(),
+        };
+    } else if a.userspace.netns.is_some() {
+        anyhow::bail!("--netns, --tap and --tap-* set up the network of --engine userspace");
+    }
+    // Signals are routed to a thread of their own before any engine thread exists.
+    let mut signals =
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    let server = engine::start(cfg)?;
+    println!("listening on {}", server.endpoint);
+    std::io::stdout().flush()?;
+    let shutdown = server.shutdown_handle();
+    let handle = signals.handle();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            eprintln!("iolab: signal {sig}: finishing in-flight replies");
+            shutdown.trigger();
+        }
+    });
+    let summary = server.wait()?;
+    handle.close();
+    println!("{summary}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A TAP link from the `--tap*` arguments `serve` and `load` both take.
+fn link_options(
+    tap: &str,
+    tap_ip: &str,
+    mtu: usize,
+    buffer: Size,
+) -> anyhow::Result<iolab::os::tap::LinkOptions> {
+    let (ip, prefix) = iolab::os::tap::parse_cidr(tap_ip).map_err(anyhow::Error::msg)?;
+    Ok(iolab::os::tap::LinkOptions {
+        tap: tap.to_string(),
+        ip,
+        prefix,
+        mtu,
+        socket_buffer: usize::try_from(buffer.0).unwrap_or(usize::MAX),
+    })
+}
+
+fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
+    let addr = match (a.transport, a.addr, &a.shm) {
+        (Transport::Tcp | Transport::Userspace, Some(addr), None) => addr,
+        (Transport::Tcp | Transport::Userspace, _, Some(_)) => anyhow::bail!("--shm is for --transport shm"),
+        (Transport::Shm, None, Some(_)) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        (Transport::Shm, Some(_), _) => {
+            anyhow::bail!("--transport shm reaches the server by --shm NAME, not --addr")
+        }
+        _ => anyhow::bail!("--addr HOST:PORT (or --transport shm --shm NAME) says which server to load"),
+    };
+    // With --requests alone, the run ends when they are answered (a year is "unbounded").
+    let duration = a.duration.map_or(Duration::from_secs(365 * 86_400), |d| d.0);
+    let mut cfg = LoadConfig::new(addr, a.rate.unwrap_or(f64::NAN), duration);
+    cfg.closed_loop = a.closed_loop.then_some(a.depth.unwrap_or(1));
+    cfg.requests = a.requests;
+    cfg.shm = a.shm.clone();
+    cfg.netns = a.netns.clone();
+    if a.transport == Transport::Userspace {
+        if a.netns.is_none() {
+            anyhow::bail!(
+                "--transport userspace creates a TAP device: name the namespace it goes in with --netns NAME"
+            );
+        }
+        cfg.userspace = Some(link_options(&a.tap, &a.tap_ip, a.tap_mtu, a.tap_buffer)?);
+    }
+    if a.protocol == Protocol::Http {
+        let default = (SizeDist::Fixed(64), ReplyDist::Echo, WorkDist::None);
+        if (a.workload.request_size, a.workload.reply, a.workload.work) != default {
+            anyhow::bail!("--request-size, --reply and --work shape frame requests; an HTTP load asks for pages (--path, --paths)");
+        }
+        let host = a.host.clone().unwrap_or_else(|| addr.to_string());
+        let pages = match &a.paths {
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| anyhow::anyhow!("--paths {}: {e}", file.display()))?;
+                loadgen::client::Pages::parse(&host, &text)
+                    .map_err(|e| anyhow::anyhow!("--paths {}: {e}", file.display()))?
+            }
+            None => loadgen::client::Pages::new(&host, vec![(a.path.clone(), None)])
+                .map_err(anyhow::Error::msg)?,
+        };
+        cfg.http = Some(std::sync::Arc::new(pages));
+    } else if a.paths.is_some() || a.path != "/" || a.host.is_some() {
+        anyhow::bail!("--path, --paths and --host are for --protocol http");
+    }
+    cfg.warmup = a.warmup.0;
+    cfg.connections = a.connections;
+    cfg.threads = a.threads;
+    cfg.arrival = a.arrival;
+    cfg.request_size = a.workload.request_size;
+    cfg.reply = a.workload.reply;
+    cfg.work = a.workload.work;
+    cfg.seed = a.seed;
+    cfg.max_in_flight = a.max_in_flight;
+    cfg.connect = a.connect;
+    cfg.driver = a.driver;
+    cfg.idle_connections = a.idle_connections;
+    cfg.drain_timeout = a.drain_timeout.0;
+    cfg.pin = a.pin.map(|c| c.0).unwrap_or_default();
+    if let Some(cpus) = a.watch_cpus {
+        cfg.watch_cpus = cpus.0;
+    }
+    (cfg.chunk_size, cfg.max_frame) = a.frame.sizes()?;
+    cfg.requests_log = a.requests_log.is_some();
+    a.arrivals_check.apply(&mut cfg);
+    let print_intervals = a.log_interval.is_some();
+    cfg.log_interval = a
+        .log_interval
+        .map(|d| d.0)
+        .or(a.hdr_log.as_ref().map(|_| Duration::from_secs(1)));
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    if cfg.log_interval.is_some_and(|d| d < Duration::from_millis(1)) {
+        anyhow::bail!("--log-interval must be at least 1ms");
+    }
+
+    // A terminal sees a start line and a live progress line; a pipe or --quiet sees neither.
+    let live = !a.quiet && std::io::stdout().is_terminal();
+    if live {
+        println!("{}", start_line(&cfg, a.duration.is_some()));
+    }
+    let mut progress = |p: &loadgen::Progress| {
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, "\r\x1b[2K{}", p.describe());
+        let _ = out.flush();
+    };
+    let report = loadgen::run_watched(
+        cfg,
+        &mut |line| {
+            if print_intervals {
+                if live {
+                    print!("\r\x1b[2K");
+                }
+                println!("{}", line.describe());
+            }
+        },
+        live.then_some(&mut progress as &mut dyn FnMut(&loadgen::Progress)),
+    )?;
+    if live {
+        print!("\r\x1b[2K");
+    }
+    print!("{}", report.table());
+    // Partial results are written even when the run failed: they are what was measured.
+    if let Some(p) = &a.json {
+        report.write_json(p)?;
+    }
+    if let Some(p) = &a.interarrivals {
+        report.write_interarrivals(p, usize::MAX)?;
+    }
+    if let Some(p) = &a.hdr_log {
+        report.write_hdr_log(p)?;
+    }
+    if let Some(p) = &a.requests_log {
+        report.write_requests_log(p)?;
+    }
+    match &report.error {
+        Some(e) => {
+            eprintln!("iolab: error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// What `iolab load` is about to do, for a terminal: target, rate (or loop), connections,
+/// and how long.
+fn start_line(cfg: &LoadConfig, timed: bool) -> String {
+    let what = match cfg.closed_loop {
+        Some(depth) => format!("closed loop, {depth} outstanding per connection"),
+        None => format!("{} rps offered", cfg.rate),
+    };
+    let until = match (timed, cfg.requests) {
+        (true, Some(n)) => format!("{:.1}s or {n} requests", cfg.duration.as_secs_f64()),
+        (false, Some(n)) => format!("{n} requests"),
+        _ => format!("{:.1}s", cfg.duration.as_secs_f64()),
+    };
+    format!(
+        "iolab load -> {}: {what} over {} connection(s), {until} after {:.1}s of warm-up",
+        cfg.endpoint(),
+        cfg.connections,
+        cfg.warmup.as_secs_f64()
+    )
+}
+
+fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
+    let engines = if a.engines.is_empty() {
+        demo::engines()
+    } else {
+        a.engines
+    };
+    let out = a.out.unwrap_or_else(demo::default_out);
+    let mut cfg = demo::config(&engines, a.rates.0, out.clone())?;
+    cfg.duration = a.duration.0;
+    cfg.warmup = a.warmup.0;
+    cfg.connections = a.connections;
+    cfg.repeat = a.repeat;
+    cfg.max_tries = cfg.max_tries.max(a.repeat);
+    cfg.budget = Some(a.budget.0);
+    let ladder: Vec<String> = cfg.rates.iter().map(|r| format!("{r:.0}")).collect();
+    println!(
+        "iolab demo: {} engine(s), each point a fresh server process on CPU {:?}, the generator on CPU {:?};\n\
+         64 B echo, {} connections, open-loop Poisson at {} rps, {} per point after {} warm-up;\n\
+         each point measured until {} of {} repeats agree, in rounds that interleave the engines\n\
+         (at most {:.0} s of points; a point during which the machine stalled is measured again)",
+        cfg.engines.len(),
+        cfg.server_cpus,
+        cfg.load_cpus,
+        cfg.connections,
+        ladder.join(", "),
+        Dur(cfg.duration),
+        Dur(cfg.warmup),
+        cfg.repeat / 2 + 1,
+        cfg.repeat,
+        a.budget.0.as_secs_f64()
+    );
+    run_sweep(&cfg)?;
+    let rows = iolab::lab::results::read_points(&out)?;
+    println!("{}", iolab::lab::results::knee_table(&rows, cfg.slo));
+    let written = iolab::lab::report::write(
+        &out,
+        &out.join("report.html"),
+        &iolab::lab::report::ReportOptions::default(),
+    )?;
+    println!(
+        "Latency runs from each request's scheduled send to its full reply (no coordinated omission).\n\
+         report:   {}\nnotebook: {}\ndata:     {}\n\
+         Next: `iolab sweep --help` for your own ladder and workload; `iolab serve` and `iolab load` to measure one engine by hand.",
+        written.html.display(),
+        written.notebook.display(),
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a sweep with a progress bar and one line per point.
+fn run_sweep(cfg: &iolab::lab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::lab::results::Point>> {
+    use iolab::lab::sweep::Progress;
+    let per_point = cfg.duration + cfg.warmup;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} points, {elapsed} | {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    // Without a terminal the bar is hidden and would swallow its lines too; a log still
+    // gets one line per point.
+    let say = |line: String| {
+        if bar.is_hidden() {
+            println!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
+    let points = iolab::lab::sweep::run(cfg, |p| match p {
+        Progress::Round { round, points } => {
+            bar.set_length(bar.position() + points as u64);
+            say(format!("round {round}: up to {points} point(s)"));
+        }
+        Progress::Point {
+            engine,
+            rate,
+            round,
+            attempt,
+        } => bar.set_message(format!(
+            "round {round}: {engine} at {rate} rps, try {attempt} ({:.1}s)",
+            per_point.as_secs_f64()
+        )),
+        Progress::Done(point) => {
+            bar.inc(1);
+            // The reasons in short; points.csv and the report have them in full.
+            let why: Vec<&str> = [
+                ("machine stalled", "machine stalled"),
+                ("send-lag", "send lag"),
+                ("busy", "busy"),
+                ("Poisson", "K-S"),
+            ]
+            .into_iter()
+            .filter(|(key, _)| point.invalid_reason.contains(key))
+            .map(|(_, short)| short)
+            .collect();
+            let mark = if !point.valid {
+                format!("  INVALID ({}: {})", point.blame, why.join(", "))
+            } else if point.saturated {
+                "  saturated".to_string()
+            } else if point.over_slo {
+                "  over SLO".to_string()
+            } else {
+                String::new()
+            };
+            say(format!(
+                "  {:<12} {:>7.0} rps #{}  achieved {:>7.0}  p50 {:>8.1}us  p99 {:>8.1}us  lag99 {:>6.1}us  busy {:>3.0}%  stalls {:>5.1}ms{mark}",
+                point.engine, point.offered_rps, point.attempt, point.achieved_rps, point.p50_us, point.p99_us,
+                point.send_lag_p99_us, point.generator_busy * 100.0, point.stall_excess_us / 1e3
+            ));
+        }
+        Progress::Skipped { engine, why } => say(format!("  {engine}: skipped, it did not start: {why}")),
+        Progress::OutOfTime { unsettled } => say(format!(
+            "  time budget spent: {unsettled} point(s) not settled; their knees say so"
+        )),
+    });
+    bar.finish_and_clear();
+    let points = points?;
+    if let Some(spec) = &cfg.compare_loops {
+        println!(
+            "open vs closed loop: {}, open loop at {:.0} rps and then closed loop, {:.1} s each, the server stopped for {:.0} ms every {:.0} s",
+            spec.join(" "),
+            cfg.rates[0],
+            (cfg.warmup + iolab::lab::results::LOOPS_DURATION).as_secs_f64(),
+            iolab::lab::results::LOOPS_STALL.as_secs_f64() * 1e3,
+            iolab::lab::results::LOOPS_STALL_EVERY.as_secs_f64()
+        );
+        // The lesson is extra: failing it costs the sweep nothing.
+        match iolab::lab::sweep::compare_loops(cfg, spec)
+            .map(|_| iolab::lab::results::LoopsComparison::read(&cfg.out, &spec.join(" ")))
+        {
+            Ok(Some(Ok(c))) => {
+                for line in c.sentences() {
+                    println!("  {line}");
+                }
+            }
+            Ok(Some(Err(e))) | Err(e) => println!("  could not compare the loops: {e:#}"),
+            Ok(None) => println!("  could not compare the loops: no results written"),
+        }
+    }
+    Ok(points)
+}
+
+fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
+    use iolab::lab::sweep::SweepConfig;
+    let engines: Vec<Vec<String>> = a
+        .engines
+        .split(',')
+        .map(|e| e.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .filter(|e| !e.is_empty())
+        .collect();
+    for e in &engines {
+        <EngineKind as clap::ValueEnum>::from_str(&e[0], false)
+            .map_err(|_| anyhow::anyhow!("unknown engine '{}' in --engines", e[0]))?;
+    }
+    let cpus = iolab::os::cpu::num_cpus();
+    let server_cpus = a.server_cpus.map_or_else(|| vec![0], |c| c.0);
+    let load_cpus = a
+        .load_cpus
+        .map_or_else(|| if cpus > 1 { vec![1] } else { vec![0] }, |c| c.0);
+    let out = a.out.unwrap_or_else(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        PathBuf::from(format!("results/sweep-{now}"))
+    });
+    let mut cfg = SweepConfig::new(engines, a.rates.0, out.clone())?;
+    cfg.request_size = a.workload.request_size;
+    cfg.reply = a.workload.reply;
+    cfg.work = a.workload.work;
+    cfg.connections = a.connections;
+    cfg.duration = a.duration.0;
+    cfg.warmup = a.warmup.0;
+    cfg.slo = a.slo.0;
+    cfg.max_send_lag = a.max_send_lag.0;
+    cfg.min_ks_p = a.min_ks_p;
+    cfg.ks_timescale = a.arrivals_check.ks_timescale.0;
+    cfg.ks_resolution = a.arrivals_check.ks_resolution.0;
+    cfg.max_generator_busy = a.max_generator_busy;
+    cfg.repeat = a.repeat;
+    cfg.max_tries = a.max_tries.unwrap_or(2 * a.repeat).max(a.repeat);
+    if !(0.0..1.0).contains(&a.max_stall) {
+        anyhow::bail!("--max-stall is a fraction of a point's measured time, from 0 to below 1");
+    }
+    cfg.max_stall_fraction = a.max_stall;
+    cfg.quiet.timeout = a.quiet_timeout.0;
+    cfg.budget = a.budget.map(|b| b.0);
+    cfg.server_cpus = server_cpus;
+    cfg.load_cpus = load_cpus;
+    cfg.seed = a.seed;
+    if let Some(spec) = &a.compare_loops {
+        let spec: Vec<String> = spec.split_whitespace().map(String::from).collect();
+        match spec.first() {
+            Some(name) if <EngineKind as clap::ValueEnum>::from_str(name, false).is_ok() => {}
+            _ => anyhow::bail!(
+                "--compare-loops takes an engine, as --engines does: not '{}'",
+                spec.join(" ")
+            ),
+        }
+        cfg.compare_loops = Some(spec);
+    }
+    let points = run_sweep(&cfg)?;
+    let rows = iolab::lab::results::read_points(&out)?;
+    println!("{}", iolab::lab::results::knee_table(&rows, cfg.slo));
+    println!(
+        "{} point(s) in {}; `iolab knee {}` prints the table again",
+        points.len(),
+        out.display(),
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn corpus(a: CorpusArgs) -> anyhow::Result<ExitCode> {
+    let w = iolab::lab::corpus::write(&a.out, a.pages, a.seed)?;
+    println!(
+        "wrote {} pages, {:.1} MiB (median {:.1} KiB, p90 {:.1} KiB) into {}/pages, a 1 KiB page {}/one-kib.html,\n\
+         and the list {}/paths.txt. Serve it: iolab serve --engine epoll --protocol http --root {}\n\
+         Load it:  iolab load --protocol http --addr HOST:PORT --paths {}/paths.txt --rate 10000 --duration 10s",
+        w.pages,
+        w.bytes as f64 / (1 << 20) as f64,
+        w.median as f64 / 1024.0,
+        w.p90 as f64 / 1024.0,
+        a.out.display(),
+        a.out.display(),
+        a.out.display(),
+        a.out.display(),
+        a.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn knee(a: KneeArgs) -> anyhow::Result<ExitCode> {
+    let rows = iolab::lab::results::read_points(&a.dir)?;
+    if a.json {
+        let json = iolab::lab::results::knee_json(&rows, a.slo.0);
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        print!("{}", iolab::lab::results::knee_table(&rows, a.slo.0));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(a: ReportArgs) -> anyhow::Result<ExitCode> {
+    let html = a.output.unwrap_or_else(|| a.dir.join("report.html"));
+    let opts = iolab::lab::report::ReportOptions {
+        slo_us: a.slo.map(|s| s.0.as_secs_f64() * 1e6),
+        at_rate: a.at,
+    };
+    let w = iolab::lab::report::write(&a.dir, &html, &opts)?;
+    println!(
+        "report: {} ({} figures)\nnotebook: {}\nfigures: {}",
+        w.html.display(),
+        w.figures,
+        w.notebook.display(),
+        w.figures_dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
