@@ -118,7 +118,7 @@ fn have(tool: &str) -> bool {
 
 #[test]
 fn every_engine_answers_pipelined_requests_in_order_and_honours_close() {
-    for &engine in EngineKind::ALL {
+    for engine in EngineKind::KERNEL_TCP {
         let server = Server::start(engine);
         pipelined_requests_in_order_and_close(engine, &server);
         server.stop();
@@ -129,7 +129,7 @@ fn every_engine_answers_pipelined_requests_in_order_and_honours_close() {
 #[test]
 fn http_on_two_threads_answers_as_on_one() {
     let paths = load_paths("threads2");
-    for &engine in EngineKind::ALL.iter().filter(|e| e.is_event_loop()) {
+    for &engine in EngineKind::KERNEL_TCP.iter().filter(|e| e.is_event_loop()) {
         let server = Server::start_with(engine, &["--threads", "2"]);
         // Several connections, so that both loops (SO_REUSEPORT spreads them) answer some.
         for _ in 0..8 {
@@ -147,7 +147,7 @@ fn http_on_two_threads_answers_as_on_one() {
 /// lazy one off after the drain timeout.
 #[test]
 fn a_client_that_pipelines_large_gets_and_never_reads_stalls_no_one() {
-    for &engine in EngineKind::ALL {
+    for engine in EngineKind::KERNEL_TCP {
         let server = Server::start_with(engine, &["--drain-timeout", "200ms"]);
         let mut lazy = TcpStream::connect(server.addr).unwrap();
         let asks = "GET /pages/big.bin HTTP/1.1\r\nHost: t\r\n\r\n".repeat(200);
@@ -227,7 +227,7 @@ fn nothing_outside_the_root_is_ever_served() {
         "//etc/passwd",
         "http://t/../secret.txt",
     ];
-    for &engine in EngineKind::ALL {
+    for engine in EngineKind::KERNEL_TCP {
         let server = Server::start(engine);
         for path in attempts {
             let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
@@ -263,7 +263,7 @@ fn refused_requests_get_their_status_then_the_connection_closes() {
             "501",
         ),
     ];
-    for &engine in EngineKind::ALL {
+    for engine in EngineKind::KERNEL_TCP {
         let server = Server::start(engine);
         for (request, want) in cases {
             // A request before the bad one is still answered.
@@ -294,7 +294,7 @@ fn curl_gets_the_files_and_the_statuses_from_every_engine() {
     }
     let dir = std::env::temp_dir().join(format!("iolab-curl-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for &engine in EngineKind::ALL {
+    for engine in EngineKind::KERNEL_TCP {
         let server = Server::start(engine);
         let body = dir.join(format!("{}.bin", engine.name()));
         // Two URLs on one connection: the second reuses it (keep-alive).
@@ -357,7 +357,7 @@ fn wrk_gets_only_good_answers_from_every_engine() {
     if !have("wrk") {
         return;
     }
-    for &engine in EngineKind::ALL {
+    for engine in EngineKind::KERNEL_TCP {
         let server = Server::start(engine);
         let out = Command::new("wrk")
             .args(["-t1", "-c8", "-d1s", "--timeout", "5s"])
@@ -385,7 +385,7 @@ fn wrk_gets_only_good_answers_from_every_engine() {
 #[test]
 fn iolab_load_speaks_http_to_every_engine() {
     let paths = load_paths("every");
-    for &engine in EngineKind::ALL {
+    for engine in EngineKind::KERNEL_TCP {
         let server = Server::start(engine);
         http_load_counts_only_the_missing_page(engine, &server, &paths);
         server.stop();

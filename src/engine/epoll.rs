@@ -21,6 +21,11 @@ use super::nonblocking::{Driven, EpollWaiter, LoopCore, Token};
 use super::{EngineCtx, EpollMode};
 use crate::os::sys::{interest, Epoll};
 
+/// This engine's face: the registry calls it for `--engine epoll`.
+pub fn start(config: super::ServeConfig) -> anyhow::Result<super::RunningServer> {
+    super::listen_and_run(config, super::Model::Loops(serve))
+}
+
 pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
     let mode = ctx.config.epoll_mode;
     let mut core = LoopCore::new(ctx, listener)?;

@@ -17,6 +17,11 @@ const READ_BUFFERS: usize = 16;
 /// Slices offered to one writev (the kernel's IOV_MAX is 1024).
 const WRITE_SLICES: usize = 64;
 
+/// This engine's face: the registry calls it for `--engine iovec`.
+pub fn start(config: super::ServeConfig) -> anyhow::Result<super::RunningServer> {
+    super::listen_and_run(config, super::Model::PerConnection(serve_connection))
+}
+
 pub fn serve_connection(stream: &mut TcpStream, session: &mut ServerSession) -> Result<(), ConnError> {
     let chunk = session.chunk_size();
     let mut buffers = vec![vec![0u8; chunk]; READ_BUFFERS];

@@ -6,17 +6,10 @@
 //! and the file-descriptor limit. Engines import this module and the session core, never
 //! each other.
 //!
-//! | engine    | model                                                                 |
-//! |-----------|-----------------------------------------------------------------------|
-//! | `threads` | thread per connection, blocking read/write of one chunk per syscall   |
-//! | `iovec`   | thread per connection, blocking readv/writev of many chunks per call  |
-//! | `select`  | one thread, select(2) over bitmaps rebuilt every turn (O(n))           |
-//! | `poll`    | one thread, poll(2) over an array rebuilt every turn (O(n))            |
-//! | `epoll`   | one thread, kernel-kept interest list, level- or edge-triggered        |
-//! | `pool`    | one epoll I/O thread handing requests to a fixed pool of workers      |
-//! | `uring`   | one io_uring per loop: completions, multishot accept and recv          |
-//! | `tokio`   | baseline: a tokio current-thread runtime per loop, a task per connection |
-//! | `monoio`  | baseline: monoio's io_uring runtime per loop, a task per connection    |
+//! Every engine is a row of [`ENGINES`]: its name, its model, how it scales. The README's
+//! table, `iolab serve --help` and [`EngineKind::ALL`] come from that one list, and each
+//! engine file has one face, `start(ServeConfig) -> RunningServer`, that [`start`] calls
+//! through an exhaustive match.
 //!
 //! Event engines (`select`, `poll`, `epoll`, `uring`, `tokio`, `monoio`) scale out share-nothing: `--threads N` runs N
 //! independent loops, each with its own SO_REUSEPORT listener and pinned to its own CPU, and a
@@ -53,8 +46,8 @@ use crate::os::cpu::{pin_current_thread, raise_fd_limit};
 use crate::os::sys::EventFd;
 use crate::sansio::session::{SessionConfig, SessionCounters, SessionError};
 
-/// The engines this build has, by their command-line names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+/// The engines this build has (their names, models and scaling are in [`ENGINES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EngineKind {
     /// Thread per connection; blocking read/write, one chunk per syscall.
     Threads,
@@ -82,41 +75,109 @@ pub enum EngineKind {
     Userspace,
 }
 
+/// How an engine uses threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scaling {
+    /// A thread per connection (or a fixed pool): `--threads` does not apply.
+    OwnThreads,
+    /// Share-nothing event loops: `--threads N` runs N, each with its own listener.
+    Loops,
+}
+
+/// One engine's row: everything a person or a program needs to know to pick it.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineInfo {
+    pub kind: EngineKind,
+    /// Its command-line name.
+    pub name: &'static str,
+    /// Its I/O model in a sentence: the README's table and `--help` print it.
+    pub model: &'static str,
+    pub scaling: Scaling,
+    /// Reached through kernel TCP sockets (all but `shm` and `userspace`).
+    pub kernel_tcp: bool,
+}
+
+/// Every engine, in the order the lab lists them.
+pub const ENGINES: [EngineInfo; 11] = {
+    use EngineKind::*;
+    use Scaling::*;
+    const fn row(
+        kind: EngineKind,
+        name: &'static str,
+        model: &'static str,
+        scaling: Scaling,
+        kernel_tcp: bool,
+    ) -> EngineInfo {
+        EngineInfo {
+            kind,
+            name,
+            model,
+            scaling,
+            kernel_tcp,
+        }
+    }
+    [
+        row(Threads, "threads", "thread per connection; blocking `read` into one buffer, one `write` per chunk", OwnThreads, true),
+        row(Iovec, "iovec", "thread per connection; `readv` into 16 chunk buffers, `writev` of header + payload slices with no copy", OwnThreads, true),
+        row(Select, "select", "one thread, `select(2)`: bitmaps rebuilt and scanned every turn; refuses descriptors ≥ FD_SETSIZE (1024)", Loops, true),
+        row(Poll, "poll", "one thread, `poll(2)`: an array rebuilt and scanned every turn, no descriptor limit", Loops, true),
+        row(Epoll, "epoll", "one thread, epoll; `--epoll-mode edge` (default: register once, read until EAGAIN) or `level` (interest kept exact)", Loops, true),
+        row(Pool, "pool", "an epoll I/O thread plus `--workers N` threads running the requests; replies re-ordered per connection", OwnThreads, true),
+        row(Uring, "uring", "one io_uring per loop: multishot accept, multishot recv into a provided-buffer ring, every ready reply sent (`send`/`sendmsg` of the session's slices, no copy) in one submit", Loops, true),
+        row(Tokio, "tokio", "baseline: a tokio current-thread runtime per loop, a task per connection, `read`/`write_vectored`", Loops, true),
+        row(Monoio, "monoio", "baseline: monoio's io_uring runtime per loop, a task per connection, owned buffers", Loops, true),
+        row(Shm, "shm", "no sockets: a shared-memory segment of connection slots, a pair of lock-free rings each, one polling thread (`--shm NAME`; the README's \"Shared memory\")", OwnThreads, false),
+        row(Userspace, "userspace", "no kernel sockets on the server: smoltcp per thread, each on one queue of a multi-queue TAP device, in a network namespace (`--netns`, `--tap`, `--tap-ip`; the README's \"User-space TCP/IP\")", Loops, false),
+    ]
+};
+
+/// The kinds of `ENGINES` in order, all of them or only those with kernel TCP (a const fn:
+/// the lists below are computed from the table, never written twice).
+const fn kinds<const N: usize>(kernel_tcp_only: bool) -> [EngineKind; N] {
+    let mut out = [EngineKind::Threads; N];
+    let (mut i, mut n) = (0, 0);
+    while i < ENGINES.len() {
+        if !kernel_tcp_only || ENGINES[i].kernel_tcp {
+            out[n] = ENGINES[i].kind;
+            n += 1;
+        }
+        i += 1;
+    }
+    assert!(n == N, "the list's length is not the table's count");
+    out
+}
+
 impl EngineKind {
-    pub const ALL: &'static [EngineKind] = &[
-        EngineKind::Threads,
-        EngineKind::Iovec,
-        EngineKind::Select,
-        EngineKind::Poll,
-        EngineKind::Epoll,
-        EngineKind::Pool,
-        EngineKind::Uring,
-        EngineKind::Tokio,
-        EngineKind::Monoio,
-    ];
+    /// Every engine.
+    pub const ALL: [EngineKind; 11] = kinds(false);
+    /// The engines a client reaches with kernel TCP at a loopback address (all but `shm` and
+    /// `userspace`): what the HTTP suites and the kernel-TCP cases iterate.
+    pub const KERNEL_TCP: [EngineKind; 9] = kinds(true);
+
+    pub fn info(self) -> &'static EngineInfo {
+        // Every kind has its row (a test checks it), so the fallback is never taken.
+        ENGINES.iter().find(|e| e.kind == self).unwrap_or(&ENGINES[0])
+    }
 
     pub fn name(self) -> &'static str {
-        match self {
-            EngineKind::Threads => "threads",
-            EngineKind::Iovec => "iovec",
-            EngineKind::Select => "select",
-            EngineKind::Poll => "poll",
-            EngineKind::Epoll => "epoll",
-            EngineKind::Pool => "pool",
-            EngineKind::Uring => "uring",
-            EngineKind::Tokio => "tokio",
-            EngineKind::Monoio => "monoio",
-            EngineKind::Shm => "shm",
-            EngineKind::Userspace => "userspace",
-        }
+        self.info().name
     }
 
     /// Engines that run share-nothing event loops and so take `--threads N`.
     pub fn is_event_loop(self) -> bool {
-        !matches!(
-            self,
-            EngineKind::Threads | EngineKind::Iovec | EngineKind::Pool | EngineKind::Shm
-        )
+        self.info().scaling == Scaling::Loops
+    }
+}
+
+/// The command line's names and help come from [`ENGINES`].
+impl clap::ValueEnum for EngineKind {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let info = self.info();
+        Some(clap::builder::PossibleValue::new(info.name).help(info.model))
     }
 }
 
@@ -153,6 +214,14 @@ pub struct UringOptions {
     /// Buffers in the provided-buffer ring (a power of two).
     pub recv_buffers: u16,
     pub recv_buffer_size: usize,
+}
+
+impl UringOptions {
+    /// Fails, with the reason, where a ring with these options cannot be built (`uring` and
+    /// `monoio` ask before they listen).
+    pub fn preflight(&self) -> anyhow::Result<()> {
+        crate::os::uring::setup::try_ring(self.ring_entries, self.sqpoll.then_some(self.sqpoll_idle_ms))
+    }
 }
 
 impl Default for UringOptions {
@@ -492,25 +561,51 @@ pub fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
             config.engine
         );
     }
-    if config.engine == EngineKind::Shm {
-        return shm::start(config);
+    // The registry: every engine's one face, `start`, with no arm left to a default.
+    match config.engine {
+        EngineKind::Threads => threads::start(config),
+        EngineKind::Iovec => iovec::start(config),
+        EngineKind::Select => select::start(config),
+        EngineKind::Poll => poll::start(config),
+        EngineKind::Epoll => epoll::start(config),
+        EngineKind::Pool => pool::start(config),
+        EngineKind::Uring => uring::start(config),
+        EngineKind::Tokio => tokio_engine::start(config),
+        EngineKind::Monoio => monoio_engine::start(config),
+        EngineKind::Shm => shm::start(config),
+        EngineKind::Userspace => userspace::start(config),
     }
-    if config.engine == EngineKind::Userspace {
-        return userspace::start(config);
-    }
-    if matches!(config.engine, EngineKind::Uring | EngineKind::Monoio) {
-        // Fail before listening, with the reason, where io_uring cannot run.
-        uring::preflight(&config.uring)?;
-    }
+}
+
+/// How a kernel-socket engine runs on the listeners [`listen_and_run`] binds for it.
+pub(crate) enum Model {
+    /// A thread per connection, each running this over the blocking socket.
+    PerConnection(blocking::ConnFn),
+    /// One loop on one listener, with threads of its own (`pool`).
+    Single(LoopFn),
+    /// Share-nothing loops, one per listener (`--threads N` of them).
+    Loops(LoopFn),
+}
+
+/// An event loop serving one listener until shutdown.
+pub(crate) type LoopFn = fn(Arc<EngineCtx>, TcpListener) -> anyhow::Result<()>;
+
+/// The start of every kernel-socket engine: the descriptor limit raised, the listeners bound
+/// (N on one port through SO_REUSEPORT for N loops), and `model` run on a thread of its own.
+pub(crate) fn listen_and_run(config: ServeConfig, model: Model) -> anyhow::Result<RunningServer> {
     raise_fd_limit();
     // N loops, N listeners on one port: the first picks the port (when 0 was asked), the rest
     // join it through SO_REUSEPORT and the kernel spreads new connections over them.
-    let reuse_port = config.threads > 1;
+    let loops = match model {
+        Model::Loops(_) => config.threads,
+        Model::PerConnection(_) | Model::Single(_) => 1,
+    };
+    let reuse_port = loops > 1;
     let first = bind_listener(config.addr, reuse_port)
         .with_context(|| format!("cannot listen on {}", config.addr))?;
     let addr = first.local_addr()?;
     let mut listeners = vec![first];
-    for _ in 1..config.threads {
+    for _ in 1..loops {
         listeners
             .push(bind_listener(addr, true).with_context(|| format!("cannot add a listener on {addr}"))?);
     }
@@ -523,7 +618,7 @@ pub fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let engine_ctx = ctx.clone();
     let thread = std::thread::Builder::new()
         .name(format!("iolab-{}", ctx.config.engine))
-        .spawn(move || run_engine(engine_ctx, listeners))?;
+        .spawn(move || run_model(engine_ctx, listeners, model))?;
     Ok(RunningServer {
         addr,
         endpoint: addr.to_string(),
@@ -533,32 +628,20 @@ pub fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     })
 }
 
-fn run_engine(ctx: Arc<EngineCtx>, mut listeners: Vec<TcpListener>) -> anyhow::Result<()> {
-    let kind = ctx.config.engine;
-    let Some(listener) = listeners
-        .pop()
-        .filter(|_| listeners.is_empty() || kind.is_event_loop())
-    else {
-        anyhow::bail!("internal: no listener for the {kind} engine");
-    };
-    if !kind.is_event_loop() {
-        pin_current_thread(&ctx.config.pin)?;
-        return match kind {
-            EngineKind::Threads => blocking::serve(ctx, listener, threads::serve_connection),
-            EngineKind::Iovec => blocking::serve(ctx, listener, iovec::serve_connection),
-            _ => pool::serve(ctx, listener),
-        };
+fn run_model(ctx: Arc<EngineCtx>, mut listeners: Vec<TcpListener>, model: Model) -> anyhow::Result<()> {
+    match model {
+        Model::Loops(serve) => run_loops(&ctx, listeners, serve),
+        Model::PerConnection(serve_conn) => {
+            pin_current_thread(&ctx.config.pin)?;
+            let listener = listeners.pop().context("internal: no listener")?;
+            blocking::serve(ctx, listener, serve_conn)
+        }
+        Model::Single(serve) => {
+            pin_current_thread(&ctx.config.pin)?;
+            let listener = listeners.pop().context("internal: no listener")?;
+            serve(ctx, listener)
+        }
     }
-    listeners.push(listener);
-    let event_loop = match kind {
-        EngineKind::Select => select::serve,
-        EngineKind::Poll => poll::serve,
-        EngineKind::Uring => uring::serve,
-        EngineKind::Tokio => tokio_engine::serve,
-        EngineKind::Monoio => monoio_engine::serve,
-        _ => epoll::serve,
-    };
-    run_loops(&ctx, listeners, event_loop)
 }
 
 /// Runs `serve(ctx, item)` for each item on a thread of its own, loop i pinned to
@@ -655,6 +738,40 @@ pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_has_its_row_and_its_name_parses_back() {
+        use clap::ValueEnum as _;
+        assert_eq!(EngineKind::ALL.len(), ENGINES.len());
+        for (row, kind) in ENGINES.iter().zip(EngineKind::ALL) {
+            assert_eq!(row.kind, kind);
+            assert_eq!(kind.info().name, row.name);
+            assert_eq!(EngineKind::from_str(row.name, false), Ok(kind), "{}", row.name);
+        }
+        let names: std::collections::BTreeSet<&str> = ENGINES.iter().map(|e| e.name).collect();
+        assert_eq!(names.len(), ENGINES.len(), "two engines share a name");
+        assert!(EngineKind::KERNEL_TCP.iter().all(|k| k.info().kernel_tcp));
+        assert!(!EngineKind::KERNEL_TCP.contains(&EngineKind::Shm));
+    }
+
+    /// The README's engine table is this list, row for row: one list, written once.
+    #[test]
+    fn the_readme_table_is_the_engine_list() {
+        let readme = include_str!("../../README.md");
+        let rows: Vec<(&str, &str)> = readme
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| {
+                let (name, rest) = l.split_once("` | ")?;
+                Some((name, rest.strip_suffix(" |")?))
+            })
+            .collect();
+        let want: Vec<(&str, &str)> = ENGINES.iter().map(|e| (e.name, e.model)).collect();
+        assert_eq!(
+            rows, want,
+            "README.md's engine table differs from engine::ENGINES"
+        );
+    }
 
     #[test]
     fn shutdown_wakes_every_waiter() {

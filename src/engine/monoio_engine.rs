@@ -24,6 +24,13 @@ const READ_BUFFER: usize = 16 * 1024;
 /// The most reply bytes gathered into one write.
 const WRITE_BUFFER: usize = 64 * 1024;
 
+/// This engine's face: the registry calls it for `--engine monoio`.
+pub fn start(config: super::ServeConfig) -> anyhow::Result<super::RunningServer> {
+    // Fail before listening, with the reason, where io_uring cannot run.
+    config.uring.preflight()?;
+    super::listen_and_run(config, super::Model::Loops(serve))
+}
+
 pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
     let mut runtime = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
         .with_entries(ctx.config.uring.ring_entries)

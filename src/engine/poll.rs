@@ -16,6 +16,11 @@ use super::EngineCtx;
 const SHUTDOWN: Token = usize::MAX;
 const LISTENER: Token = usize::MAX - 1;
 
+/// This engine's face: the registry calls it for `--engine poll`.
+pub fn start(config: super::ServeConfig) -> anyhow::Result<super::RunningServer> {
+    super::listen_and_run(config, super::Model::Loops(serve))
+}
+
 pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
     let mut core = LoopCore::new(ctx, listener)?;
     let mut fds: Vec<libc::pollfd> = Vec::new();

@@ -45,6 +45,11 @@ struct Reorder {
     ready: BTreeMap<u64, OutFrame>,
 }
 
+/// This engine's face: the registry calls it for `--engine pool`.
+pub fn start(config: super::ServeConfig) -> anyhow::Result<super::RunningServer> {
+    super::listen_and_run(config, super::Model::Single(serve))
+}
+
 pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
     let workers = ctx.config.workers.max(1);
     let (job_tx, job_rx) = mpsc::channel::<Job>();

@@ -16,6 +16,11 @@ use std::time::Duration;
 use super::nonblocking::{LoopCore, Token};
 use super::EngineCtx;
 
+/// This engine's face: the registry calls it for `--engine select`.
+pub fn start(config: super::ServeConfig) -> anyhow::Result<super::RunningServer> {
+    super::listen_and_run(config, super::Model::Loops(serve))
+}
+
 pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
     let mut core = LoopCore::new(ctx, listener)?;
     let mut ready: Vec<Token> = Vec::new();

@@ -13,6 +13,11 @@ use super::blocking::retry;
 use super::ConnError;
 use crate::sansio::session::ServerSession;
 
+/// This engine's face: the registry calls it for `--engine threads`.
+pub fn start(config: super::ServeConfig) -> anyhow::Result<super::RunningServer> {
+    super::listen_and_run(config, super::Model::PerConnection(serve_connection))
+}
+
 pub fn serve_connection(stream: &mut TcpStream, session: &mut ServerSession) -> Result<(), ConnError> {
     let mut buf = vec![0u8; session.chunk_size()];
     loop {

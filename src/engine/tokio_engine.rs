@@ -24,6 +24,11 @@ const READ_BUFFER: usize = 16 * 1024;
 /// Slices offered to one writev.
 const WRITE_SLICES: usize = 64;
 
+/// This engine's face: the registry calls it for `--engine tokio`.
+pub fn start(config: super::ServeConfig) -> anyhow::Result<super::RunningServer> {
+    super::listen_and_run(config, super::Model::Loops(serve))
+}
+
 pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()

@@ -108,6 +108,13 @@ struct Loop {
     enobufs: u64,
 }
 
+/// This engine's face: the registry calls it for `--engine uring`.
+pub fn start(config: super::ServeConfig) -> anyhow::Result<super::RunningServer> {
+    // Fail before listening, with the reason, where io_uring cannot run.
+    config.uring.preflight()?;
+    super::listen_and_run(config, super::Model::Loops(serve))
+}
+
 pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
     let opts = ctx.config.uring.clone();
     let ring = setup::build_ring(opts.ring_entries, opts.sqpoll.then_some(opts.sqpoll_idle_ms))?;
@@ -179,11 +186,6 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
     }
     lp.release_buffers();
     result
-}
-
-/// Fails, with the reason, where this engine's ring cannot be built.
-pub fn preflight(opts: &super::UringOptions) -> anyhow::Result<()> {
-    setup::try_ring(opts.ring_entries, opts.sqpoll.then_some(opts.sqpoll_idle_ms))
 }
 
 fn describe(opts: &super::UringOptions, bufs: Option<&BufRing>, fallback: Option<&str>) -> String {

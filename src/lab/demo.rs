@@ -14,11 +14,7 @@ use crate::lab::sweep::SweepConfig;
 /// the user-space TCP/IP stack (in a network namespace of its own; skipped, with the reason,
 /// where TAP devices or namespaces cannot be made).
 pub fn engines() -> Vec<EngineKind> {
-    EngineKind::ALL
-        .iter()
-        .copied()
-        .chain([EngineKind::Shm, EngineKind::Userspace])
-        .collect()
+    EngineKind::ALL.to_vec()
 }
 
 /// The demo's ladder: from light load up to what one generator core can still drive.
@@ -71,7 +67,7 @@ mod tests {
     #[test]
     fn the_demo_keeps_every_engine_and_its_typical_points_fit_the_budget() {
         let cfg = config(&engines(), RATES.to_vec(), PathBuf::from("x")).unwrap();
-        assert_eq!(cfg.engines.len(), EngineKind::ALL.len() + 2);
+        assert_eq!(cfg.engines.len(), EngineKind::ALL.len());
         assert_eq!(cfg.rates, RATES.to_vec());
         // Two agreeing repeats of every cell, with a quarter of a second each for the quiet
         // check and a fresh server, inside the budget with room for re-measurements.
