@@ -104,11 +104,7 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, serve_conn: ConnFn) -> 
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) if !cut_off => {
-                eprintln!(
-                    "iolab: {} connection(s) still writing after {:?}; cutting them off",
-                    threads.len(),
-                    ctx.config.drain_timeout
-                );
+                super::say_cut_off(threads.len(), ctx.config.drain_timeout);
                 registry.shutdown_all(libc::SHUT_RDWR);
                 cut_off = true;
             }

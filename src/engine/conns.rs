@@ -240,10 +240,7 @@ impl TaskTracker {
         if within(drain_timeout, self.all_done()).await {
             return;
         }
-        eprintln!(
-            "iolab: {} connection(s) still writing after {drain_timeout:?}; cutting them off",
-            self.open()
-        );
+        super::say_cut_off(self.open(), drain_timeout);
         self.shutdown_all(libc::SHUT_RDWR);
         within(Duration::from_secs(1), self.all_done()).await;
     }

@@ -702,6 +702,12 @@ pub fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListen
     Ok(socket.into())
 }
 
+/// What every engine says, once, when its drain timeout passes with connections still
+/// writing (peers that never read) and it cuts them off.
+pub(crate) fn say_cut_off(still_writing: usize, drain_timeout: Duration) {
+    eprintln!("iolab: {still_writing} connection(s) still writing after {drain_timeout:?}; cutting them off");
+}
+
 /// What a server says, once, when it runs out of descriptors.
 pub(crate) fn out_of_fds_message(connections: usize) -> String {
     format!(

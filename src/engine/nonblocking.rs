@@ -340,11 +340,7 @@ impl LoopCore {
             return false;
         }
         let left = self.conns.tokens();
-        eprintln!(
-            "iolab: {} connection(s) still writing after {:?}; cutting them off",
-            left.len(),
-            self.ctx.config.drain_timeout
-        );
+        super::say_cut_off(left.len(), self.ctx.config.drain_timeout);
         for t in left {
             let err = io::Error::new(io::ErrorKind::TimedOut, "cut off at shutdown");
             self.close(t, Err(err.into()));

@@ -623,11 +623,7 @@ impl Loop {
             return;
         }
         self.cut_off = true;
-        eprintln!(
-            "iolab: {} connection(s) still writing after {:?}; cutting them off",
-            self.conns.len(),
-            self.ctx.config.drain_timeout
-        );
+        super::say_cut_off(self.conns.len(), self.ctx.config.drain_timeout);
         for t in self.conns.tokens() {
             if let Some(c) = self.conns.get_mut(t) {
                 if c.closing.is_none() {

@@ -225,11 +225,7 @@ impl Stack {
             let draining = drain_deadline.map(|d| Instant::now() >= d);
             if draining == Some(true) && !cut_off && !self.conns.is_empty() {
                 cut_off = true;
-                eprintln!(
-                    "iolab: {} connection(s) still writing after {:?}; cutting them off",
-                    self.conns.len(),
-                    ctx.config.drain_timeout
-                );
+                super::say_cut_off(self.conns.len(), ctx.config.drain_timeout);
             }
             self.serve_connections(ctx, draining);
             self.iface.poll(now, &mut self.device, &mut self.sockets);
