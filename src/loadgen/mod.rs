@@ -14,6 +14,7 @@ pub mod arrival;
 pub mod canary;
 pub mod client;
 mod driver;
+pub mod error;
 pub mod spec;
 
 use std::collections::BTreeMap;
@@ -35,6 +36,7 @@ use crate::sansio::stats::{
 };
 pub use arrival::ArrivalKind;
 use driver::{Report, StartGate, ThreadOutcome, ThreadPlan};
+use error::LoadError;
 use spec::{ReplyDist, SizeDist, WorkDist};
 
 /// How connections are opened before the run.
@@ -1192,6 +1194,8 @@ fn merge(
     let mut scheduled_times = Vec::new();
     let mut records = Vec::new();
     let mut error = setup_error;
+    // Whether the error kept so far is only another thread's "stopped".
+    let mut stopped_only = false;
     for o in outcomes {
         m.add(&o.m);
         send_times.extend(o.send_times);
@@ -1201,8 +1205,10 @@ fn merge(
         schedule_ns += o.schedule_ns;
         // The first thread's own failure explains the others' "stopped" errors.
         if let Some(e) = o.error {
-            if error.is_none() || error.as_deref().is_some_and(|x| x.starts_with("stopped:")) {
-                error = Some(e);
+            let stopped = matches!(e, LoadError::Stopped);
+            if error.is_none() || (!stopped && stopped_only) {
+                stopped_only = stopped;
+                error = Some(e.to_string());
             }
         }
     }

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::{Conn, Link, Polled, Tally};
+use crate::loadgen::error::LoadError;
 use crate::os::clock::now_ns;
 use crate::os::sys::{interest, Epoll};
 
@@ -23,23 +24,23 @@ pub struct EpollIo {
 }
 
 impl EpollIo {
-    pub fn new(addr: SocketAddr) -> Result<Self, String> {
+    pub fn new(addr: SocketAddr) -> Result<Self, LoadError> {
         Ok(EpollIo {
             addr,
-            epoll: Epoll::new().map_err(|e| format!("cannot create an epoll instance: {e}"))?,
+            epoll: Epoll::new().map_err(LoadError::os("cannot create an epoll instance"))?,
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
             read_buf: vec![0; READ_BUFFER],
         })
     }
 
-    pub fn add(&mut self, slot: usize, conn: &Conn) -> Result<(), String> {
+    pub fn add(&mut self, slot: usize, conn: &Conn) -> Result<(), LoadError> {
         self.epoll
             .add(
                 conn.fd()?,
                 slot as u64,
                 interest::READ | interest::WRITE | interest::EDGE,
             )
-            .map_err(|e| format!("epoll_ctl: {e}"))
+            .map_err(LoadError::os("epoll_ctl"))
     }
 
     pub fn poll(
@@ -47,12 +48,12 @@ impl EpollIo {
         conns: &mut [Conn],
         tally: &mut Tally,
         timeout: Duration,
-    ) -> Result<Polled, String> {
+    ) -> Result<Polled, LoadError> {
         let before = now_ns();
         let n = self
             .epoll
             .wait(&mut self.events, Some(timeout))
-            .map_err(|e| format!("epoll_wait: {e}"))?;
+            .map_err(LoadError::os("epoll_wait"))?;
         let waited_ns = now_ns().saturating_sub(before);
         for i in 0..n {
             // Copied out: epoll_event is packed.
@@ -70,26 +71,28 @@ impl EpollIo {
         Ok(Polled { events: n, waited_ns })
     }
 
-    fn read(&mut self, conns: &mut [Conn], tally: &mut Tally, slot: usize) -> Result<(), String> {
+    fn read(&mut self, conns: &mut [Conn], tally: &mut Tally, slot: usize) -> Result<(), LoadError> {
         let conn = &mut conns[slot];
         if !conn.connected {
             return Ok(());
         }
         loop {
             let Link::Tcp(stream) = &mut conn.link else {
-                return Err("internal: a shared-memory connection in the epoll driver".into());
+                return Err(LoadError::Internal(
+                    "a shared-memory connection in the epoll driver".into(),
+                ));
             };
             match stream.read(&mut self.read_buf) {
                 Ok(0) => return Err(super::server_closed(slot, conn)),
                 Ok(n) => super::received(conn, tally, slot, &self.read_buf[..n], now_ns())?,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("connection {slot} failed: {e}")),
+                Err(e) => return Err(LoadError::failed(slot, e)),
             }
         }
     }
 
-    pub fn flush(&mut self, conns: &mut [Conn], tally: &mut Tally, slot: usize) -> Result<(), String> {
+    pub fn flush(&mut self, conns: &mut [Conn], tally: &mut Tally, slot: usize) -> Result<(), LoadError> {
         let conn = &mut conns[slot];
         if !conn.connected {
             return Ok(());
@@ -102,7 +105,9 @@ impl EpollIo {
                     return Ok(());
                 }
                 let Link::Tcp(stream) = &mut conn.link else {
-                    return Err("internal: a shared-memory connection in the epoll driver".into());
+                    return Err(LoadError::Internal(
+                        "a shared-memory connection in the epoll driver".into(),
+                    ));
                 };
                 stream.write_vectored(&slices[..n])
             };
@@ -113,13 +118,13 @@ impl EpollIo {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("connection {slot} failed: {e}")),
+                Err(e) => return Err(LoadError::failed(slot, e)),
             }
         }
     }
 }
 
-fn finish_connect(conn: &mut Conn, flags: u32, addr: SocketAddr) -> Result<(), String> {
+fn finish_connect(conn: &mut Conn, flags: u32, addr: SocketAddr) -> Result<(), LoadError> {
     if flags & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 == 0 {
         return Ok(());
     }

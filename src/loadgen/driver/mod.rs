@@ -22,7 +22,6 @@ mod uring;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +35,7 @@ use super::arrival::Arrivals;
 use super::client::{ClientConn, Completion, RequestSpec};
 use super::spec::ReplyDist;
 use super::{ConnectMode, DriverKind, LoadConfig, Measured, RequestRecord};
+use crate::loadgen::error::LoadError;
 use crate::os::clock::now_ns;
 use crate::os::sys::{take_socket_error, tighten_timer_slack};
 use crate::sansio::frame::ReplySize;
@@ -136,7 +136,7 @@ pub struct ThreadOutcome {
     /// How long the thread spent sending its schedule (warm-up included).
     pub schedule_ns: u64,
     /// Why the run stopped early, if it did.
-    pub error: Option<String>,
+    pub error: Option<LoadError>,
     /// When the last measured reply arrived (0: none): with `--requests`, where the measured
     /// window really ended.
     pub last_done_ns: u64,
@@ -157,10 +157,12 @@ enum Link {
 
 impl Conn {
     /// The socket of a TCP connection (the TCP drivers only ever hold those).
-    fn fd(&self) -> Result<std::os::fd::RawFd, String> {
+    fn fd(&self) -> Result<std::os::fd::RawFd, LoadError> {
         match &self.link {
             Link::Tcp(s) => Ok(s.as_raw_fd()),
-            Link::Queue(_) => Err("internal: a queue-API connection in a socket driver".into()),
+            Link::Queue(_) => Err(LoadError::Internal(
+                "a queue-API connection in a socket driver".into(),
+            )),
         }
     }
 }
@@ -182,7 +184,7 @@ enum Io {
 }
 
 impl Io {
-    fn new(cfg: &LoadConfig, connections: usize) -> Result<Io, String> {
+    fn new(cfg: &LoadConfig, connections: usize) -> Result<Io, LoadError> {
         Ok(match cfg.driver {
             DriverKind::Epoll => Io::Epoll(epoll::EpollIo::new(cfg.addr)?),
             DriverKind::Uring | DriverKind::Auto => {
@@ -193,7 +195,7 @@ impl Io {
     }
 
     /// Starts watching connection `slot` (connected, or with its connect in progress).
-    fn add(&mut self, slot: usize, conn: &Conn) -> Result<(), String> {
+    fn add(&mut self, slot: usize, conn: &Conn) -> Result<(), LoadError> {
         match self {
             Io::Epoll(io) => io.add(slot, conn),
             Io::Uring(io) => io.add(slot, conn),
@@ -202,7 +204,12 @@ impl Io {
     }
 
     /// Handles whatever I/O is ready, waiting at most `timeout` for some.
-    fn poll(&mut self, conns: &mut [Conn], tally: &mut Tally, timeout: Duration) -> Result<Polled, String> {
+    fn poll(
+        &mut self,
+        conns: &mut [Conn],
+        tally: &mut Tally,
+        timeout: Duration,
+    ) -> Result<Polled, LoadError> {
         match self {
             Io::Epoll(io) => io.poll(conns, tally, timeout),
             Io::Uring(io) => io.poll(conns, tally, timeout),
@@ -211,7 +218,7 @@ impl Io {
     }
 
     /// Connection `slot` has a new request queued: send what can go now.
-    fn send(&mut self, conns: &mut [Conn], tally: &mut Tally, slot: usize) -> Result<(), String> {
+    fn send(&mut self, conns: &mut [Conn], tally: &mut Tally, slot: usize) -> Result<(), LoadError> {
         match self {
             Io::Epoll(io) => io.flush(conns, tally, slot),
             Io::Uring(io) => io.send(conns, slot),
@@ -348,9 +355,9 @@ pub fn run(plan: ThreadPlan) -> ThreadOutcome {
     };
     let io = match Io::new(&plan.config, plan.connections.len()) {
         Ok(io) => io,
-        Err(msg) => {
-            let _ = plan.ready.send(Err(msg.clone()));
-            tally.out.error = Some(msg);
+        Err(e) => {
+            let _ = plan.ready.send(Err(e.to_string()));
+            tally.out.error = Some(e);
             return tally.out;
         }
     };
@@ -371,15 +378,18 @@ pub fn run(plan: ThreadPlan) -> ThreadOutcome {
 }
 
 impl Driver {
-    fn go(&mut self) -> Result<(), String> {
+    fn go(&mut self) -> Result<(), LoadError> {
         let cfg = self.plan.config.clone();
         tighten_timer_slack();
         if !cfg.pin.is_empty() {
             let cpu = cfg.pin[self.plan.index % cfg.pin.len()];
-            crate::os::cpu::pin_current_thread(&[cpu]).map_err(|e| e.to_string())?;
+            crate::os::cpu::pin_current_thread(&[cpu]).map_err(|e| LoadError::Setup(e.to_string()))?;
         }
         let connected = self.connect_all(&cfg);
-        let _ = self.plan.ready.send(connected.clone());
+        let _ = self
+            .plan
+            .ready
+            .send(connected.as_ref().map(|_| ()).map_err(ToString::to_string));
         connected?;
         let Some(start) = self.plan.gate.wait() else {
             return Ok(()); // another thread failed to connect; it reports why
@@ -396,7 +406,7 @@ impl Driver {
         Ok(())
     }
 
-    fn connect_all(&mut self, cfg: &LoadConfig) -> Result<(), String> {
+    fn connect_all(&mut self, cfg: &LoadConfig) -> Result<(), LoadError> {
         for (slot, _) in self.plan.connections.iter().enumerate() {
             let (link, connected) = match (&mut self.io, cfg.connect) {
                 (Io::Queue(io), mode) => io.connect(slot, mode)?,
@@ -421,7 +431,12 @@ impl Driver {
     }
 
     /// Sends every request whose scheduled time falls before the end of the run.
-    fn schedule(&mut self, cfg: &LoadConfig, start: u64, interval: &mut IntervalClock) -> Result<(), String> {
+    fn schedule(
+        &mut self,
+        cfg: &LoadConfig,
+        start: u64,
+        interval: &mut IntervalClock,
+    ) -> Result<(), LoadError> {
         let warm_end = start + cfg.warmup.as_nanos() as u64;
         let end = warm_end.saturating_add(cfg.duration.as_nanos() as u64);
         self.tally.window_end_ns = end;
@@ -477,7 +492,7 @@ impl Driver {
         start: u64,
         depth: usize,
         interval: &mut IntervalClock,
-    ) -> Result<(), String> {
+    ) -> Result<(), LoadError> {
         let warm_end = start + cfg.warmup.as_nanos() as u64;
         let end = warm_end.saturating_add(cfg.duration.as_nanos() as u64);
         self.tally.window_end_ns = end;
@@ -526,7 +541,7 @@ impl Driver {
         measured: bool,
         spec: RequestSpec,
         id: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), LoadError> {
         let conn = &mut self.conns[slot];
         if !conn.client.can_send() {
             if measured {
@@ -552,7 +567,7 @@ impl Driver {
     }
 
     /// Waits for `at`, handling socket events meanwhile: sleep most of the way, spin the rest.
-    fn wait_until(&mut self, at: u64, interval: &mut IntervalClock) -> Result<(), String> {
+    fn wait_until(&mut self, at: u64, interval: &mut IntervalClock) -> Result<(), LoadError> {
         loop {
             let now = now_ns();
             interval.tick(self, now);
@@ -574,13 +589,13 @@ impl Driver {
                 polled.waited_ns
             };
             if self.plan.abort.load(Ordering::Relaxed) {
-                return Err("stopped: another load thread failed".into());
+                return Err(LoadError::Stopped);
             }
         }
     }
 
     /// After the last send: wait for the replies still in flight, up to the drain timeout.
-    fn drain(&mut self, cfg: &LoadConfig, interval: &mut IntervalClock) -> Result<(), String> {
+    fn drain(&mut self, cfg: &LoadConfig, interval: &mut IntervalClock) -> Result<(), LoadError> {
         let deadline = now_ns() + cfg.drain_timeout.as_nanos() as u64;
         loop {
             if self.conns.iter().all(|c| c.client.in_flight() == 0) {
@@ -688,12 +703,12 @@ pub fn uring_available() -> bool {
 }
 
 /// Feeds bytes received on `slot` to its client and counts the replies they complete.
-fn received(conn: &mut Conn, tally: &mut Tally, slot: usize, data: &[u8], now: u64) -> Result<(), String> {
+fn received(conn: &mut Conn, tally: &mut Tally, slot: usize, data: &[u8], now: u64) -> Result<(), LoadError> {
     tally.out.m.bytes_received += data.len() as u64;
     let before = conn.client.in_flight();
     conn.client
         .receive(data, now, |c| tally.complete(c))
-        .map_err(|e| format!("connection {slot}: {e}"))?;
+        .map_err(|source| LoadError::Reply { slot, source })?;
     if let Some(refill) = &mut tally.refill {
         if conn.client.in_flight() < before {
             refill.push(slot);
@@ -703,47 +718,43 @@ fn received(conn: &mut Conn, tally: &mut Tally, slot: usize, data: &[u8], now: u
 }
 
 /// A non-blocking connect has finished: did it succeed?
-fn check_connected(conn: &mut Conn, addr: SocketAddr) -> Result<(), String> {
+fn check_connected(conn: &mut Conn, addr: SocketAddr) -> Result<(), LoadError> {
     match take_socket_error(conn.fd()?) {
         Ok(None) => {
             conn.connected = true;
             Ok(())
         }
-        Ok(Some(e)) | Err(e) => Err(connect_error(addr, &e)),
+        Ok(Some(e)) | Err(e) => Err(LoadError::connect(addr, &e)),
     }
 }
 
-fn server_closed(slot: usize, conn: &Conn) -> String {
-    format!(
-        "the server closed connection {slot} with {} request(s) in flight",
-        conn.client.in_flight()
-    )
+fn server_closed(slot: usize, conn: &Conn) -> LoadError {
+    LoadError::ServerClosed {
+        slot,
+        in_flight: conn.client.in_flight(),
+    }
 }
 
-fn connect_error(addr: SocketAddr, e: &io::Error) -> String {
-    let hint = if e.kind() == io::ErrorKind::ConnectionRefused {
-        " (is a server listening there?)"
-    } else {
-        ""
-    };
-    format!("cannot connect to {addr}: {e}{hint}")
-}
-
-fn connect_blocking(addr: SocketAddr) -> Result<TcpStream, String> {
-    let stream =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| connect_error(addr, &e))?;
-    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+fn connect_blocking(addr: SocketAddr) -> Result<TcpStream, LoadError> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| LoadError::connect(addr, &e))?;
+    stream
+        .set_nonblocking(true)
+        .map_err(LoadError::os("fcntl O_NONBLOCK"))?;
     Ok(stream)
 }
 
-fn connect_nonblocking(addr: SocketAddr) -> Result<TcpStream, String> {
+fn connect_nonblocking(addr: SocketAddr) -> Result<TcpStream, LoadError> {
     use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(|e| e.to_string())?;
-    socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(LoadError::os("socket"))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(LoadError::os("fcntl O_NONBLOCK"))?;
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(connect_error(addr, &e)),
+        Err(e) => return Err(LoadError::connect(addr, &e)),
     }
     Ok(socket.into())
 }

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use super::{Conn, Link, Polled, Tally};
+use crate::loadgen::error::LoadError;
 use crate::loadgen::{ConnectMode, LoadConfig};
 use crate::queue::{Endpoint, LibOs, Outcome, QToken};
 
@@ -32,15 +33,15 @@ pub struct QueueIo {
 }
 
 impl QueueIo {
-    pub fn new(cfg: &LoadConfig) -> Result<QueueIo, String> {
+    pub fn new(cfg: &LoadConfig) -> Result<QueueIo, LoadError> {
         let (os, endpoint) = match (&cfg.shm, &cfg.userspace) {
             (Some(name), _) => (LibOs::shm(), Endpoint::Shm(name.clone())),
             (None, Some(stack)) => (
-                LibOs::smoltcp(stack).map_err(|e| format!("{e:#}"))?,
+                LibOs::smoltcp(stack).map_err(|e| LoadError::Setup(format!("{e:#}")))?,
                 Endpoint::Tcp(cfg.addr),
             ),
             (None, None) => (
-                LibOs::tcp().map_err(|e| format!("cannot create an epoll instance: {e}"))?,
+                LibOs::tcp().map_err(LoadError::os("cannot create an epoll instance"))?,
                 Endpoint::Tcp(cfg.addr),
             ),
         };
@@ -60,8 +61,12 @@ impl QueueIo {
     }
 
     /// Opens connection `slot`: waited for (sequential) or left to complete in `poll`.
-    pub fn connect(&mut self, slot: usize, mode: ConnectMode) -> Result<(Link, bool), String> {
-        let failed = |e: &dyn std::fmt::Display| format!("cannot connect to {}: {e}", self.endpoint);
+    pub fn connect(&mut self, slot: usize, mode: ConnectMode) -> Result<(Link, bool), LoadError> {
+        let failed = |e: &dyn std::fmt::Display| LoadError::Connect {
+            to: self.endpoint.to_string(),
+            why: e.to_string(),
+            refused: false,
+        };
         let (qd, token) = self.os.connect(&self.endpoint).map_err(|e| failed(&e))?;
         if mode == ConnectMode::Concurrent {
             self.track(token, slot, Waiting::Connect);
@@ -87,15 +92,13 @@ impl QueueIo {
         conns: &mut [Conn],
         tally: &mut Tally,
         timeout: Duration,
-    ) -> Result<Polled, String> {
+    ) -> Result<Polled, LoadError> {
         let mut events = 0;
         while events < MAX_PER_POLL {
             // The first completion is waited for; the rest are what that wait brought, so
             // the schedule gets its turn again after one look at the transport.
             let done = if events == 0 {
-                self.os
-                    .wait_next(timeout)
-                    .map_err(|e| format!("queue wait: {e}"))?
+                self.os.wait_next(timeout).map_err(LoadError::os("queue wait"))?
             } else {
                 self.os.next_ready()
             };
@@ -103,7 +106,9 @@ impl QueueIo {
             events += 1;
             let Some((slot, what)) = self.owners.get_mut(token.key()).and_then(Option::take) else {
                 // Every token this driver makes is tracked, and each completes once.
-                return Err(format!("internal: a completion nobody waits for: {completion:?}"));
+                return Err(LoadError::Internal(format!(
+                    "a completion nobody waits for: {completion:?}"
+                )));
             };
             let (qd, at_ns) = (completion.qd, completion.at_ns);
             match (what, completion.outcome) {
@@ -121,10 +126,18 @@ impl QueueIo {
                 }
                 (Waiting::Pop, Outcome::Closed) => return Err(super::server_closed(slot, &conns[slot])),
                 (Waiting::Connect, Outcome::Failed(why)) => {
-                    return Err(format!("cannot connect to {}: {why}", self.endpoint))
+                    return Err(LoadError::Connect {
+                        to: self.endpoint.to_string(),
+                        why: why.to_string(),
+                        refused: false,
+                    })
                 }
-                (_, Outcome::Failed(why)) => return Err(format!("connection {slot} failed: {why}")),
-                (_, other) => return Err(format!("internal: connection {slot}: unexpected {other:?}")),
+                (_, Outcome::Failed(why)) => return Err(LoadError::failed(slot, why)),
+                (_, other) => {
+                    return Err(LoadError::Internal(format!(
+                        "connection {slot}: unexpected {other:?}"
+                    )))
+                }
             }
         }
         // The wait is the caller's to time (it reads the clock around an empty poll anyway);
@@ -134,20 +147,20 @@ impl QueueIo {
     }
 
     /// Pushes what connection `slot` has queued (once it is connected).
-    pub fn send(&mut self, conns: &mut [Conn], tally: &mut Tally, slot: usize) -> Result<(), String> {
+    pub fn send(&mut self, conns: &mut [Conn], tally: &mut Tally, slot: usize) -> Result<(), LoadError> {
         let conn = &mut conns[slot];
         if !conn.connected {
             return Ok(());
         }
         let Link::Queue(qd) = conn.link else {
-            return Err("internal: a TCP socket in the queue driver".into());
+            return Err(LoadError::Internal("a TCP socket in the queue driver".into()));
         };
         // Untracked: every connection has a pop outstanding, which a failure ends.
         while let Some(s) = conn.client.out().front() {
             let n = s.len();
             self.os
                 .push_untracked(qd, s)
-                .map_err(|e| format!("connection {slot} failed: {e}"))?;
+                .map_err(|e| LoadError::failed(slot, e))?;
             conn.client.wrote(n);
             tally.out.m.bytes_sent += n as u64;
         }

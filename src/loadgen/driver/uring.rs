@@ -13,6 +13,7 @@ use std::time::Duration;
 use io_uring::{cqueue, squeue, types, IoUring};
 
 use super::{Conn, Polled, Tally};
+use crate::loadgen::error::LoadError;
 use crate::os::clock::now_ns;
 use crate::os::uring::bufring::{self, BufRing};
 use crate::os::uring::{setup, tag, untag, Gather, Target};
@@ -42,14 +43,17 @@ pub struct UringIo {
 }
 
 impl UringIo {
-    pub fn new(addr: SocketAddr, connections: usize) -> Result<Self, String> {
+    pub fn new(addr: SocketAddr, connections: usize) -> Result<Self, LoadError> {
         let entries = (2 * connections + 64).next_power_of_two().clamp(256, 32768) as u32;
-        let ring = setup::build_ring(entries, None).map_err(|e| format!("--driver uring: {e}"))?;
+        let ring =
+            setup::build_ring(entries, None).map_err(|e| LoadError::Setup(format!("--driver uring: {e}")))?;
         if !setup::kernel_at_least(6, 0) {
-            return Err("--driver uring needs Linux ≥ 6.0 (multishot recv); use --driver epoll".into());
+            return Err(LoadError::Setup(
+                "--driver uring needs Linux ≥ 6.0 (multishot recv); use --driver epoll".into(),
+            ));
         }
         let bufs = BufRing::register(&ring.submitter(), RECV_BUFFERS, RECV_BUFFER_SIZE)
-            .map_err(|e| format!("--driver uring: cannot register receive buffers: {e}"))?;
+            .map_err(|e| LoadError::Setup(format!("--driver uring: cannot register receive buffers: {e}")))?;
         Ok(UringIo {
             ring,
             bufs,
@@ -62,7 +66,7 @@ impl UringIo {
         })
     }
 
-    pub fn add(&mut self, slot: usize, conn: &Conn) -> Result<(), String> {
+    pub fn add(&mut self, slot: usize, conn: &Conn) -> Result<(), LoadError> {
         debug_assert_eq!(slot, self.gathers.len());
         self.gathers.push(Gather::new());
         self.sending.push(false);
@@ -75,13 +79,13 @@ impl UringIo {
         }
     }
 
-    fn push(&mut self, entry: squeue::Entry) -> Result<(), String> {
+    fn push(&mut self, entry: squeue::Entry) -> Result<(), LoadError> {
         // SAFETY: what an entry points at (a Gather, the queue it holds, the buffer ring)
         // stays in place until its completion.
-        unsafe { crate::os::uring::push(&mut self.ring, &entry) }.map_err(|e| format!("io_uring: {e}"))
+        unsafe { crate::os::uring::push(&mut self.ring, &entry) }.map_err(LoadError::os("io_uring"))
     }
 
-    fn arm_recv(&mut self, slot: usize, conn: &Conn) -> Result<(), String> {
+    fn arm_recv(&mut self, slot: usize, conn: &Conn) -> Result<(), LoadError> {
         let target = Target::Fd(conn.fd()?);
         let recv = uring_op!(target, RecvMulti(bufring::GROUP));
         self.recv_armed[slot] = true;
@@ -90,7 +94,7 @@ impl UringIo {
 
     /// Queues a send of what connection `slot` has to say, unless one is in flight, and
     /// submits it now: the request leaves at its scheduled instant.
-    pub fn send(&mut self, conns: &mut [Conn], slot: usize) -> Result<(), String> {
+    pub fn send(&mut self, conns: &mut [Conn], slot: usize) -> Result<(), LoadError> {
         let conn = &mut conns[slot];
         if !conn.connected || self.sending[slot] || conn.client.out().is_empty() {
             return Ok(());
@@ -99,7 +103,7 @@ impl UringIo {
         let (entry, _, _) = self.gathers[slot].send(conn.client.hold_out(), target, None);
         self.sending[slot] = true;
         self.push(entry.user_data(tag(SEND, slot)))?;
-        self.ring.submit().map_err(|e| format!("io_uring_enter: {e}"))?;
+        self.ring.submit().map_err(LoadError::os("io_uring_enter"))?;
         Ok(())
     }
 
@@ -109,7 +113,7 @@ impl UringIo {
         conns: &mut [Conn],
         tally: &mut Tally,
         timeout: Duration,
-    ) -> Result<Polled, String> {
+    ) -> Result<Polled, LoadError> {
         let before = now_ns();
         let entered = if timeout.is_zero() {
             // Spinning: enter only if there is something to submit or deferred work to run.
@@ -128,7 +132,7 @@ impl UringIo {
         match entered {
             Ok(_) => {}
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
-            Err(e) => return Err(format!("io_uring_enter: {e}")),
+            Err(e) => return Err(LoadError::os("io_uring_enter")(e)),
         }
         crate::os::uring::reap(&mut self.ring, &mut self.completions);
         let now = now_ns();
@@ -161,7 +165,7 @@ impl UringIo {
         result: i32,
         flags: u32,
         now: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), LoadError> {
         if !cqueue::more(flags) {
             self.recv_armed[slot] = false;
         }
@@ -169,7 +173,7 @@ impl UringIo {
         match result {
             n if n > 0 => {
                 let Some(bid) = cqueue::buffer_select(flags) else {
-                    return Err(format!("connection {slot}: a receive without a buffer"));
+                    return Err(LoadError::failed(slot, "a receive without a buffer"));
                 };
                 let outcome = super::received(conn, tally, slot, self.bufs.filled(bid, n as usize), now);
                 self.bufs.recycle(bid);
@@ -179,7 +183,7 @@ impl UringIo {
             e if e == -libc::ENOBUFS => self.enobufs += 1,
             e => {
                 let e = std::io::Error::from_raw_os_error(-e);
-                return Err(format!("connection {slot} failed: {e}"));
+                return Err(LoadError::failed(slot, e));
             }
         }
         if !self.recv_armed[slot] {
@@ -194,13 +198,13 @@ impl UringIo {
         tally: &mut Tally,
         slot: usize,
         result: i32,
-    ) -> Result<(), String> {
+    ) -> Result<(), LoadError> {
         self.sending[slot] = false;
         let conn = &mut conns[slot];
         if result <= 0 {
             conn.client.wrote(0);
             let e = std::io::Error::from_raw_os_error(-result);
-            return Err(format!("connection {slot} failed: {e}"));
+            return Err(LoadError::failed(slot, e));
         }
         tally.out.m.bytes_sent += result as u64;
         conn.client.wrote(result as usize);
