@@ -44,10 +44,18 @@ fn layer_of(path: &Path) -> &'static str {
 fn allowed(layer: &str) -> &'static [&'static str] {
     match layer {
         "sansio" => &["sansio"],
-        "os" => &["os", "sansio", "uring_op"],
-        "shm" => &["shm", "os", "sansio"],
+        "os" => &["os", "sansio", "uring_op", "syscall"],
+        "shm" => &["shm", "os", "sansio", "syscall"],
         "queue" => &["queue", "shm", "os", "sansio", "test_alloc"],
-        "engine" => &["engine", "sansio", "os", "shm", "uring_op", "test_alloc"],
+        "engine" => &[
+            "engine",
+            "sansio",
+            "os",
+            "shm",
+            "uring_op",
+            "syscall",
+            "test_alloc",
+        ],
         "loadgen" => &[
             "loadgen",
             "sansio",

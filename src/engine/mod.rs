@@ -728,17 +728,11 @@ pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec
         })
         .collect();
     let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
-    loop {
-        // SAFETY: pfds is a valid array of pollfd of the given length.
-        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-        if r >= 0 {
-            return Ok(pfds.iter().map(|p| p.revents != 0).collect());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    // SAFETY: pfds is a valid array of pollfd of the given length.
+    crate::os::sys::restarting(|| unsafe {
+        crate::syscall!(poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms))
+    })?;
+    Ok(pfds.iter().map(|p| p.revents != 0).collect())
 }
 
 #[cfg(test)]

@@ -88,15 +88,9 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
 fn wait(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<()> {
     // Round up: a 0.3 ms deadline must not become a 0 ms busy loop.
     let ms = timeout.map_or(-1, |t| t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32);
-    loop {
-        // SAFETY: fds is a valid, writable array of the length passed.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if r >= 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    // SAFETY: fds is a valid, writable array of the length passed.
+    crate::os::sys::restarting(|| unsafe {
+        crate::syscall!(poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms))
+    })
+    .map(|_| ())
 }

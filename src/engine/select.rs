@@ -107,15 +107,9 @@ fn wait(
     let tv_ptr = tv
         .as_mut()
         .map_or(std::ptr::null_mut(), |t| t as *mut libc::timeval);
-    loop {
-        // SAFETY: the sets and the timeval are valid for the call; null means "wait forever".
-        let r = unsafe { libc::select(max_fd + 1, reads, writes, std::ptr::null_mut(), tv_ptr) };
-        if r >= 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    // SAFETY: the sets and the timeval are valid for the call; null means "wait forever".
+    crate::os::sys::restarting(|| unsafe {
+        crate::syscall!(select(max_fd + 1, reads, writes, std::ptr::null_mut(), tv_ptr))
+    })
+    .map(|_| ())
 }

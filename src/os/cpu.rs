@@ -2,8 +2,6 @@
 //! open-file limit. The server, the generator and the sweep all need them, so they sit
 //! below all three.
 
-use std::io;
-
 /// Pins the calling thread to `cpus` (all of them; empty means no pinning).
 pub fn pin_current_thread(cpus: &[usize]) -> anyhow::Result<()> {
     if cpus.is_empty() {
@@ -19,8 +17,7 @@ pub fn pin_current_thread(cpus: &[usize]) -> anyhow::Result<()> {
             }
             libc::CPU_SET(cpu, &mut set);
         }
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            let e = io::Error::last_os_error();
+        if let Err(e) = crate::syscall!(sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)) {
             anyhow::bail!(
                 "cannot pin to CPUs {cpus:?}: {e} (this machine has {} CPUs)",
                 num_cpus()

@@ -145,8 +145,7 @@ fn enter_path(path: &std::path::Path) -> anyhow::Result<()> {
 
 fn setns(file: &File) -> anyhow::Result<()> {
     // SAFETY: setns on a descriptor we hold open; it changes only this thread's namespace.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        let e = std::io::Error::last_os_error();
+    if let Err(e) = unsafe { crate::syscall!(setns(file.as_raw_fd(), libc::CLONE_NEWNET)) } {
         if e.raw_os_error() == Some(libc::EPERM) {
             anyhow::bail!("setns: {e} (entering a network namespace needs root or CAP_SYS_ADMIN)");
         }

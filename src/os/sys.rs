@@ -1,6 +1,7 @@
 //! Thin, checked wrappers over the few Linux calls the engines and the load generator share.
 //!
-//! One macro turns the C convention (-1 and errno) into `io::Result`, so no file repeats it.
+//! One macro turns the C convention (-1 and errno) into `io::Result` (and `check_mapped`
+//! does it for mmap's `MAP_FAILED`), so no file repeats it; `restarting` retries on EINTR.
 //! Only I/O subsystems import this module; the session core and the codecs never do.
 
 use std::io;
@@ -20,6 +21,25 @@ macro_rules! syscall {
             Ok(res)
         }
     }};
+}
+
+/// Runs a checked call again for as long as a signal interrupts it (EINTR).
+pub fn restarting<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            result => return result,
+        }
+    }
+}
+
+/// Checks an `mmap`: `MAP_FAILED` becomes the thread's errno.
+pub fn check_mapped(p: *mut libc::c_void) -> io::Result<*mut libc::c_void> {
+    if p == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(p)
+    }
 }
 
 /// An epoll instance.

@@ -180,28 +180,24 @@ pub fn create(name: &str, queues: usize) -> Result<Vec<OwnedFd>, TapError> {
     let mut fds = Vec::with_capacity(queues);
     for _ in 0..queues {
         // SAFETY: open with a constant NUL-terminated path.
-        let fd = unsafe {
-            libc::open(
+        let opened = unsafe {
+            crate::syscall!(open(
                 c"/dev/net/tun".as_ptr(),
                 libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
+            ))
         };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            return Err(match e.kind() {
-                io::ErrorKind::NotFound => TapError::NoTun,
-                io::ErrorKind::PermissionDenied => TapError::NotPermitted(name.into(), e),
-                _ => io_err(e),
-            });
-        }
+        let fd = opened.map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => TapError::NoTun,
+            io::ErrorKind::PermissionDenied => TapError::NotPermitted(name.into(), e),
+            _ => io_err(e),
+        })?;
         // SAFETY: a descriptor we just opened and own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut req = IfReq::new(name);
         let flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE) as i16;
         req.data[..2].copy_from_slice(&flags.to_ne_bytes());
         // SAFETY: TUNSETIFF reads and writes an ifreq we own.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF as _, &mut req) } < 0 {
-            let e = io::Error::last_os_error();
+        if let Err(e) = unsafe { crate::syscall!(ioctl(fd.as_raw_fd(), libc::TUNSETIFF as _, &mut req)) } {
             return Err(match e.raw_os_error() {
                 Some(libc::EPERM) | Some(libc::EACCES) => TapError::NotPermitted(name.into(), e),
                 // A device of that name appeared meanwhile, or is of another kind.
@@ -220,10 +216,7 @@ pub fn configure_kernel_side(name: &str, addr: Ipv4Addr, prefix: u8, mtu: u32) -
     let sock = inet_socket()?;
     let ioctl = |request: libc::c_ulong, req: &mut IfReq| -> io::Result<()> {
         // SAFETY: an interface ioctl on our socket with an ifreq we own.
-        if unsafe { libc::ioctl(sock.as_raw_fd(), request as _, req as *mut IfReq) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        unsafe { crate::syscall!(ioctl(sock.as_raw_fd(), request as _, req as *mut IfReq)) }.map(|_| ())
     };
     let mut req = IfReq::new(name);
     req.data[..4].copy_from_slice(&(mtu as i32).to_ne_bytes());
@@ -245,23 +238,17 @@ fn interface_exists(name: &str) -> io::Result<bool> {
     let sock = inet_socket()?;
     let mut req = IfReq::new(name);
     // SAFETY: SIOCGIFINDEX fills an ifreq we own.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCGIFINDEX as _, &mut req) } == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::ENODEV) => Ok(false),
-        _ => Err(e),
+    match unsafe { crate::syscall!(ioctl(sock.as_raw_fd(), SIOCGIFINDEX as _, &mut req)) } {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
 /// A socket to hang interface ioctls on, in the calling thread's namespace.
 fn inet_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2).
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = unsafe { crate::syscall!(socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)) }?;
     // SAFETY: a descriptor we just made and own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -495,12 +482,18 @@ pub fn wait(device: &TapQueue, extra: Option<RawFd>, timeout: std::time::Duratio
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
     // SAFETY: ppoll(2) over an array we own; a negative fd is ignored by the kernel.
-    let n = unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, &ts, std::ptr::null()) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
+    let polled = unsafe {
+        crate::syscall!(ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null()
+        ))
+    };
+    // A signal is only an early wake-up: the caller polls again.
+    match polled {
+        Err(e) if e.kind() != io::ErrorKind::Interrupted => return Err(e),
+        _ => {}
     }
     if fds[1].revents != 0 {
         device.share.wakers[device.index].drain();

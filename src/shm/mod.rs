@@ -100,8 +100,11 @@ pub fn segment_path(name: &str) -> PathBuf {
 fn pid_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     pid != 0
-        && (unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+        && match unsafe { crate::syscall!(kill(pid as libc::pid_t, 0)) } {
+            Ok(_) => true,
+            // Alive, someone else's.
+            Err(e) => e.raw_os_error() == Some(libc::EPERM),
+        }
 }
 
 impl Segment {
@@ -404,10 +407,7 @@ fn map(file: &std::fs::File, len: usize) -> std::io::Result<*mut u8> {
             0,
         )
     };
-    if p == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(p as *mut u8)
+    crate::os::sys::check_mapped(p).map(|p| p as *mut u8)
 }
 
 #[cfg(test)]

@@ -53,9 +53,7 @@ impl BufRing {
                 0,
             )
         };
-        if mem == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        let mem = crate::os::sys::check_mapped(mem)?;
         let mut ring = BufRing {
             entries: mem.cast(),
             ring_bytes,
