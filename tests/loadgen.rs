@@ -199,3 +199,20 @@ fn requests_n_completes_exactly_n_in_either_loop() {
         }
     }
 }
+
+/// A rate so low that no send falls inside the window still runs the window's length (it
+/// used to end at once, its generator "busy NaN%").
+#[test]
+fn a_window_without_a_send_still_lasts_its_duration() {
+    let server = server();
+    let cfg = LoadConfig::new(server.addr, 0.01, Duration::from_millis(400));
+    let r = loadgen::run(cfg, &mut |_| {}).unwrap();
+    assert_eq!((r.error.as_deref(), r.m.sent), (None, 0));
+    assert!(
+        r.wall >= Duration::from_millis(400),
+        "the run ended after {:?}",
+        r.wall
+    );
+    assert!(r.generator_busy.is_finite(), "busy {}", r.generator_busy);
+    server.stop().unwrap();
+}

@@ -452,6 +452,7 @@ impl Driver {
             heap.push(Reverse((start + t as u64, slot)));
         }
         let mut next_id = (self.plan.index as u64) << 48;
+        let mut out_of_tickets = false;
         while let Some(&Reverse((at, slot))) = heap.peek() {
             if at >= end || self.plan.abort.load(Ordering::Relaxed) {
                 break;
@@ -462,7 +463,8 @@ impl Driver {
             let spec = draw_spec(cfg, &mut rng);
             let measured = at >= warm_end;
             if measured && !self.take_ticket() {
-                break; // --requests: the run has sent all it was asked to
+                out_of_tickets = true; // --requests: the run has sent all it was asked to
+                break;
             }
             self.fire(slot, at, measured, spec, next_id)?;
             next_id += 1;
@@ -471,6 +473,11 @@ impl Driver {
             if let Some(mut top) = heap.peek_mut() {
                 *top = Reverse((start + next_at[slot] as u64, slot));
             }
+        }
+        // The window lasts its --duration even when its last send (or, at a rate far below one
+        // per window, every send) falls before its end: the replies and the clock run to it.
+        if !out_of_tickets && !self.plan.abort.load(Ordering::Relaxed) {
+            self.wait_until(end, interval)?;
         }
         Ok(())
     }
