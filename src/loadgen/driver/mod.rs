@@ -249,6 +249,14 @@ struct Tally {
     refill: Option<Vec<usize>>,
 }
 
+/// What [`Driver::window`] sets up for a thread's loop.
+struct Window {
+    warm_end: u64,
+    end: u64,
+    rng: rand::rngs::Xoshiro256PlusPlus,
+    next_id: u64,
+}
+
 /// Counts for the live progress line, reset at each report.
 struct ProgressTally {
     sent: u64,
@@ -287,18 +295,17 @@ impl Tally {
             return;
         }
         let r = c.request;
+        let latency = c.done_ns.saturating_sub(r.scheduled_ns);
         self.out.last_done_ns = self.out.last_done_ns.max(c.done_ns);
         if let Some(p) = &mut self.progress {
             if c.ok {
                 p.completed += 1;
-                p.latency
-                    .saturating_record(c.done_ns.saturating_sub(r.scheduled_ns));
+                p.latency.saturating_record(latency);
             } else {
                 p.errors += 1;
             }
         }
         if c.ok {
-            let latency = c.done_ns.saturating_sub(r.scheduled_ns);
             self.out.m.completed += 1;
             if c.done_ns <= self.window_end_ns {
                 self.out.m.completed_by_end += 1;
@@ -437,13 +444,14 @@ impl Driver {
         start: u64,
         interval: &mut IntervalClock,
     ) -> Result<(), LoadError> {
-        let warm_end = start + cfg.warmup.as_nanos() as u64;
-        let end = warm_end.saturating_add(cfg.duration.as_nanos() as u64);
-        self.tally.window_end_ns = end;
+        let Window {
+            warm_end,
+            end,
+            mut rng,
+            mut next_id,
+        } = self.window(cfg, start);
         let per_conn_rate = cfg.rate / cfg.connections as f64;
         let arrivals = Arrivals::new(cfg.arrival, per_conn_rate);
-        let seed = cfg.seed ^ (self.plan.index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed);
         let mut next_at: Vec<f64> = Vec::with_capacity(self.conns.len());
         let mut heap = BinaryHeap::with_capacity(self.conns.len());
         for (slot, &global) in self.plan.connections.iter().enumerate() {
@@ -451,7 +459,6 @@ impl Driver {
             next_at.push(t);
             heap.push(Reverse((start + t as u64, slot)));
         }
-        let mut next_id = (self.plan.index as u64) << 48;
         let mut out_of_tickets = false;
         while let Some(&Reverse((at, slot))) = heap.peek() {
             if at >= end || self.plan.abort.load(Ordering::Relaxed) {
@@ -482,6 +489,21 @@ impl Driver {
         Ok(())
     }
 
+    /// The measured window of a run that starts at `start` (both loops): warm-up end and
+    /// window end, this thread's seeded generator, and its first request id.
+    fn window(&mut self, cfg: &LoadConfig, start: u64) -> Window {
+        let warm_end = start + cfg.warmup.as_nanos() as u64;
+        let end = warm_end.saturating_add(cfg.duration.as_nanos() as u64);
+        self.tally.window_end_ns = end;
+        let seed = cfg.seed ^ (self.plan.index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        Window {
+            warm_end,
+            end,
+            rng: rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed),
+            next_id: (self.plan.index as u64) << 48,
+        }
+    }
+
     /// `--requests N`: takes one of the run's measured sends, if any are left.
     fn take_ticket(&self) -> bool {
         self.plan.tickets.as_ref().is_none_or(|t| {
@@ -500,12 +522,12 @@ impl Driver {
         depth: usize,
         interval: &mut IntervalClock,
     ) -> Result<(), LoadError> {
-        let warm_end = start + cfg.warmup.as_nanos() as u64;
-        let end = warm_end.saturating_add(cfg.duration.as_nanos() as u64);
-        self.tally.window_end_ns = end;
-        let seed = cfg.seed ^ (self.plan.index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed);
-        let mut next_id = (self.plan.index as u64) << 48;
+        let Window {
+            warm_end,
+            end,
+            mut rng,
+            mut next_id,
+        } = self.window(cfg, start);
         let mut top_up: Vec<usize> = (0..self.conns.len()).collect();
         let mut out_of_tickets = false;
         self.wait_until(start, interval)?;
@@ -560,14 +582,15 @@ impl Driver {
         let now = now_ns();
         conn.client.queue(id, at, now, spec, measured);
         if measured {
+            let lag = now.saturating_sub(at);
             let out = &mut self.tally.out;
             out.m.sent += 1;
-            out.m.send_lag.saturating_record(now.saturating_sub(at));
+            out.m.send_lag.saturating_record(lag);
             out.send_times.push(now);
             out.scheduled_times.push(at);
             if let Some(p) = &mut self.tally.progress {
                 p.sent += 1;
-                p.send_lag.saturating_record(now.saturating_sub(at));
+                p.send_lag.saturating_record(lag);
             }
         }
         self.io.send(&mut self.conns, &mut self.tally, slot)
