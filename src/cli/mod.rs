@@ -160,8 +160,8 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
         }
         _ => anyhow::bail!("--addr HOST:PORT (or --transport shm --shm NAME) says which server to load"),
     };
-    // With --requests alone, the run ends when they are answered (a year is "unbounded").
-    let duration = a.duration.map_or(Duration::from_secs(365 * 86_400), |d| d.0);
+    // With --requests alone, the run ends when they are answered.
+    let duration = a.duration.map_or(loadgen::UNBOUNDED, |d| d.0);
     let mut cfg = LoadConfig::new(addr, a.rate.unwrap_or(f64::NAN), duration);
     cfg.closed_loop = a.closed_loop.then_some(a.depth.unwrap_or(1));
     cfg.requests = a.requests;
@@ -232,7 +232,7 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     }
     let mut progress = |p: &loadgen::Progress| {
         let mut out = std::io::stdout().lock();
-        let _ = write!(out, "\r\x1b[2K{}", p.describe());
+        let _ = write!(out, "{CLEAR_LINE}{}", p.describe());
         let _ = out.flush();
     };
     let report = loadgen::run_watched(
@@ -240,7 +240,7 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
         &mut |line| {
             if print_intervals {
                 if live {
-                    print!("\r\x1b[2K");
+                    print!("{CLEAR_LINE}");
                 }
                 println!("{}", line.describe());
             }
@@ -248,7 +248,7 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
         live.then_some(&mut progress as &mut dyn FnMut(&loadgen::Progress)),
     )?;
     if live {
-        print!("\r\x1b[2K");
+        print!("{CLEAR_LINE}");
     }
     print!("{}", report.table());
     // Partial results are written even when the run failed: they are what was measured.
@@ -272,6 +272,10 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
         None => Ok(ExitCode::SUCCESS),
     }
 }
+
+/// Back to the start of the terminal's line, and the line erased: the progress line is
+/// redrawn in place, and cleared before anything else is printed.
+const CLEAR_LINE: &str = "\r\x1b[2K";
 
 /// What `iolab load` is about to do, for a terminal: target, rate (or loop), connections,
 /// and how long.

@@ -917,12 +917,16 @@ impl LoadReport {
     }
 }
 
+/// A `duration` that stands for "until `--requests` are answered": no run lasts a year.
+pub const UNBOUNDED: Duration = Duration::from_secs(365 * 86_400);
+
 /// The run so far, for a live progress line: refreshed about four times a second.
 #[derive(Debug, Clone)]
 pub struct Progress {
     /// Since the schedule started (warm-up included).
     pub elapsed: Duration,
-    /// Warm-up and duration; `None` when `--requests` alone ends the run.
+    /// Warm-up and duration; `None` when `--requests` alone ends the run (a duration of
+    /// [`UNBOUNDED`]).
     pub total: Option<Duration>,
     pub warming_up: bool,
     /// `--requests`: how many measured requests the run is to send.
@@ -940,13 +944,10 @@ impl Progress {
     /// One line: `[ 12.0s / 60.0s] sent 120000 done 119990 (10000 rps) p50 ... errors 0`.
     pub fn describe(&self) -> String {
         let of = match (self.total, self.requests) {
-            (_, Some(n)) if self.total.is_none_or(|t| t > Duration::from_secs(86_400)) => {
-                format!(" of {n} requests")
-            }
             (Some(t), _) => format!(" / {:.1}s", t.as_secs_f64()),
-            _ => String::new(),
+            (None, Some(n)) => format!(" of {n} requests"),
+            (None, None) => String::new(),
         };
-        let measured = self.elapsed.as_secs_f64();
         let q = |h: &Histogram<u64>, q: f64| {
             if h.is_empty() {
                 "-".to_string()
@@ -956,7 +957,7 @@ impl Progress {
         };
         format!(
             "[{:>6.1}s{of}]{} sent {} done {} ({:.0} rps)  p50 {}  p99 {}  errors {}  send lag p99 {}",
-            measured,
+            self.elapsed.as_secs_f64(),
             if self.warming_up { " warming up" } else { "" },
             self.sent,
             self.completed,
@@ -1080,7 +1081,7 @@ pub fn run_watched(
     };
     let mut so_far = Progress {
         elapsed: Duration::ZERO,
-        total: Some(config.warmup + config.duration),
+        total: (config.duration < UNBOUNDED).then_some(config.warmup + config.duration),
         warming_up: true,
         requests: config.requests,
         sent: 0,
