@@ -593,6 +593,14 @@ pub(crate) type LoopFn = fn(Arc<EngineCtx>, TcpListener) -> anyhow::Result<()>;
 /// The start of every kernel-socket engine: the descriptor limit raised, the listeners bound
 /// (N on one port through SO_REUSEPORT for N loops), and `model` run on a thread of its own.
 pub(crate) fn listen_and_run(config: ServeConfig, model: Model) -> anyhow::Result<RunningServer> {
+    // The engine's own face and its row in ENGINES say the same about its scaling (the
+    // conformance suite starts every engine in a debug build).
+    debug_assert_eq!(
+        matches!(model, Model::Loops(_)),
+        config.engine.is_event_loop(),
+        "{}: its start() and its ENGINES row disagree on --threads",
+        config.engine
+    );
     raise_fd_limit();
     // N loops, N listeners on one port: the first picks the port (when 0 was asked), the rest
     // join it through SO_REUSEPORT and the kernel spreads new connections over them.
