@@ -112,10 +112,6 @@ fn statuses(response: &[u8]) -> Vec<String> {
         .collect()
 }
 
-fn have(tool: &str) -> bool {
-    common::tool_or_skip(tool)
-}
-
 #[test]
 fn every_engine_answers_pipelined_requests_in_order_and_honours_close() {
     for engine in EngineKind::KERNEL_TCP {
@@ -289,7 +285,7 @@ fn refused_requests_get_their_status_then_the_connection_closes() {
 
 #[test]
 fn curl_gets_the_files_and_the_statuses_from_every_engine() {
-    if !have("curl") {
+    if !common::tool_or_skip("curl") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("iolab-curl-{}", std::process::id()));
@@ -354,7 +350,7 @@ fn curl_gets_the_files_and_the_statuses_from_every_engine() {
 
 #[test]
 fn wrk_gets_only_good_answers_from_every_engine() {
-    if !have("wrk") {
+    if !common::tool_or_skip("wrk") {
         return;
     }
     for engine in EngineKind::KERNEL_TCP {

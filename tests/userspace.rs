@@ -56,12 +56,10 @@ fn a_taken_tap_name_is_refused_in_one_line() {
     });
 }
 
-#[test]
-fn the_server_makes_its_namespace_and_removes_it_and_the_device() {
-    if !netns_available_or_skip() {
-        return;
-    }
-    let ns = format!("iolab-own-{}", std::process::id());
+/// `iolab serve --engine userspace --threads 2` in a namespace of its own making, named
+/// after `tag`: the namespace's name, the child, its address and its stdout.
+fn two_queue_server(tag: &str) -> (String, std::process::Child, SocketAddr, std::process::ChildStdout) {
+    let ns = format!("iolab-{tag}-{}", std::process::id());
     let (child, addr, stdout) = spawn_server(&[
         "--engine".into(),
         "userspace".into(),
@@ -70,6 +68,15 @@ fn the_server_makes_its_namespace_and_removes_it_and_the_device() {
         "--threads".into(),
         "2".into(),
     ]);
+    (ns, child, addr, stdout)
+}
+
+#[test]
+fn the_server_makes_its_namespace_and_removes_it_and_the_device() {
+    if !netns_available_or_skip() {
+        return;
+    }
+    let (ns, child, addr, stdout) = two_queue_server("own");
     assert_eq!(addr, SocketAddr::from((Ipv4Addr::new(10, 77, 0, 1), 7000)));
     let devices = Command::new("ip")
         .args(["-n", &ns, "-o", "link"])
@@ -121,15 +128,7 @@ fn connections_spread_over_the_userspace_queues() {
     if !netns_available_or_skip() {
         return;
     }
-    let ns = format!("iolab-spread-{}", std::process::id());
-    let (child, addr, stdout) = spawn_server(&[
-        "--engine".into(),
-        "userspace".into(),
-        "--netns".into(),
-        ns.clone(),
-        "--threads".into(),
-        "2".into(),
-    ]);
+    let (ns, child, addr, stdout) = two_queue_server("spread");
     let json = std::env::temp_dir().join(format!("{ns}.json"));
     let load = iolab()
         .args(["load", "--netns", &ns, "--addr", &addr.to_string()])
