@@ -592,18 +592,11 @@ pub fn compare_loops(cfg: &SweepConfig, spec: &[String]) -> anyhow::Result<[Load
     let log = dir.join("server.log");
     let mut reports = Vec::with_capacity(2);
     for (serial, closed) in [(10_001, false), (10_002, true)] {
-        let _ = wait_quiet(cfg);
-        let server = Server::start(cfg, spec, &log, serial)?;
-        let mut load = load_config(cfg, &server.endpoint, server.netns.as_deref(), cfg.rates[0]);
-        load.duration = LOOPS_DURATION;
-        if closed {
-            load.closed_loop = Some(1);
-        }
-        let stalls = Staller::start(server.child.id());
-        let report = loadgen::run(load, &mut |_| {});
-        stalls.finish();
-        server.stop()?;
-        let report = report?;
+        let shape = |load: &mut LoadConfig| {
+            load.duration = LOOPS_DURATION;
+            load.closed_loop = closed.then_some(1);
+        };
+        let (report, _, _) = measure(cfg, spec, &log, serial, cfg.rates[0], shape, true)?;
         let name = if closed { "closed" } else { "open" };
         report.write_json(&dir.join(format!("{name}.json")))?;
         report.write_hdr_log(&dir.join(format!("{name}.hlog")))?;
@@ -670,18 +663,40 @@ fn measure_point(
     points_dir: &Path,
     stem: &str,
 ) -> anyhow::Result<(LoadReport, f64, Quiet)> {
-    let quiet = wait_quiet(cfg);
-    let server = Server::start(cfg, spec, log, serial)?;
-    let cpu_before = server.cpu_seconds();
-    let report = loadgen::run(
-        load_config(cfg, &server.endpoint, server.netns.as_deref(), rate),
-        &mut |_| {},
-    )?;
-    let server_cpu = server.cpu_seconds() - cpu_before;
-    server.stop()?;
+    let (report, server_cpu, quiet) = measure(cfg, spec, log, serial, rate, |_| {}, false)?;
     report.write_json(&points_dir.join(format!("{stem}.json")))?;
     report.write_hdr_log(&points_dir.join(format!("{stem}.hlog")))?;
     report.write_interarrivals(&points_dir.join(format!("{stem}.gaps")), GAPS_KEPT)?;
+    Ok((report, server_cpu, quiet))
+}
+
+/// One load on a fresh server, once the machine is quiet: `shape` adjusts the sweep's load
+/// configuration, and with `stalled` a [`Staller`] stops the server now and then. Returns the
+/// report, the server's CPU seconds over the load, and the quiet check. The server is stopped
+/// before the load's own error, if any, is returned.
+fn measure(
+    cfg: &SweepConfig,
+    spec: &[String],
+    log: &Path,
+    serial: u32,
+    rate: f64,
+    shape: impl FnOnce(&mut LoadConfig),
+    stalled: bool,
+) -> anyhow::Result<(LoadReport, f64, Quiet)> {
+    let quiet = wait_quiet(cfg);
+    let server = Server::start(cfg, spec, log, serial)?;
+    let cpu_before = server.cpu_seconds();
+    let mut load = load_config(cfg, &server.endpoint, server.netns.as_deref(), rate);
+    shape(&mut load);
+    let stalls = stalled.then(|| Staller::start(server.child.id()));
+    let report = loadgen::run(load, &mut |_| {});
+    if let Some(stalls) = stalls {
+        stalls.finish();
+    }
+    let server_cpu = server.cpu_seconds() - cpu_before;
+    let stopped = server.stop();
+    let report = report?;
+    stopped?;
     Ok((report, server_cpu, quiet))
 }
 
