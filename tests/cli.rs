@@ -700,3 +700,37 @@ fn the_progress_line_shows_on_a_terminal_only() {
     let (status, _) = common::terminate(child, stdout);
     assert!(status.success());
 }
+
+/// An option of one engine given to another would be silently ignored: it is refused, in one
+/// line naming the engine it belongs to.
+#[test]
+fn an_option_of_another_engine_is_refused() {
+    for (args, says) in [
+        (
+            &["--engine", "epoll", "--workers", "8"][..],
+            "--workers is an option of --engine pool, not of epoll",
+        ),
+        (
+            &["--engine", "uring", "--epoll-mode", "level"][..],
+            "--epoll-mode is an option of --engine epoll, not of uring",
+        ),
+        (
+            &["--engine", "threads", "--ring-entries", "64"][..],
+            "--ring-entries is an option of --engine uring and monoio, not of threads",
+        ),
+        (
+            &["--engine", "poll", "--shm-slots", "2"][..],
+            "--shm-slots is an option of --engine shm, not of poll",
+        ),
+        (
+            &["--engine", "tokio", "--tap-mtu", "9000"][..],
+            "--tap-mtu is an option of --engine userspace, not of tokio",
+        ),
+    ] {
+        let mut argv = vec!["serve", "--addr", "127.0.0.1:0"];
+        argv.extend(args);
+        let (ok, _, err) = iolab(&argv);
+        assert!(!ok, "{args:?} was accepted");
+        assert_eq!(err.trim(), format!("iolab: error: {says}"), "{args:?}");
+    }
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::*;
 
-use iolab::engine::{self, EngineKind, EpollMode, RecvMode, RunningServer, ServeConfig};
+use iolab::engine::{self, EngineKind, EngineOptions, EpollMode, RecvMode, RunningServer, ServeConfig};
 use iolab::loadgen::spec::{ReplyDist, SizeDist};
 use iolab::loadgen::{self, LoadConfig};
 use iolab::sansio::frame::{pattern_matches, Header, ReplySize, RequestHeader, DEFAULT_CHUNK_SIZE};
@@ -92,15 +92,17 @@ impl Setup {
         let mut args = [
             "--engine",
             self.kind.name(),
-            "--epoll-mode",
-            mode,
             "--threads",
             &self.threads.to_string(),
-            "--recv",
-            recv,
         ]
         .map(String::from)
         .to_vec();
+        // Each engine's own options go to that engine only (serve refuses them elsewhere).
+        match self.kind {
+            EngineKind::Epoll => args.extend(["--epoll-mode".into(), mode.into()]),
+            EngineKind::Uring => args.extend(["--recv".into(), recv.into()]),
+            _ => {}
+        }
         if self.register_files {
             args.push("--register-files".into());
         }
@@ -115,12 +117,21 @@ impl Setup {
 
     fn config(&self) -> ServeConfig {
         let mut cfg = ServeConfig::new(self.kind, "127.0.0.1:0".parse().unwrap());
-        cfg.epoll_mode = self.epoll_mode;
         cfg.threads = self.threads;
-        cfg.uring.recv = self.recv;
-        cfg.uring.register_files = self.register_files;
-        cfg.uring.zero_copy_threshold = self.zero_copy_threshold;
-        cfg.uring.sqpoll = self.sqpoll;
+        match &mut cfg.engine {
+            EngineOptions::Epoll(o) => o.mode = self.epoll_mode,
+            EngineOptions::Uring(o) => {
+                o.recv = self.recv;
+                o.register_files = self.register_files;
+                o.zero_copy_threshold = self.zero_copy_threshold;
+                o.sqpoll = self.sqpoll;
+            }
+            EngineOptions::Shm(o) => {
+                o.name = Some(shm_name());
+                o.ring_bytes = 64 << 10;
+            }
+            _ => {}
+        }
         cfg
     }
 }
@@ -128,10 +139,6 @@ impl Setup {
 fn start(s: Setup) -> RunningServer {
     let mut cfg = s.config();
     cfg.log_errors = std::env::var_os("IOLAB_TEST_LOG").is_some();
-    if s.kind == EngineKind::Shm {
-        cfg.shm.name = Some(shm_name());
-        cfg.shm.ring_bytes = 64 << 10;
-    }
     engine::start(cfg).expect("server starts")
 }
 
@@ -367,6 +374,44 @@ pub fn bad_frames_close_only_their_connection(engine: Setup) {
     assert_eq!(summary.protocol_errors, 2, "{summary}");
 }
 
+/// A bad frame after many requests: their replies get one last write and the server closes
+/// the connection without waiting on a peer that never reads them; and the requests before
+/// the bad frame reach no other connection (the pool once handed them out with the next
+/// connection's token).
+pub fn a_bad_frame_is_not_waited_on_and_its_requests_reach_no_one_else(engine: Setup) {
+    let server = start(engine);
+    let mut good = connect_to(&server.endpoint);
+    good.write_all(&request(1, 10, ReplySize::Echo)).unwrap();
+    check_echo(&read_replies(&mut good, 1)[0], 1, 10);
+    let mut bad = connect_to(&server.endpoint);
+    let mut asks = Vec::new();
+    for id in 100..164u64 {
+        asks.extend(request(id, 0, ReplySize::Bytes(1 << 20)));
+    }
+    asks.extend_from_slice(&[0xff; RequestHeader::LEN]); // announces a 4 GiB payload
+    bad.write_all(&asks).unwrap();
+    // 64 MiB of replies owed, none read: the close must not wait for them. The counter is
+    // the server's own word that the connection is gone.
+    let errors = &server.ctx.stats.protocol_errors;
+    let start = std::time::Instant::now();
+    while errors.load(std::sync::atomic::Ordering::Relaxed) == 0 && start.elapsed() < BOUND {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        errors.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the connection with the bad frame was still open after {BOUND:?}"
+    );
+    good.write_all(&request(2, 10, ReplySize::Echo)).unwrap();
+    good.write_all(&request(3, 20, ReplySize::Echo)).unwrap();
+    let replies = read_replies(&mut good, 2);
+    check_echo(&replies[0], 2, 10);
+    check_echo(&replies[1], 3, 20);
+    drop((good, bad));
+    let summary = server.stop().unwrap();
+    assert_eq!(summary.protocol_errors, 1, "{summary}");
+}
+
 /// The real binary: `listening on` first, SIGTERM answers what is in flight, a summary, exit 0.
 pub fn sigterm_answers_requests_in_flight(engine: Setup) {
     let (child, addr, stdout) = spawn_server(&engine.args());
@@ -470,6 +515,7 @@ macro_rules! conformance {
             #[test] fn half_close_after_last_request() { super::half_close_after_last_request($engine) }
             #[test] fn a_client_that_never_reads_does_not_stall_others() { super::a_client_that_never_reads_does_not_stall_others($engine) }
             #[test] fn bad_frames_close_only_their_connection() { super::bad_frames_close_only_their_connection($engine) }
+            #[test] fn a_bad_frame_is_not_waited_on() { super::a_bad_frame_is_not_waited_on_and_its_requests_reach_no_one_else($engine) }
             #[test] fn sigterm_answers_requests_in_flight() { super::sigterm_answers_requests_in_flight($engine) }
             #[test] fn sigterm_delivers_large_replies_in_flight() { super::sigterm_delivers_large_replies_in_flight($engine) }
             #[test] fn the_drain_cuts_off_a_client_that_never_reads() { super::the_drain_cuts_off_a_client_that_never_reads($engine) }
@@ -499,6 +545,10 @@ mod shm {
     #[test]
     fn pipelined_replies_stay_in_order() {
         super::pipelined_replies_stay_in_order(SHM)
+    }
+    #[test]
+    fn a_bad_frame_is_not_waited_on() {
+        super::a_bad_frame_is_not_waited_on_and_its_requests_reach_no_one_else(SHM)
     }
     #[test]
     fn one_byte_at_a_time() {
@@ -533,6 +583,7 @@ macro_rules! conformance_in_netns {
             #[test] fn half_close_after_last_request() { run(super::half_close_after_last_request) }
             #[test] fn a_client_that_never_reads_does_not_stall_others() { run(super::a_client_that_never_reads_does_not_stall_others) }
             #[test] fn bad_frames_close_only_their_connection() { run(super::bad_frames_close_only_their_connection) }
+            #[test] fn a_bad_frame_is_not_waited_on() { run(super::a_bad_frame_is_not_waited_on_and_its_requests_reach_no_one_else) }
             #[test] fn sigterm_answers_requests_in_flight() { run(super::sigterm_answers_requests_in_flight) }
             #[test] fn sigterm_delivers_large_replies_in_flight() { run(super::sigterm_delivers_large_replies_in_flight) }
             #[test] fn the_drain_cuts_off_a_client_that_never_reads() { run(super::the_drain_cuts_off_a_client_that_never_reads) }

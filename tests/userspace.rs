@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use iolab::engine::{self, EngineKind, ServeConfig};
+use iolab::engine::{self, EngineKind, EngineOptions, ServeConfig, ShmOptions};
 use iolab::queue::{Endpoint, LibOs, Outcome, Qd};
 use iolab::sansio::frame::{Header as _, ReplyHeader, ReplySize};
 
@@ -329,7 +329,10 @@ fn queue_api_over_shared_memory_both_ends() {
     let name = format!("qtest-{}", std::process::id());
     // A server of the real engine, reached through the queue API...
     let mut cfg = ServeConfig::new(EngineKind::Shm, "127.0.0.1:0".parse().unwrap());
-    cfg.shm.name = Some(name.clone());
+    cfg.engine = EngineOptions::Shm(ShmOptions {
+        name: Some(name.clone()),
+        ..ShmOptions::default()
+    });
     let server = engine::start(cfg).unwrap();
     let mut os = LibOs::shm();
     echo_through(&mut os, &Endpoint::Shm(name.clone()));

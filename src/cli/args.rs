@@ -260,21 +260,8 @@ pub(super) struct ServeArgs {
     /// Default: none, or 0..N-1 with --threads N > 1.
     #[arg(long, value_parser = cpus)]
     pub(super) pin: Option<CpuList>,
-    /// epoll: `edge` registers interest once and reads until EAGAIN; `level` keeps interest
-    /// exact with epoll_ctl and may read less per wake-up.
-    #[arg(long, value_enum, default_value_t = EpollMode::Edge)]
-    pub(super) epoll_mode: EpollMode,
-    /// pool: worker threads that run the requests (the loop thread only does I/O).
-    #[arg(long, default_value_t = 4)]
-    pub(super) workers: usize,
     #[command(flatten)]
     pub(super) frame: FrameArgs,
-    #[command(flatten)]
-    pub(super) uring: UringArgs,
-    #[command(flatten)]
-    pub(super) shm: ShmArgs,
-    #[command(flatten)]
-    pub(super) userspace: UserspaceArgs,
     /// Longest spin a request may ask for; a peer asking more is disconnected.
     #[arg(long, default_value = "1s")]
     pub(super) max_spin: Dur,
@@ -284,6 +271,20 @@ pub(super) struct ServeArgs {
     /// Do not log one line per connection closed for a protocol error (still counted).
     #[arg(long)]
     pub(super) quiet: bool,
+    // Each engine's own options, under a heading of their own (and refused for the others).
+    /// `edge` registers interest once and reads until EAGAIN; `level` keeps interest exact
+    /// with epoll_ctl and may read less per wake-up.
+    #[arg(long, value_enum, default_value_t = EpollMode::Edge, help_heading = "epoll (--engine epoll)")]
+    pub(super) epoll_mode: EpollMode,
+    /// Worker threads that run the requests (the loop thread only does I/O).
+    #[arg(long, default_value_t = 4, help_heading = "Thread pool (--engine pool)")]
+    pub(super) workers: usize,
+    #[command(flatten)]
+    pub(super) uring: UringArgs,
+    #[command(flatten)]
+    pub(super) shm: ShmArgs,
+    #[command(flatten)]
+    pub(super) userspace: UserspaceArgs,
 }
 
 /// Options of the `shm` engine.
@@ -341,7 +342,7 @@ pub(super) struct UserspaceArgs {
 
 /// Options of the `uring` engine.
 #[derive(Args, Debug)]
-#[command(next_help_heading = "io_uring (--engine uring)")]
+#[command(next_help_heading = "io_uring (--engine uring; --ring-entries also monoio)")]
 pub(super) struct UringArgs {
     /// Submission queue entries per ring (a power of two). More lets one submit carry more
     /// operations: raise it when thousands of connections are busy at once.

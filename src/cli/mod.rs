@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _};
 
 use iolab::engine::{self, EngineKind, ServeConfig};
 use iolab::lab::demo;
@@ -21,9 +21,18 @@ mod args;
 use args::*;
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The matches too, not only the parsed options: `serve` asks which options were given.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
-        Command::Serve(a) => serve(*a),
+        Command::Serve(a) => {
+            let given = |id: &str| {
+                matches
+                    .subcommand_matches("serve")
+                    .is_some_and(|m| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+            };
+            serve(*a, &given)
+        }
         Command::Load(a) => load(*a),
         Command::Demo(a) => run_demo(a),
         Command::Sweep(a) => sweep(*a),
@@ -40,15 +49,93 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+/// `serve`'s options that belong to one engine (or two), by clap id: given to another
+/// engine they would be ignored, so they are refused.
+const ENGINE_OPTIONS: &[(&str, &[EngineKind])] = {
+    use EngineKind::*;
+    &[
+        ("epoll_mode", &[Epoll]),
+        ("workers", &[Pool]),
+        ("ring_entries", &[Uring, Monoio]),
+        ("sqpoll", &[Uring]),
+        ("sqpoll_idle", &[Uring]),
+        ("zero_copy_threshold", &[Uring]),
+        ("register_files", &[Uring]),
+        ("recv", &[Uring]),
+        ("recv_buffers", &[Uring]),
+        ("recv_buffer_size", &[Uring]),
+        ("shm", &[Shm]),
+        ("shm_slots", &[Shm]),
+        ("shm_ring", &[Shm]),
+        ("shm_spin", &[Shm]),
+        ("tap", &[Userspace]),
+        ("tap_ip", &[Userspace]),
+        ("tap_mtu", &[Userspace]),
+        ("tap_buffer", &[Userspace]),
+        ("tap_backlog", &[Userspace]),
+        ("netns", &[Userspace]),
+    ]
+};
+
+/// The engine's own options from `serve`'s arguments; an option of another engine is an error.
+fn engine_options(a: &ServeArgs, given: &dyn Fn(&str) -> bool) -> anyhow::Result<engine::EngineOptions> {
+    use engine::EngineOptions as O;
+    for (id, engines) in ENGINE_OPTIONS {
+        if given(id) && !engines.contains(&a.engine) {
+            let names: Vec<&str> = engines.iter().map(|e| e.name()).collect();
+            anyhow::bail!(
+                "--{} is an option of --engine {}, not of {}",
+                id.replace('_', "-"),
+                names.join(" and "),
+                a.engine
+            );
+        }
+    }
+    Ok(match a.engine {
+        EngineKind::Threads => O::Threads,
+        EngineKind::Iovec => O::Iovec,
+        EngineKind::Select => O::Select,
+        EngineKind::Poll => O::Poll,
+        EngineKind::Epoll => O::Epoll(engine::EpollOptions { mode: a.epoll_mode }),
+        EngineKind::Pool => O::Pool(engine::PoolOptions { workers: a.workers }),
+        EngineKind::Uring => O::Uring(a.uring.options()?),
+        EngineKind::Tokio => O::Tokio,
+        EngineKind::Monoio => O::Monoio(engine::MonoioOptions {
+            ring_entries: a.uring.options()?.ring_entries,
+        }),
+        EngineKind::Shm => {
+            let Some(name) = &a.shm.shm else {
+                anyhow::bail!("--engine shm needs --shm NAME (the segment clients attach to)")
+            };
+            if a.protocol != Protocol::Frame {
+                anyhow::bail!("--engine shm carries the frame protocol only");
+            }
+            if name.is_empty() || name.contains('/') || name.len() > 200 {
+                anyhow::bail!("--shm '{name}': a name of up to 200 characters, without '/'");
+            }
+            O::Shm(engine::ShmOptions {
+                name: Some(name.clone()),
+                slots: a.shm.shm_slots,
+                ring_bytes: usize::try_from(a.shm.shm_ring.0).unwrap_or(usize::MAX),
+                spin: a.shm.shm_spin,
+            })
+        }
+        EngineKind::Userspace => {
+            let u = &a.userspace;
+            O::Userspace(engine::userspace::UserspaceOptions {
+                link: link_options(&u.tap, &u.tap_ip, u.tap_mtu, u.tap_buffer)?,
+                backlog: u.tap_backlog,
+                netns: u.netns.clone(),
+            })
+        }
+    })
+}
+
+fn serve(a: ServeArgs, given: &dyn Fn(&str) -> bool) -> anyhow::Result<ExitCode> {
     let mut cfg = ServeConfig::new(a.engine, a.addr);
+    cfg.engine = engine_options(&a, given)?;
     cfg.pin = a.pin.map(|c| c.0).unwrap_or_default();
     cfg.threads = a.threads;
-    cfg.workers = a.workers;
-    cfg.epoll_mode = a.epoll_mode;
-    if a.workers == 0 {
-        anyhow::bail!("--workers must be at least 1");
-    }
     let (chunk_size, max_frame) = a.frame.sizes()?;
     cfg.session = SessionConfig {
         chunk_size,
@@ -81,38 +168,6 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     cfg.drain_timeout = a.drain_timeout.0;
     cfg.log_errors = !a.quiet;
-    cfg.uring = a.uring.options()?;
-    match (a.engine, &a.shm.shm) {
-        (EngineKind::Shm, None) => {
-            anyhow::bail!("--engine shm needs --shm NAME (the segment clients attach to)")
-        }
-        (EngineKind::Shm, Some(_)) if a.protocol != Protocol::Frame => {
-            anyhow::bail!("--engine shm carries the frame protocol only")
-        }
-        (EngineKind::Shm, Some(name)) => {
-            if name.is_empty() || name.contains('/') || name.len() > 200 {
-                anyhow::bail!("--shm '{name}': a name of up to 200 characters, without '/'");
-            }
-            cfg.shm = engine::ShmOptions {
-                name: Some(name.clone()),
-                slots: a.shm.shm_slots,
-                ring_bytes: usize::try_from(a.shm.shm_ring.0).unwrap_or(usize::MAX),
-                spin: a.shm.shm_spin,
-            };
-        }
-        (_, Some(_)) => anyhow::bail!("--shm names the segment of --engine shm"),
-        (_, None) => {}
-    }
-    if a.engine == EngineKind::Userspace {
-        let u = &a.userspace;
-        cfg.userspace = engine::userspace::UserspaceOptions {
-            link: link_options(&u.tap, &u.tap_ip, u.tap_mtu, u.tap_buffer)?,
-            backlog: a.userspace.tap_backlog,
-            netns: a.userspace.netns.clone(),
-        };
-    } else if a.userspace.netns.is_some() {
-        anyhow::bail!("--netns, --tap and --tap-* set up the network of --engine userspace");
-    }
     // Signals are routed to a thread of their own before any engine thread exists.
     let mut signals =
         signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
@@ -554,4 +609,32 @@ fn report(a: ReportArgs) -> anyhow::Result<ExitCode> {
         w.figures_dir.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every id the refusal table names is one of `serve`'s options (clap panics on an
+    /// unknown id), and every engine-specific option of `serve` is in the table.
+    #[test]
+    fn the_engine_option_table_names_serves_own_options() {
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").expect("a serve command");
+        let ids: Vec<&str> = serve.get_arguments().map(|a| a.get_id().as_str()).collect();
+        for (id, engines) in ENGINE_OPTIONS {
+            assert!(ids.contains(id), "{id} is not an option of serve");
+            assert!(!engines.is_empty(), "{id} belongs to no engine");
+        }
+        for a in serve.get_arguments() {
+            let heading = a.get_help_heading().unwrap_or("");
+            if heading.contains("--engine") {
+                let id = a.get_id().as_str();
+                assert!(
+                    ENGINE_OPTIONS.iter().any(|(i, _)| *i == id),
+                    "{id} ({heading}) is missing from ENGINE_OPTIONS"
+                );
+            }
+        }
+    }
 }

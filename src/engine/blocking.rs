@@ -16,10 +16,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::conns::{out_of_fds, Registry};
-use super::{out_of_fds_message, wait_readable, ConnError, EngineCtx, ServerStats};
+use super::{out_of_fds_message, wait_readable, ConnError, Drain, EngineCtx, ServerStats};
 use crate::sansio::session::ServerSession;
 
 /// Serves one connection until the peer closes it or it fails.
@@ -93,18 +93,22 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, serve_conn: ConnFn) -> 
     drop(listener);
 
     registry.shutdown_all(libc::SHUT_RD);
-    let deadline = Instant::now() + ctx.config.drain_timeout;
+    let mut drain = Drain::begin(&ctx);
     let mut cut_off = false;
     while !threads.is_empty() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match done_rx.recv_timeout(if cut_off { Duration::from_secs(1) } else { left }) {
+        match done_rx.recv_timeout(if cut_off {
+            Duration::from_secs(1)
+        } else {
+            drain.remaining()
+        }) {
             Ok(id) => {
                 if let Some(t) = threads.remove(&id) {
                     let _ = t.join();
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) if !cut_off => {
-                super::say_cut_off(threads.len(), ctx.config.drain_timeout);
+                // Each thread owns its session: the cut-off reaches it through its socket.
+                drain.cut_off(threads.len());
                 registry.shutdown_all(libc::SHUT_RDWR);
                 cut_off = true;
             }

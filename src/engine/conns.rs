@@ -232,15 +232,17 @@ impl TaskTracker {
     /// socket for reading (buffered requests are still read and answered, then each read sees
     /// end of file), wait up to `drain_timeout`, then cut off whoever is still writing and wait
     /// a second more. `within(d, f)` is the runtime's timeout: true if `f` finished within `d`.
-    pub async fn drain<'a, F>(&'a self, drain_timeout: Duration, within: impl Fn(Duration, AllDone<'a>) -> F)
+    pub async fn drain<'a, F>(&'a self, ctx: &EngineCtx, within: impl Fn(Duration, AllDone<'a>) -> F)
     where
         F: Future<Output = bool>,
     {
         self.shutdown_all(libc::SHUT_RD);
-        if within(drain_timeout, self.all_done()).await {
+        let mut drain = super::Drain::begin(ctx);
+        if within(drain.timeout(), self.all_done()).await {
             return;
         }
-        super::say_cut_off(self.open(), drain_timeout);
+        // Each task owns its session: the cut-off reaches it through its socket.
+        drain.cut_off(self.open());
         self.shutdown_all(libc::SHUT_RDWR);
         within(Duration::from_secs(1), self.all_done()).await;
     }

@@ -18,16 +18,24 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use super::nonblocking::{Driven, EpollWaiter, LoopCore, Token};
-use super::{EngineCtx, EpollMode};
+use super::{EngineCtx, EpollMode, EpollOptions};
 use crate::os::sys::{interest, Epoll};
 
-/// This engine's face: the registry calls it for `--engine epoll`.
-pub fn start(config: super::ServeConfig) -> anyhow::Result<super::RunningServer> {
-    super::listen_and_run(config, super::Model::Loops(serve))
+/// This engine's face: the registry starts it for `--engine epoll`.
+pub struct EpollEngine;
+
+impl super::Engine for EpollEngine {
+    type Options = EpollOptions;
+    fn start(config: super::ServeConfig, options: EpollOptions) -> anyhow::Result<super::RunningServer> {
+        let mode = options.mode;
+        super::listen_and_run(
+            config,
+            super::Model::Loops(Arc::new(move |ctx, l| serve(ctx, l, mode))),
+        )
+    }
 }
 
-pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
-    let mode = ctx.config.epoll_mode;
+pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, mode: EpollMode) -> anyhow::Result<()> {
     let mut core = LoopCore::new(ctx, listener)?;
     let mut waiter = EpollWaiter::new(&core)?;
     // Edge: ask for everything once and never again. Level: start with reads only and keep

@@ -7,10 +7,11 @@
 
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 
 use super::blocking::retry;
 use super::ConnError;
-use crate::sansio::session::ServerSession;
+use crate::sansio::session::{Next, ServerSession};
 
 /// Chunk-sized buffers filled by one readv.
 const READ_BUFFERS: usize = 16;
@@ -18,30 +19,26 @@ const READ_BUFFERS: usize = 16;
 const WRITE_SLICES: usize = 64;
 
 /// This engine's face: the registry calls it for `--engine iovec`.
-pub fn start(config: super::ServeConfig) -> anyhow::Result<super::RunningServer> {
-    super::listen_and_run(config, super::Model::PerConnection(serve_connection))
+pub struct IovecEngine;
+
+impl super::Engine for IovecEngine {
+    type Options = ();
+    fn start(config: super::ServeConfig, (): ()) -> anyhow::Result<super::RunningServer> {
+        super::listen_and_run(config, super::Model::PerConnection(serve_connection))
+    }
 }
 
 pub fn serve_connection(stream: &mut TcpStream, session: &mut ServerSession) -> Result<(), ConnError> {
     let chunk = session.chunk_size();
     let mut buffers = vec![vec![0u8; chunk]; READ_BUFFERS];
     loop {
-        let n = {
-            let mut iov: Vec<IoSliceMut<'_>> = buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-            retry(|| stream.read_vectored(&mut iov))?
-        };
-        if n == 0 {
-            return Ok(session.peer_closed()?);
-        }
-        let mut left = n;
-        let mut received = Ok(0);
-        for buffer in &buffers {
-            if left == 0 || received.is_err() {
-                break;
+        match session.next() {
+            Next::Close(verdict) => return verdict.into(),
+            Next::LastWrite => {
+                super::last_write(stream.as_raw_fd(), session);
+                continue;
             }
-            let filled = left.min(buffer.len());
-            received = session.receive(&buffer[..filled]);
-            left -= filled;
+            Next::Serve | Next::Flush => {}
         }
         loop {
             let written = {
@@ -54,10 +51,25 @@ pub fn serve_connection(stream: &mut TcpStream, session: &mut ServerSession) -> 
             };
             session.wrote(written);
         }
-        // After the replies: an HTTP client is owed the response that refuses it.
-        received?;
-        if session.finished() {
-            return Ok(());
+        if !session.reading() {
+            continue;
+        }
+        let n = {
+            let mut iov: Vec<IoSliceMut<'_>> = buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            retry(|| stream.read_vectored(&mut iov))?
+        };
+        if n == 0 {
+            session.peer_closed();
+        }
+        let mut left = n;
+        for buffer in &buffers {
+            // After an error the session reads nothing more; next() says what follows.
+            if left == 0 || !session.reading() {
+                break;
+            }
+            let filled = left.min(buffer.len());
+            let _ = session.receive(&buffer[..filled]);
+            left -= filled;
         }
     }
 }

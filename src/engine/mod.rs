@@ -8,8 +8,8 @@
 //!
 //! Every engine is a row of [`ENGINES`]: its name, its model, how it scales. The README's
 //! table, `iolab serve --help` and [`EngineKind::ALL`] come from that one list, and each
-//! engine file has one face, `start(ServeConfig) -> RunningServer`, that [`start`] calls
-//! through an exhaustive match.
+//! engine file has one face, [`Engine::start`] with that engine's own typed options, that
+//! [`start`] calls through an exhaustive match on [`EngineOptions`].
 //!
 //! Event engines (`select`, `poll`, `epoll`, `uring`, `tokio`, `monoio`) scale out share-nothing: `--threads N` runs N
 //! independent loops, each with its own SO_REUSEPORT listener and pinned to its own CPU, and a
@@ -44,7 +44,8 @@ use anyhow::Context;
 
 use crate::os::cpu::{pin_current_thread, raise_fd_limit};
 use crate::os::sys::EventFd;
-use crate::sansio::session::{SessionConfig, SessionCounters, SessionError};
+pub(crate) use crate::sansio::session::Next;
+use crate::sansio::session::{ServerSession, SessionConfig, SessionCounters, SessionError, Verdict};
 
 /// The engines this build has (their names, models and scaling are in [`ENGINES`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -245,16 +246,116 @@ impl fmt::Display for EngineKind {
     }
 }
 
-/// Everything a server needs to start.
+/// The one face every engine shows the registry: start with the server's configuration and
+/// this engine's own options. [`start`] calls it for all eleven through an exhaustive match
+/// on [`EngineOptions`], so an engine without an arm does not build.
+pub(crate) trait Engine {
+    /// This engine's own options (`()` for an engine that has none).
+    type Options;
+    fn start(config: ServeConfig, options: Self::Options) -> anyhow::Result<RunningServer>;
+}
+
+/// Which engine to run, with that engine's own options: the variant is the engine.
+#[derive(Debug, Clone)]
+pub enum EngineOptions {
+    Threads,
+    Iovec,
+    Select,
+    Poll,
+    Epoll(EpollOptions),
+    Pool(PoolOptions),
+    Uring(UringOptions),
+    Tokio,
+    Monoio(MonoioOptions),
+    Shm(ShmOptions),
+    Userspace(userspace::UserspaceOptions),
+}
+
+impl EngineOptions {
+    /// `kind` with its options at their defaults.
+    pub fn defaults(kind: EngineKind) -> Self {
+        match kind {
+            EngineKind::Threads => EngineOptions::Threads,
+            EngineKind::Iovec => EngineOptions::Iovec,
+            EngineKind::Select => EngineOptions::Select,
+            EngineKind::Poll => EngineOptions::Poll,
+            EngineKind::Epoll => EngineOptions::Epoll(EpollOptions::default()),
+            EngineKind::Pool => EngineOptions::Pool(PoolOptions::default()),
+            EngineKind::Uring => EngineOptions::Uring(UringOptions::default()),
+            EngineKind::Tokio => EngineOptions::Tokio,
+            EngineKind::Monoio => EngineOptions::Monoio(MonoioOptions::default()),
+            EngineKind::Shm => EngineOptions::Shm(ShmOptions::default()),
+            EngineKind::Userspace => EngineOptions::Userspace(userspace::UserspaceOptions::default()),
+        }
+    }
+
+    pub fn kind(&self) -> EngineKind {
+        match self {
+            EngineOptions::Threads => EngineKind::Threads,
+            EngineOptions::Iovec => EngineKind::Iovec,
+            EngineOptions::Select => EngineKind::Select,
+            EngineOptions::Poll => EngineKind::Poll,
+            EngineOptions::Epoll(_) => EngineKind::Epoll,
+            EngineOptions::Pool(_) => EngineKind::Pool,
+            EngineOptions::Uring(_) => EngineKind::Uring,
+            EngineOptions::Tokio => EngineKind::Tokio,
+            EngineOptions::Monoio(_) => EngineKind::Monoio,
+            EngineOptions::Shm(_) => EngineKind::Shm,
+            EngineOptions::Userspace(_) => EngineKind::Userspace,
+        }
+    }
+}
+
+/// Options of the `epoll` engine.
+#[derive(Debug, Clone, Copy)]
+pub struct EpollOptions {
+    pub mode: EpollMode,
+}
+
+impl Default for EpollOptions {
+    fn default() -> Self {
+        EpollOptions {
+            mode: EpollMode::Edge,
+        }
+    }
+}
+
+/// Options of the `pool` engine.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolOptions {
+    /// Worker threads that run the requests (the loop thread only does I/O).
+    pub workers: usize,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions { workers: 4 }
+    }
+}
+
+/// Options of the `monoio` engine.
+#[derive(Debug, Clone, Copy)]
+pub struct MonoioOptions {
+    /// Submission queue entries of each loop's ring.
+    pub ring_entries: u32,
+}
+
+impl Default for MonoioOptions {
+    fn default() -> Self {
+        MonoioOptions {
+            ring_entries: UringOptions::default().ring_entries,
+        }
+    }
+}
+
+/// Everything a server needs to start: what every engine shares, and `engine`, which engine
+/// with its own options.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    pub engine: EngineKind,
+    pub engine: EngineOptions,
     pub addr: SocketAddr,
     /// Share-nothing event loops (event engines only).
     pub threads: usize,
-    /// Worker threads of the `pool` engine.
-    pub workers: usize,
-    pub epoll_mode: EpollMode,
     /// CPUs to pin to. Thread-per-connection engines run all their threads on this set; event
     /// loop i runs on `pin[i % len]`. Empty: no pinning (or 0..N-1 for N > 1 loops).
     pub pin: Vec<usize>,
@@ -264,11 +365,6 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     /// Print one line per connection closed for a protocol error (the counter counts always).
     pub log_errors: bool,
-    pub uring: UringOptions,
-    /// The `shm` engine's segment name, connection slots and ring size (a power of two).
-    pub shm: ShmOptions,
-    /// The `userspace` engine's TAP device, addresses, sizing and namespace.
-    pub userspace: userspace::UserspaceOptions,
 }
 
 /// Options of the `shm` engine.
@@ -293,21 +389,21 @@ impl Default for ShmOptions {
 }
 
 impl ServeConfig {
-    pub fn new(engine: EngineKind, addr: SocketAddr) -> Self {
+    /// `kind` with every option at its default.
+    pub fn new(kind: EngineKind, addr: SocketAddr) -> Self {
         ServeConfig {
-            engine,
+            engine: EngineOptions::defaults(kind),
             addr,
             threads: 1,
-            workers: 4,
-            epoll_mode: EpollMode::Edge,
             pin: Vec::new(),
             session: SessionConfig::default(),
             drain_timeout: Duration::from_secs(5),
             log_errors: true,
-            uring: UringOptions::default(),
-            shm: ShmOptions::default(),
-            userspace: userspace::UserspaceOptions::default(),
         }
+    }
+
+    pub fn kind(&self) -> EngineKind {
+        self.engine.kind()
     }
 }
 
@@ -518,13 +614,13 @@ impl RunningServer {
         if let Some(t) = self.thread.take() {
             match t.join() {
                 Ok(result) => result?,
-                Err(_) => anyhow::bail!("the {} engine panicked", self.ctx.config.engine),
+                Err(_) => anyhow::bail!("the {} engine panicked", self.ctx.config.kind()),
             }
         }
         Ok(self
             .ctx
             .stats
-            .snapshot(self.ctx.config.engine, self.started.elapsed()))
+            .snapshot(self.ctx.config.kind(), self.started.elapsed()))
     }
 
     /// Triggers the shutdown and waits: in-flight replies are finished first.
@@ -554,26 +650,26 @@ pub fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     if config.threads == 0 {
         anyhow::bail!("--threads must be at least 1");
     }
-    if config.threads > 1 && !config.engine.is_event_loop() {
+    if config.threads > 1 && !config.kind().is_event_loop() {
         anyhow::bail!(
             "--threads {} applies to the event-loop engines (select, poll, epoll, uring, tokio, monoio); {} has its own threading",
             config.threads,
-            config.engine
+            config.kind()
         );
     }
-    // The registry: every engine's one face, `start`, with no arm left to a default.
-    match config.engine {
-        EngineKind::Threads => threads::start(config),
-        EngineKind::Iovec => iovec::start(config),
-        EngineKind::Select => select::start(config),
-        EngineKind::Poll => poll::start(config),
-        EngineKind::Epoll => epoll::start(config),
-        EngineKind::Pool => pool::start(config),
-        EngineKind::Uring => uring::start(config),
-        EngineKind::Tokio => tokio_engine::start(config),
-        EngineKind::Monoio => monoio_engine::start(config),
-        EngineKind::Shm => shm::start(config),
-        EngineKind::Userspace => userspace::start(config),
+    // The registry: every engine's one face, with its own options, and no arm left to a default.
+    match config.engine.clone() {
+        EngineOptions::Threads => threads::ThreadsEngine::start(config, ()),
+        EngineOptions::Iovec => iovec::IovecEngine::start(config, ()),
+        EngineOptions::Select => select::SelectEngine::start(config, ()),
+        EngineOptions::Poll => poll::PollEngine::start(config, ()),
+        EngineOptions::Epoll(o) => epoll::EpollEngine::start(config, o),
+        EngineOptions::Pool(o) => pool::PoolEngine::start(config, o),
+        EngineOptions::Uring(o) => uring::UringEngine::start(config, o),
+        EngineOptions::Tokio => tokio_engine::TokioEngine::start(config, ()),
+        EngineOptions::Monoio(o) => monoio_engine::MonoioEngine::start(config, o),
+        EngineOptions::Shm(o) => shm::ShmEngine::start(config, o),
+        EngineOptions::Userspace(o) => userspace::UserspaceEngine::start(config, o),
     }
 }
 
@@ -587,8 +683,8 @@ pub(crate) enum Model {
     Loops(LoopFn),
 }
 
-/// An event loop serving one listener until shutdown.
-pub(crate) type LoopFn = fn(Arc<EngineCtx>, TcpListener) -> anyhow::Result<()>;
+/// An event loop serving one listener until shutdown (a closure: it holds its engine's options).
+pub(crate) type LoopFn = Arc<dyn Fn(Arc<EngineCtx>, TcpListener) -> anyhow::Result<()> + Send + Sync>;
 
 /// The start of every kernel-socket engine: the descriptor limit raised, the listeners bound
 /// (N on one port through SO_REUSEPORT for N loops), and `model` run on a thread of its own.
@@ -597,9 +693,9 @@ pub(crate) fn listen_and_run(config: ServeConfig, model: Model) -> anyhow::Resul
     // conformance suite starts every engine in a debug build).
     debug_assert_eq!(
         matches!(model, Model::Loops(_)),
-        config.engine.is_event_loop(),
+        config.kind().is_event_loop(),
         "{}: its start() and its ENGINES row disagree on --threads",
-        config.engine
+        config.kind()
     );
     raise_fd_limit();
     // N loops, N listeners on one port: the first picks the port (when 0 was asked), the rest
@@ -625,7 +721,7 @@ pub(crate) fn listen_and_run(config: ServeConfig, model: Model) -> anyhow::Resul
     });
     let engine_ctx = ctx.clone();
     let thread = std::thread::Builder::new()
-        .name(format!("iolab-{}", ctx.config.engine))
+        .name(format!("iolab-{}", ctx.config.kind()))
         .spawn(move || run_model(engine_ctx, listeners, model))?;
     Ok(RunningServer {
         addr,
@@ -638,7 +734,7 @@ pub(crate) fn listen_and_run(config: ServeConfig, model: Model) -> anyhow::Resul
 
 fn run_model(ctx: Arc<EngineCtx>, mut listeners: Vec<TcpListener>, model: Model) -> anyhow::Result<()> {
     match model {
-        Model::Loops(serve) => run_loops(&ctx, listeners, serve),
+        Model::Loops(serve) => run_loops(&ctx, listeners, move |ctx, l| serve(ctx, l)),
         Model::PerConnection(serve_conn) => {
             pin_current_thread(&ctx.config.pin)?;
             let listener = listeners.pop().context("internal: no listener")?;
@@ -660,7 +756,7 @@ where
     T: Send + 'static,
     F: Fn(Arc<EngineCtx>, T) -> anyhow::Result<()> + Send + Clone + 'static,
 {
-    let kind = ctx.config.engine;
+    let kind = ctx.config.kind();
     let n = items.len();
     let cpus: Vec<usize> = match ctx.config.pin.as_slice() {
         [] if n > 1 => (0..n).collect(),
@@ -710,11 +806,90 @@ pub fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListen
     Ok(socket.into())
 }
 
-/// What every engine says, once, when its drain timeout passes with connections still
-/// writing (peers that never read) and it cuts them off.
-pub(crate) fn say_cut_off(still_writing: usize, drain_timeout: Duration) {
-    eprintln!("iolab: {still_writing} connection(s) still writing after {drain_timeout:?}; cutting them off");
+/// A closed connection's verdict, as the server's counters and log take it. A cut-off counts
+/// as an I/O error (timed out): the peer stopped reading, it broke no protocol rule.
+impl From<Verdict> for Result<(), ConnError> {
+    fn from(verdict: Verdict) -> Self {
+        match verdict {
+            Verdict::Done => Ok(()),
+            Verdict::Protocol(e) => Err(ConnError::Protocol(e)),
+            Verdict::CutOff => Err(ConnError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "cut off at shutdown",
+            ))),
+        }
+    }
 }
+
+/// Shutdown's grace period for connections still writing, kept the same way by every engine:
+/// it starts once, expires once `--drain-timeout` has passed, and says so once.
+#[derive(Debug)]
+pub(crate) struct Drain {
+    deadline: Instant,
+    timeout: Duration,
+    said: bool,
+}
+
+impl Drain {
+    pub(crate) fn begin(ctx: &EngineCtx) -> Self {
+        let timeout = ctx.config.drain_timeout;
+        Drain {
+            deadline: Instant::now() + timeout,
+            timeout,
+            said: false,
+        }
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// How long is left before the stragglers are cut off.
+    pub(crate) fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    pub(crate) fn expired(&self) -> bool {
+        Instant::now() >= self.deadline
+    }
+
+    /// Says, the first time only, that `still_writing` connections are being cut off (the
+    /// engine then calls [`ServerSession::cut_off`] on each). Returns whether it was the first.
+    pub(crate) fn cut_off(&mut self, still_writing: usize) -> bool {
+        if self.said {
+            return false;
+        }
+        self.said = true;
+        if still_writing > 0 {
+            eprintln!(
+                "iolab: {still_writing} connection(s) still writing after {:?}; cutting them off",
+                self.timeout
+            );
+        }
+        true
+    }
+}
+
+/// The last write a protocol error gets ([`Next::LastWrite`]): what a kernel socket takes at
+/// once of the replies queued before the error, never waiting on the peer that sent it.
+pub(crate) fn last_write(fd: RawFd, session: &mut ServerSession) {
+    for _ in 0..LAST_WRITE_CALLS {
+        let mut slices = [io::IoSlice::new(&[]); 64];
+        let n = session.out().fill(&mut slices);
+        if n == 0 {
+            break;
+        }
+        match crate::os::sys::send_now(fd, &slices[..n]) {
+            Ok(0) | Err(_) => break,
+            Ok(taken) => session.wrote(taken),
+        }
+    }
+    session.last_write_tried();
+}
+
+/// Bounds [`last_write`]'s calls: a socket that takes bytes as fast as they are offered still
+/// gets no more than this many.
+const LAST_WRITE_CALLS: usize = 64;
 
 /// What a server says, once, when it runs out of descriptors.
 pub(crate) fn out_of_fds_message(connections: usize) -> String {

@@ -11,29 +11,40 @@
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 
 use super::conns::{connection_task, AcceptFailures, TaskTracker};
 use super::{ConnError, EngineCtx, ServerStats};
-use crate::sansio::session::ServerSession;
+use crate::sansio::session::{Next, ServerSession};
 
 /// Bytes one read may bring in.
 const READ_BUFFER: usize = 16 * 1024;
 /// The most reply bytes gathered into one write.
 const WRITE_BUFFER: usize = 64 * 1024;
 
-/// This engine's face: the registry calls it for `--engine monoio`.
-pub fn start(config: super::ServeConfig) -> anyhow::Result<super::RunningServer> {
-    // Fail before listening, with the reason, where io_uring cannot run.
-    config.uring.preflight()?;
-    super::listen_and_run(config, super::Model::Loops(serve))
+/// This engine's face: the registry starts it for `--engine monoio`.
+pub struct MonoioEngine;
+
+impl super::Engine for MonoioEngine {
+    type Options = super::MonoioOptions;
+    fn start(
+        config: super::ServeConfig,
+        options: super::MonoioOptions,
+    ) -> anyhow::Result<super::RunningServer> {
+        // Fail before listening, with the reason, where io_uring cannot run.
+        crate::os::uring::setup::try_ring(options.ring_entries, None)?;
+        let entries = options.ring_entries;
+        super::listen_and_run(
+            config,
+            super::Model::Loops(Arc::new(move |ctx, l| serve(ctx, l, entries))),
+        )
+    }
 }
 
-pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
+pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, ring_entries: u32) -> anyhow::Result<()> {
     let mut runtime = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-        .with_entries(ctx.config.uring.ring_entries)
+        .with_entries(ring_entries)
         .enable_timer()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the monoio runtime: {e}"))?;
@@ -69,7 +80,7 @@ async fn run(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
     }
     drop(listener);
     let within = |d, f| async move { monoio::time::timeout(d, f).await.is_ok() };
-    tracker.drain(ctx.config.drain_timeout, within).await;
+    tracker.drain(&ctx, within).await;
     Ok(())
 }
 
@@ -91,20 +102,21 @@ async fn serve_connection(
     let mut buf = Vec::with_capacity(READ_BUFFER);
     let mut out = Vec::with_capacity(WRITE_BUFFER);
     loop {
-        let (result, read) = stream.read(buf).await;
-        buf = read;
-        let n = result?;
-        if n == 0 {
-            return Ok(session.peer_closed()?);
-        }
-        if let Err(e) = session.receive(&buf[..n]) {
-            // The replies to the requests before the bad frame still go out, if they can.
-            let _ = monoio::time::timeout(Duration::from_secs(1), flush(stream, session, &mut out)).await;
-            return Err(e.into());
-        }
-        flush(stream, session, &mut out).await?;
-        if session.finished() {
-            return Ok(());
+        match session.next() {
+            Next::Close(verdict) => return verdict.into(),
+            Next::LastWrite => super::last_write(stream.as_raw_fd(), session),
+            Next::Serve | Next::Flush => {
+                flush(stream, session, &mut out).await?;
+                if session.reading() {
+                    let (result, read) = stream.read(buf).await;
+                    buf = read;
+                    match result? {
+                        0 => session.peer_closed(),
+                        // An error is the session's to remember: next() says what follows.
+                        n => drop(session.receive(&buf[..n])),
+                    }
+                }
+            }
         }
     }
 }

@@ -14,11 +14,11 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use super::conns::Token;
 use super::conns::{out_of_fds, FdReserve, Slab};
-use super::{ConnError, EngineCtx, ServerStats};
+use super::{ConnError, Drain, EngineCtx, Next, ServerStats};
 use crate::os::sys::{interest, Epoll};
 use crate::sansio::session::{ServerSession, SessionError};
 
@@ -43,7 +43,7 @@ pub enum Drive {
 }
 
 /// Turns received bytes into replies. Returns how many requests it handed elsewhere (to be
-/// answered later through [`ServerSession::queue_reply`]).
+/// answered later through [`ServerSession::queue_handed_back`]).
 pub type Dispatch<'a> = dyn FnMut(Token, &mut Conn, &[u8]) -> Result<usize, SessionError> + 'a;
 
 /// Runs each request at once, on the loop's own thread.
@@ -58,12 +58,8 @@ pub struct Conn {
     pub session: ServerSession,
     /// Tells a reply meant for an earlier occupant of this token from one meant for this one.
     pub generation: u64,
-    /// Requests handed elsewhere whose replies are not queued yet.
-    pub outstanding: usize,
     /// What the engine last registered for this socket (engines that need to remember).
     pub registered: u32,
-    read_closed: bool,
-    eof_error: Option<SessionError>,
 }
 
 impl Conn {
@@ -75,10 +71,7 @@ impl Conn {
             peer,
             session: ServerSession::new(&ctx.config.session),
             generation: 0,
-            outstanding: 0,
             registered: 0,
-            read_closed: false,
-            eof_error: None,
         })
     }
 
@@ -86,14 +79,10 @@ impl Conn {
         self.stream.as_raw_fd()
     }
 
-    /// Whether the loop should wait for this socket to become readable.
+    /// Whether the loop should wait for this socket to become readable: input open, and room
+    /// (back-pressure: replies waiting to be written, or requests waiting on other threads).
     pub fn wants_read(&self) -> bool {
-        !self.read_closed && self.has_room()
-    }
-
-    /// Back-pressure: replies waiting to be written, or requests waiting on other threads.
-    fn has_room(&self) -> bool {
-        self.session.wants_read() && self.outstanding < MAX_OUTSTANDING
+        self.session.wants_read() && self.session.outstanding() < MAX_OUTSTANDING
     }
 
     /// Whether the loop should wait for this socket to become writable.
@@ -101,33 +90,38 @@ impl Conn {
         !self.session.out().is_empty()
     }
 
-    /// Writes and reads until the socket would block, the budget runs out, or it is finished.
+    /// Writes and reads until the socket would block, the budget runs out, or the session
+    /// says close.
     pub fn drive(&mut self, token: Token, buf: &mut [u8], dispatch: &mut Dispatch<'_>) -> Drive {
         for _ in 0..DRIVE_BUDGET {
+            match self.session.next() {
+                Next::Close(verdict) => return Drive::Close(verdict.into()),
+                Next::LastWrite => {
+                    super::last_write(self.fd(), &mut self.session);
+                    continue;
+                }
+                Next::Serve | Next::Flush => {}
+            }
             // Write first: it makes room for the replies the next read may produce.
             if let Err(e) = self.flush() {
                 return Drive::Close(Err(e.into()));
             }
-            // A finished session (HTTP's `Connection: close`) is done like a peer that hung up.
-            if self.read_closed || self.session.finished() {
-                return self.after_eof();
-            }
-            if !self.has_room() {
-                return Drive::Blocked; // back-pressure: wait for the peer, or the workers
+            if !self.wants_read() {
+                // Back-pressure (wait for the peer, or the workers), or input is over and the
+                // session closes once what it owes has left.
+                return match self.session.next() {
+                    Next::Serve | Next::Flush => Drive::Blocked,
+                    _ => continue,
+                };
             }
             match self.stream.read(buf) {
-                Ok(0) => {
-                    self.read_closed = true;
-                    self.eof_error = self.session.peer_closed().err();
-                }
-                Ok(n) => match dispatch(token, self, &buf[..n]) {
-                    Ok(handed_out) => self.outstanding += handed_out,
-                    Err(e) => {
-                        // Replies to the requests before the bad frame still go out.
-                        let _ = self.flush();
-                        return Drive::Close(Err(e.into()));
+                Ok(0) => self.session.peer_closed(),
+                Ok(n) => {
+                    // An error is the session's to remember: next() says what follows it.
+                    if let Ok(handed_out) = dispatch(token, self, &buf[..n]) {
+                        self.session.handed_out(handed_out);
                     }
-                },
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return match self.flush() {
                         Ok(()) => Drive::Blocked,
@@ -139,17 +133,6 @@ impl Conn {
             }
         }
         Drive::MoreWork
-    }
-
-    /// The peer will send nothing more: close once every reply it is owed has left.
-    fn after_eof(&mut self) -> Drive {
-        if self.wants_write() || self.outstanding > 0 {
-            return Drive::Blocked;
-        }
-        match self.eof_error.take() {
-            Some(e) => Drive::Close(Err(e.into())),
-            None => Drive::Close(Ok(())),
-        }
     }
 
     /// Writes queued replies until done or the socket is full.
@@ -185,7 +168,7 @@ pub struct LoopCore {
     pub conns: Conns,
     buf: Vec<u8>,
     more_work: Vec<Token>,
-    drain_deadline: Option<Instant>,
+    drain: Option<Drain>,
     fd_reserve: FdReserve,
 }
 
@@ -205,7 +188,7 @@ impl LoopCore {
             conns: Conns::default(),
             buf: vec![0; READ_BUFFER],
             more_work: Vec::new(),
-            drain_deadline: None,
+            drain: None,
             fd_reserve: FdReserve::default(),
         })
     }
@@ -219,7 +202,7 @@ impl LoopCore {
     }
 
     pub fn shutting_down(&self) -> bool {
-        self.drain_deadline.is_some()
+        self.drain.is_some()
     }
 
     /// Accepts every waiting connection. `admit` may refuse one by its descriptor (select
@@ -308,8 +291,7 @@ impl LoopCore {
         if !self.more_work.is_empty() {
             return Some(Duration::ZERO);
         }
-        self.drain_deadline
-            .map(|d| d.saturating_duration_since(Instant::now()))
+        self.drain.as_ref().map(Drain::remaining)
     }
 
     /// Stops accepting and half-closes every connection for reading. Returns the tokens to
@@ -319,7 +301,7 @@ impl LoopCore {
             return Vec::new();
         }
         self.listener = None;
-        self.drain_deadline = Some(Instant::now() + self.ctx.config.drain_timeout);
+        self.drain = Some(Drain::begin(&self.ctx));
         let tokens = self.conns.tokens();
         for (_, conn) in self.conns.iter() {
             let _ = conn.stream.shutdown(std::net::Shutdown::Read);
@@ -330,20 +312,25 @@ impl LoopCore {
     /// Whether the loop is done: shutting down and every connection closed, or out of time
     /// (then the stragglers are cut off here).
     pub fn finished(&mut self) -> bool {
-        let Some(deadline) = self.drain_deadline else {
+        let Some(drain) = self.drain.as_mut() else {
             return false;
         };
         if self.conns.is_empty() {
             return true;
         }
-        if Instant::now() < deadline {
+        if !drain.expired() {
             return false;
         }
         let left = self.conns.tokens();
-        super::say_cut_off(left.len(), self.ctx.config.drain_timeout);
+        drain.cut_off(left.len());
         for t in left {
-            let err = io::Error::new(io::ErrorKind::TimedOut, "cut off at shutdown");
-            self.close(t, Err(err.into()));
+            if let Some(conn) = self.conns.get_mut(t) {
+                conn.session.cut_off();
+                let verdict = conn.session.next();
+                if let Next::Close(v) = verdict {
+                    self.close(t, v.into());
+                }
+            }
         }
         true
     }

@@ -16,9 +16,14 @@ use super::EngineCtx;
 const SHUTDOWN: Token = usize::MAX;
 const LISTENER: Token = usize::MAX - 1;
 
-/// This engine's face: the registry calls it for `--engine poll`.
-pub fn start(config: super::ServeConfig) -> anyhow::Result<super::RunningServer> {
-    super::listen_and_run(config, super::Model::Loops(serve))
+/// This engine's face: the registry starts it for `--engine poll`.
+pub struct PollEngine;
+
+impl super::Engine for PollEngine {
+    type Options = ();
+    fn start(config: super::ServeConfig, (): ()) -> anyhow::Result<super::RunningServer> {
+        super::listen_and_run(config, super::Model::Loops(Arc::new(serve)))
+    }
 }
 
 pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {

@@ -45,13 +45,27 @@ struct Reorder {
     ready: BTreeMap<u64, OutFrame>,
 }
 
-/// This engine's face: the registry calls it for `--engine pool`.
-pub fn start(config: super::ServeConfig) -> anyhow::Result<super::RunningServer> {
-    super::listen_and_run(config, super::Model::Single(serve))
+/// This engine's face: the registry starts it for `--engine pool`.
+pub struct PoolEngine;
+
+impl super::Engine for PoolEngine {
+    type Options = super::PoolOptions;
+    fn start(
+        config: super::ServeConfig,
+        options: super::PoolOptions,
+    ) -> anyhow::Result<super::RunningServer> {
+        if options.workers == 0 {
+            anyhow::bail!("--workers must be at least 1");
+        }
+        let workers = options.workers;
+        super::listen_and_run(
+            config,
+            super::Model::Single(Arc::new(move |ctx, l| serve(ctx, l, workers))),
+        )
+    }
 }
 
-pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
-    let workers = ctx.config.workers.max(1);
+pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, workers: usize) -> anyhow::Result<()> {
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let (done_tx, done_rx) = mpsc::channel::<Done>();
     let completions = Arc::new(EventFd::new()?);
@@ -148,7 +162,12 @@ struct Dispatcher<'a> {
 impl Dispatcher<'_> {
     /// Decodes what `conn` received and queues every complete request for the workers.
     fn dispatch(&mut self, t: Token, conn: &mut Conn, data: &[u8]) -> Result<usize, SessionError> {
-        conn.session.receive_requests(data, &mut self.decoded)?;
+        if let Err(e) = conn.session.receive_requests(data, &mut self.decoded) {
+            // The requests before the bad frame go nowhere: the connection closes, and left
+            // here they would be handed out with the next connection's token.
+            self.decoded.clear();
+            return Err(e);
+        }
         if self.orders.len() <= t {
             self.orders.resize_with(t + 1, Reorder::default);
         }
@@ -188,8 +207,7 @@ impl Dispatcher<'_> {
         }
         order.ready.insert(d.seq, d.reply);
         while let Some(reply) = order.ready.remove(&order.next_out) {
-            conn.session.queue_reply(reply);
-            conn.outstanding -= 1;
+            conn.session.queue_handed_back(reply);
             order.next_out += 1;
         }
         true

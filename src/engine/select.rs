@@ -16,9 +16,14 @@ use std::time::Duration;
 use super::nonblocking::{LoopCore, Token};
 use super::EngineCtx;
 
-/// This engine's face: the registry calls it for `--engine select`.
-pub fn start(config: super::ServeConfig) -> anyhow::Result<super::RunningServer> {
-    super::listen_and_run(config, super::Model::Loops(serve))
+/// This engine's face: the registry starts it for `--engine select`.
+pub struct SelectEngine;
+
+impl super::Engine for SelectEngine {
+    type Options = ();
+    fn start(config: super::ServeConfig, (): ()) -> anyhow::Result<super::RunningServer> {
+        super::listen_and_run(config, super::Model::Loops(Arc::new(serve)))
+    }
 }
 
 pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {

@@ -18,7 +18,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{ConnError, EngineCtx, RunningServer, ServeConfig, ServerStats, Shutdown};
+use super::{
+    ConnError, Drain, EngineCtx, Next, RunningServer, ServeConfig, ServerStats, ShmOptions, Shutdown,
+};
 use crate::sansio::session::ServerSession;
 use crate::shm::{Ring, Segment, CLAIMED, CLOSED, SERVER_CLOSED};
 
@@ -87,17 +89,27 @@ impl SpinClock {
 /// How often dead clients are looked for.
 const LIVENESS_EVERY: Duration = Duration::from_millis(100);
 
-pub fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
-    let Some(name) = config.shm.name.clone() else {
+/// This engine's face: the registry starts it for `--engine shm`.
+pub struct ShmEngine;
+
+impl super::Engine for ShmEngine {
+    type Options = ShmOptions;
+    fn start(config: ServeConfig, options: ShmOptions) -> anyhow::Result<RunningServer> {
+        start(config, options)
+    }
+}
+
+fn start(config: ServeConfig, options: ShmOptions) -> anyhow::Result<RunningServer> {
+    let Some(name) = options.name.clone() else {
         anyhow::bail!("the shm engine needs --shm NAME (the segment clients attach to)");
     };
-    if !config.shm.ring_bytes.is_power_of_two() || config.shm.ring_bytes < 4096 {
+    if !options.ring_bytes.is_power_of_two() || options.ring_bytes < 4096 {
         anyhow::bail!("--shm-ring must be a power of two of at least 4 KiB");
     }
-    if config.shm.slots == 0 {
+    if options.slots == 0 {
         anyhow::bail!("--shm-slots must be at least 1");
     }
-    let segment = Segment::create(&name, config.shm.slots, config.shm.ring_bytes)?;
+    let segment = Segment::create(&name, options.slots, options.ring_bytes)?;
     let ctx = Arc::new(EngineCtx {
         config,
         stats: ServerStats::default(),
@@ -107,7 +119,7 @@ pub fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let engine_ctx = ctx.clone();
     let thread = std::thread::Builder::new()
         .name("iolab-shm".into())
-        .spawn(move || serve(engine_ctx, segment))?;
+        .spawn(move || serve(engine_ctx, segment, options.spin))?;
     Ok(RunningServer {
         addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
         endpoint: format!("shm:{name}"),
@@ -124,19 +136,23 @@ struct Conn {
     down: Ring,
 }
 
-fn serve(ctx: Arc<EngineCtx>, segment: Segment) -> anyhow::Result<()> {
+fn serve(ctx: Arc<EngineCtx>, segment: Segment, spin: Spin) -> anyhow::Result<()> {
     crate::os::cpu::pin_current_thread(&ctx.config.pin)?;
     let slots = segment.slots();
     let mut conns: Vec<Option<Conn>> = (0..slots).map(|_| None).collect();
     let mut buf = vec![0u8; ctx.config.session.chunk_size.max(4096)];
     let mut last_work = Instant::now();
-    let mut spin = SpinClock::new(ctx.config.shm.spin);
+    let mut spin = SpinClock::new(spin);
     let mut idled = false;
     let mut last_liveness = Instant::now();
-    let mut drain_deadline = None;
+    let mut drain: Option<Drain> = None;
     loop {
-        if ctx.shutdown.is_triggered() && drain_deadline.is_none() {
-            drain_deadline = Some(Instant::now() + ctx.config.drain_timeout);
+        if ctx.shutdown.is_triggered() && drain.is_none() {
+            drain = Some(Drain::begin(&ctx));
+            // Rings cannot be half-closed: input ends here, and what is owed still goes out.
+            for conn in conns.iter_mut().flatten() {
+                conn.session.end_input();
+            }
         }
         let mut worked = false;
         let check_liveness = last_liveness.elapsed() >= LIVENESS_EVERY;
@@ -151,21 +167,21 @@ fn serve(ctx: Arc<EngineCtx>, segment: Segment) -> anyhow::Result<()> {
                     let conn = conns[i as usize].get_or_insert_with(|| {
                         ServerStats::bump(&ctx.stats.accepted);
                         let (up, down) = segment.rings(i);
-                        Conn {
-                            session: ServerSession::new(&ctx.config.session),
-                            up,
-                            down,
+                        let mut session = ServerSession::new(&ctx.config.session);
+                        if drain.is_some() {
+                            session.end_input();
                         }
+                        Conn { session, up, down }
                     });
-                    match turn(conn, &mut buf, drain_deadline.is_none()) {
+                    match turn(conn, &mut buf) {
                         Ok(moved) => worked |= moved,
                         Err(e) => {
                             finish(&ctx, &segment, &mut conns, i, who(), Err(e));
                             continue;
                         }
                     }
-                    if conn.session.finished() && conn.session.out().is_empty() {
-                        finish(&ctx, &segment, &mut conns, i, who(), Ok(()));
+                    if let Next::Close(verdict) = conn.session.next() {
+                        finish(&ctx, &segment, &mut conns, i, who(), verdict.into());
                     } else if check_liveness && !segment.client_alive(i) {
                         let died = std::io::Error::new(
                             std::io::ErrorKind::ConnectionAborted,
@@ -177,8 +193,14 @@ fn serve(ctx: Arc<EngineCtx>, segment: Segment) -> anyhow::Result<()> {
                 CLOSED => {
                     // The client is done: what it sent before closing still counts.
                     let result = match conns[i as usize].as_mut() {
-                        Some(conn) => turn(conn, &mut buf, true)
-                            .and_then(|_| conn.session.peer_closed().map_err(ConnError::from)),
+                        Some(conn) => turn(conn, &mut buf).and_then(|_| {
+                            conn.session.peer_closed();
+                            match conn.session.next() {
+                                Next::Close(verdict) => verdict.into(),
+                                // Gone before reading every reply: nobody is left to owe.
+                                _ => Ok(()),
+                            }
+                        }),
                         None => Ok(()),
                     };
                     if let Some(conn) = conns[i as usize].take() {
@@ -192,10 +214,17 @@ fn serve(ctx: Arc<EngineCtx>, segment: Segment) -> anyhow::Result<()> {
                 _ => {}
             }
         }
-        if let Some(deadline) = drain_deadline {
-            let pending = conns.iter().flatten().any(|c| !c.session.out().is_empty());
-            if !pending || Instant::now() >= deadline {
+        if let Some(drain) = drain.as_mut() {
+            let open = conns.iter().flatten().count();
+            if open == 0 {
                 break;
+            }
+            if drain.expired() {
+                drain.cut_off(open);
+                for conn in conns.iter_mut().flatten() {
+                    conn.session.cut_off();
+                }
+                continue; // the next pass closes each with its verdict
             }
         }
         if worked {
@@ -214,29 +243,27 @@ fn serve(ctx: Arc<EngineCtx>, segment: Segment) -> anyhow::Result<()> {
             std::hint::spin_loop();
         }
     }
-    // What is left open at shutdown is closed with the server.
-    for i in 0..slots {
-        if conns[i as usize].is_some() {
-            finish(&ctx, &segment, &mut conns, i, format!("shm slot {i}"), Ok(()));
-        }
-    }
     Ok(())
 }
 
-/// Moves bytes both ways for one connection; returns whether anything moved.
-fn turn(conn: &mut Conn, buf: &mut [u8], read: bool) -> Result<bool, ConnError> {
+/// Moves bytes both ways for one connection as its session asks; returns whether anything
+/// moved.
+fn turn(conn: &mut Conn, buf: &mut [u8]) -> Result<bool, ConnError> {
     let corrupt =
         |e: crate::shm::Corrupt| ConnError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
     let mut moved = flush(conn).map_err(corrupt)?;
-    if read && conn.session.wants_read() && !conn.session.finished() {
+    if conn.session.wants_read() {
         let n = conn.up.pop(buf).map_err(corrupt)?;
         if n > 0 {
             moved = true;
-            let received = conn.session.receive(&buf[..n]);
-            // The replies before a bad frame still go out.
+            // An error is the session's to remember: next() says what follows.
+            let _ = conn.session.receive(&buf[..n]);
             flush(conn).map_err(corrupt)?;
-            received?;
         }
+    }
+    if conn.session.next() == Next::LastWrite {
+        // What the ring took in the flush above was the last write a bad frame gets.
+        conn.session.last_write_tried();
     }
     Ok(moved)
 }

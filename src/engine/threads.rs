@@ -8,33 +8,41 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 
 use super::blocking::retry;
 use super::ConnError;
-use crate::sansio::session::ServerSession;
+use crate::sansio::session::{Next, ServerSession};
 
 /// This engine's face: the registry calls it for `--engine threads`.
-pub fn start(config: super::ServeConfig) -> anyhow::Result<super::RunningServer> {
-    super::listen_and_run(config, super::Model::PerConnection(serve_connection))
+pub struct ThreadsEngine;
+
+impl super::Engine for ThreadsEngine {
+    type Options = ();
+    fn start(config: super::ServeConfig, (): ()) -> anyhow::Result<super::RunningServer> {
+        super::listen_and_run(config, super::Model::PerConnection(serve_connection))
+    }
 }
 
 pub fn serve_connection(stream: &mut TcpStream, session: &mut ServerSession) -> Result<(), ConnError> {
     let mut buf = vec![0u8; session.chunk_size()];
     loop {
-        let n = retry(|| stream.read(&mut buf))?;
-        if n == 0 {
-            return Ok(session.peer_closed()?);
-        }
-        // Replies go out before a protocol error ends the connection: an HTTP client is
-        // owed the response that refuses it.
-        let received = session.receive(&buf[..n]);
-        while let Some(chunk) = session.out().front() {
-            let written = retry(|| stream.write(chunk))?;
-            session.wrote(written);
-        }
-        received?;
-        if session.finished() {
-            return Ok(());
+        match session.next() {
+            Next::Close(verdict) => return verdict.into(),
+            Next::LastWrite => super::last_write(stream.as_raw_fd(), session),
+            Next::Serve | Next::Flush => {
+                while let Some(chunk) = session.out().front() {
+                    let written = retry(|| stream.write(chunk))?;
+                    session.wrote(written);
+                }
+                if session.reading() {
+                    match retry(|| stream.read(&mut buf))? {
+                        0 => session.peer_closed(),
+                        // An error is the session's to remember: next() says what follows.
+                        n => drop(session.receive(&buf[..n])),
+                    }
+                }
+            }
         }
     }
 }

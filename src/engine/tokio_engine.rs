@@ -11,22 +11,26 @@ use std::io::IoSlice;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::conns::{connection_task, AcceptFailures, TaskTracker};
 use super::{ConnError, EngineCtx, ServerStats};
-use crate::sansio::session::ServerSession;
+use crate::sansio::session::{Next, ServerSession};
 
 /// Bytes one read may bring in.
 const READ_BUFFER: usize = 16 * 1024;
 /// Slices offered to one writev.
 const WRITE_SLICES: usize = 64;
 
-/// This engine's face: the registry calls it for `--engine tokio`.
-pub fn start(config: super::ServeConfig) -> anyhow::Result<super::RunningServer> {
-    super::listen_and_run(config, super::Model::Loops(serve))
+/// This engine's face: the registry starts it for `--engine tokio`.
+pub struct TokioEngine;
+
+impl super::Engine for TokioEngine {
+    type Options = ();
+    fn start(config: super::ServeConfig, (): ()) -> anyhow::Result<super::RunningServer> {
+        super::listen_and_run(config, super::Model::Loops(Arc::new(serve)))
+    }
 }
 
 pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
@@ -62,7 +66,7 @@ async fn run(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
     }
     drop(listener);
     let within = |d, f| async move { tokio::time::timeout(d, f).await.is_ok() };
-    tracker.drain(ctx.config.drain_timeout, within).await;
+    tracker.drain(&ctx, within).await;
     Ok(())
 }
 
@@ -83,18 +87,19 @@ async fn serve_connection(
 ) -> Result<(), ConnError> {
     let mut buf = vec![0u8; READ_BUFFER];
     loop {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(session.peer_closed()?);
-        }
-        if let Err(e) = session.receive(&buf[..n]) {
-            // The replies to the requests before the bad frame still go out, if they can.
-            let _ = tokio::time::timeout(Duration::from_secs(1), flush(stream, session)).await;
-            return Err(e.into());
-        }
-        flush(stream, session).await?;
-        if session.finished() {
-            return Ok(());
+        match session.next() {
+            Next::Close(verdict) => return verdict.into(),
+            Next::LastWrite => super::last_write(stream.as_raw_fd(), session),
+            Next::Serve | Next::Flush => {
+                flush(stream, session).await?;
+                if session.reading() {
+                    match stream.read(&mut buf).await? {
+                        0 => session.peer_closed(),
+                        // An error is the session's to remember: next() says what follows.
+                        n => drop(session.receive(&buf[..n])),
+                    }
+                }
+            }
         }
     }
 }

@@ -32,10 +32,10 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::conns::{out_of_fds, FdReserve, Slab, Token};
-use super::{ConnError, EngineCtx, RecvMode, ServerStats};
+use super::{ConnError, Drain, EngineCtx, Next, RecvMode, ServerStats, UringOptions};
 use crate::os::uring::bufring::{self, BufRing};
 use crate::os::uring::{setup, tag, untag, Gather, Target};
-use crate::sansio::session::{ServerSession, SessionError};
+use crate::sansio::session::{ServerSession, Verdict};
 use crate::uring_op;
 
 // What a completion is about: the top byte of its user_data; the rest is the token.
@@ -75,11 +75,10 @@ struct Conn {
     /// life only, so an idle connection holds none.
     send: Option<Box<Gather>>,
     sending: Sending,
-    read_closed: bool,
-    eof_error: Option<SessionError>,
-    /// A protocol error: one more send for the replies before it, then close.
-    close_after_send: bool,
-    final_send_done: bool,
+    /// The socket was half-closed for reading (the session stopped taking input), which also
+    /// ends a multishot receive.
+    read_shut: bool,
+    /// How it ends, once decided: the session's verdict, or an I/O error of the ring's.
     closing: Option<Result<(), ConnError>>,
     shut: bool,
 }
@@ -102,21 +101,30 @@ struct Loop {
     recv_buffer_size: usize,
     /// Connections touched by this batch of completions: settled before the next submit.
     dirty: Vec<Token>,
-    drain_deadline: Option<Instant>,
+    drain: Option<Drain>,
     drain_timer: Box<types::Timespec>,
-    cut_off: bool,
+    /// After the cut-off, when the loop stops waiting for operations that still hang.
+    give_up_at: Option<Instant>,
     enobufs: u64,
 }
 
-/// This engine's face: the registry calls it for `--engine uring`.
-pub fn start(config: super::ServeConfig) -> anyhow::Result<super::RunningServer> {
-    // Fail before listening, with the reason, where io_uring cannot run.
-    config.uring.preflight()?;
-    super::listen_and_run(config, super::Model::Loops(serve))
+/// This engine's face: the registry starts it for `--engine uring`.
+pub struct UringEngine;
+
+impl super::Engine for UringEngine {
+    type Options = UringOptions;
+    fn start(config: super::ServeConfig, options: UringOptions) -> anyhow::Result<super::RunningServer> {
+        // Fail before listening, with the reason, where io_uring cannot run.
+        options.preflight()?;
+        let options = Arc::new(options);
+        super::listen_and_run(
+            config,
+            super::Model::Loops(Arc::new(move |ctx, l| serve(ctx, l, &options))),
+        )
+    }
 }
 
-pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
-    let opts = ctx.config.uring.clone();
+pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, opts: &UringOptions) -> anyhow::Result<()> {
     let ring = setup::build_ring(opts.ring_entries, opts.sqpoll.then_some(opts.sqpoll_idle_ms))?;
     let features = setup::probe(&ring);
     let multishot = match opts.recv {
@@ -157,7 +165,7 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
     } else {
         0
     };
-    ctx.announce(&describe(&opts, bufs.as_ref(), fallback.as_deref()));
+    ctx.announce(&describe(opts, bufs.as_ref(), fallback.as_deref()));
     listener.set_nonblocking(true)?;
     let mut lp = Loop {
         ring,
@@ -172,9 +180,9 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener) -> anyhow::Result<()> {
         registered_files,
         recv_buffer_size: opts.recv_buffer_size,
         dirty: Vec::new(),
-        drain_deadline: None,
+        drain: None,
         drain_timer: Box::new(types::Timespec::new()),
-        cut_off: false,
+        give_up_at: None,
         enobufs: 0,
     };
     let result = lp.run();
@@ -296,7 +304,7 @@ impl Loop {
         let more = cqueue::more(flags);
         if !more {
             self.accept_armed = false;
-            if self.drain_deadline.is_some() {
+            if self.drain.is_some() {
                 self.listener = None; // shutting down: the port can close now
             }
         }
@@ -307,7 +315,7 @@ impl Loop {
             self.add_conn(stream);
         } else {
             let e = io::Error::from_raw_os_error(-result);
-            if self.drain_deadline.is_some() || result == -libc::ECANCELED {
+            if self.drain.is_some() || result == -libc::ECANCELED {
                 return Ok(());
             }
             if out_of_fds(&e) {
@@ -330,7 +338,7 @@ impl Loop {
                 eprintln!("iolab: accept failed: {e}");
             }
         }
-        if !self.accept_armed && self.drain_deadline.is_none() {
+        if !self.accept_armed && self.drain.is_none() {
             self.arm_accept()?;
         }
         Ok(())
@@ -363,10 +371,7 @@ impl Loop {
             recv_buf: Vec::new(),
             send: None,
             sending: Sending::Idle,
-            read_closed: false,
-            eof_error: None,
-            close_after_send: false,
-            final_send_done: false,
+            read_shut: false,
             closing: None,
             shut: false,
         };
@@ -378,7 +383,7 @@ impl Loop {
                 }
             }
         }
-        if self.drain_deadline.is_some() {
+        if self.drain.is_some() {
             if let Some(c) = self.conns.get_mut(token) {
                 let _ = c.stream.shutdown(std::net::Shutdown::Read);
             }
@@ -401,36 +406,25 @@ impl Loop {
         match result {
             n if n > 0 => {
                 let n = n as usize;
-                let outcome = if conn.closing.is_some() || conn.read_closed {
-                    Ok(0) // bytes after we decided to stop reading: dropped
-                } else {
-                    match (buffer, self.bufs.as_ref()) {
+                // Bytes after the session stopped reading (or after an I/O error) are dropped
+                // by it; an error is the session's to remember: next() says what follows.
+                if conn.closing.is_none() {
+                    let _ = match (buffer, self.bufs.as_ref()) {
                         (Some(bid), Some(bufs)) => conn.session.receive(bufs.filled(bid, n)),
                         _ => conn.session.receive(&conn.recv_buf[..n.min(conn.recv_buf.len())]),
-                    }
-                };
+                    };
+                }
                 if let (Some(bid), Some(bufs)) = (buffer, self.bufs.as_mut()) {
                     bufs.recycle(bid);
                 }
-                if let Err(e) = outcome {
-                    conn.eof_error = Some(e);
-                    conn.read_closed = true;
-                    conn.close_after_send = true;
-                    // Ends a multishot receive: the peer's further bytes are not ours to read.
-                    let _ = conn.stream.shutdown(std::net::Shutdown::Read);
-                } else if conn.session.finished() && !conn.read_closed {
-                    // HTTP's `Connection: close`: as if the peer hung up, so every queued
-                    // response is sent before the socket closes.
-                    conn.read_closed = true;
+                if !conn.session.reading() && !conn.read_shut {
+                    // A protocol error, or HTTP's `Connection: close`: this ends a multishot
+                    // receive, the peer's further bytes not ours to read.
+                    conn.read_shut = true;
                     let _ = conn.stream.shutdown(std::net::Shutdown::Read);
                 }
             }
-            0 => {
-                if !conn.read_closed {
-                    conn.read_closed = true;
-                    conn.eof_error = conn.session.peer_closed().err();
-                }
-            }
+            0 => conn.session.peer_closed(),
             e if e == -libc::ENOBUFS => self.enobufs += 1, // re-armed when settled
             e if e == -libc::ECANCELED || e == -libc::EINTR || e == -libc::EAGAIN => {}
             e => {
@@ -498,18 +492,19 @@ impl Loop {
             return Ok(());
         };
         let idle = conn.sending == Sending::Idle;
-        let nothing_queued = conn.session.out().is_empty();
-        if conn.closing.is_none() && idle {
-            if conn.close_after_send {
-                // A protocol error: the replies before the bad frame get one more send.
-                if nothing_queued || conn.final_send_done {
-                    let e = conn.eof_error.take().unwrap_or(SessionError::Truncated);
-                    conn.closing = Some(Err(e.into()));
+        if conn.closing.is_none() {
+            // Between sends the session decides; a cut-off cannot wait for one to finish.
+            if idle && conn.session.next() == Next::LastWrite {
+                super::last_write(conn.stream.as_raw_fd(), &mut conn.session);
+            }
+            match conn.session.next() {
+                Next::Close(verdict) if idle || verdict == Verdict::CutOff => {
+                    conn.closing = Some(verdict.into());
                 }
-            } else if conn.read_closed && nothing_queued {
-                conn.closing = Some(conn.eof_error.take().map_or(Ok(()), |e| Err(e.into())));
+                _ => {}
             }
         }
+        let nothing_queued = conn.session.out().is_empty();
         if conn.closing.is_some() {
             if !conn.shut {
                 conn.shut = true;
@@ -522,7 +517,6 @@ impl Loop {
             return Ok(());
         }
         if idle && !nothing_queued {
-            conn.final_send_done = conn.close_after_send;
             let entry = self.prepare_send(t);
             self.push(entry)?;
         }
@@ -530,7 +524,7 @@ impl Loop {
             return Ok(());
         };
         let wants_read = conn.session.wants_read();
-        if !conn.read_closed && !conn.recv_armed && wants_read {
+        if !conn.recv_armed && wants_read {
             let target = conn.target;
             let entry = if multishot {
                 uring_op!(target, RecvMulti(bufring::GROUP))
@@ -588,11 +582,12 @@ impl Loop {
     /// Stops accepting and half-closes every connection for reading: buffered requests are
     /// still received and answered, then each receive sees end of file.
     fn begin_shutdown(&mut self) -> anyhow::Result<()> {
-        if self.drain_deadline.is_some() {
+        if self.drain.is_some() {
             return Ok(());
         }
-        let timeout = self.ctx.config.drain_timeout;
-        self.drain_deadline = Some(Instant::now() + timeout);
+        let drain = Drain::begin(&self.ctx);
+        let timeout = drain.timeout();
+        self.drain = Some(drain);
         if self.accept_armed {
             let cancel = opcode::AsyncCancel::new(tag(ACCEPT, 0))
                 .build()
@@ -619,17 +614,17 @@ impl Loop {
 
     /// The drain timeout passed: whoever is still writing (a peer that never reads) is cut off.
     fn cut_off_stragglers(&mut self) {
-        if self.cut_off || self.conns.is_empty() {
+        let open = self.conns.len();
+        let Some(drain) = self.drain.as_mut() else {
+            return;
+        };
+        if open == 0 || !drain.cut_off(open) {
             return;
         }
-        self.cut_off = true;
-        super::say_cut_off(self.conns.len(), self.ctx.config.drain_timeout);
+        self.give_up_at = Some(Instant::now() + Duration::from_secs(1));
         for t in self.conns.tokens() {
             if let Some(c) = self.conns.get_mut(t) {
-                if c.closing.is_none() {
-                    let err = io::Error::new(io::ErrorKind::TimedOut, "cut off at shutdown");
-                    c.closing = Some(Err(err.into()));
-                }
+                c.session.cut_off();
                 self.dirty.push(t);
             }
         }
@@ -639,11 +634,11 @@ impl Loop {
     }
 
     fn finished(&self) -> bool {
-        let Some(deadline) = self.drain_deadline else {
+        if self.drain.is_none() {
             return false;
-        };
+        }
         let drained = self.conns.is_empty() && self.listener.is_none();
-        drained || (self.cut_off && Instant::now() > deadline + Duration::from_secs(1))
+        drained || self.give_up_at.is_some_and(|t| Instant::now() > t)
     }
 
     /// Unregisters the receive buffers if nothing can still write into them; otherwise

@@ -25,10 +25,10 @@ use anyhow::Context;
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 
-use super::{ConnError, EngineCtx, RunningServer, ServeConfig, ServerStats, Shutdown};
+use super::{ConnError, Drain, EngineCtx, Next, RunningServer, ServeConfig, ServerStats, Shutdown};
 use crate::os::netns::Netns;
 use crate::os::tap::{self, ArpShare, LinkOptions, TapQueue};
-use crate::sansio::session::ServerSession;
+use crate::sansio::session::{ServerSession, Verdict};
 
 /// Port when `--addr` asks for port 0: the stack is alone on its link, nothing can clash.
 pub const DEFAULT_PORT: u16 = 7000;
@@ -56,8 +56,17 @@ impl Default for UserspaceOptions {
     }
 }
 
-pub fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
-    let opts = config.userspace.clone();
+/// This engine's face: the registry starts it for `--engine userspace`.
+pub struct UserspaceEngine;
+
+impl super::Engine for UserspaceEngine {
+    type Options = UserspaceOptions;
+    fn start(config: ServeConfig, options: UserspaceOptions) -> anyhow::Result<RunningServer> {
+        start(config, options)
+    }
+}
+
+fn start(config: ServeConfig, opts: UserspaceOptions) -> anyhow::Result<RunningServer> {
     if opts.backlog == 0 {
         anyhow::bail!("--tap-backlog must be at least 1");
     }
@@ -76,7 +85,7 @@ pub fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let engine_ctx = ctx.clone();
     let thread = std::thread::Builder::new()
         .name("iolab-userspace".into())
-        .spawn(move || serve(engine_ctx, port, ready_tx))?;
+        .spawn(move || serve(engine_ctx, &opts, port, ready_tx))?;
     // The set-up happens on the engine's thread (inside the namespace); its verdict comes back.
     match ready_rx.recv() {
         Ok(Ok(())) => {}
@@ -104,10 +113,10 @@ pub fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
 /// Enters the namespace, makes the device, runs one thread per queue, and cleans up.
 fn serve(
     ctx: Arc<EngineCtx>,
+    opts: &UserspaceOptions,
     port: u16,
     ready: std::sync::mpsc::Sender<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
-    let opts = &ctx.config.userspace;
     let set_up = || -> anyhow::Result<(Option<Netns>, Vec<std::os::fd::OwnedFd>)> {
         let netns = match &opts.netns {
             Some(name) => {
@@ -149,8 +158,9 @@ fn serve(
         .map(|(i, fd)| TapQueue::new(i, fd, mtu, share.clone()))
         .collect();
     let _ = ready.send(Ok(()));
+    let opts = opts.clone();
     let result = super::run_loops(&ctx, devices, move |ctx, device| {
-        Stack::new(&ctx, device, port)?.run(&ctx)
+        Stack::new(&opts, device, port)?.run(&ctx)
     });
     // The device went with its last queue's descriptor; the namespace goes now, if ours.
     drop(netns);
@@ -162,7 +172,8 @@ struct Conn {
     handle: SocketHandle,
     session: ServerSession,
     peer: String,
-    /// Set once the connection is ending, with how; the socket is closed once replies are out.
+    /// Set once the connection is ending, with how (its session's verdict, or a reset); its
+    /// FIN goes out then, after what the socket already holds.
     ending: Option<Result<(), ConnError>>,
     close_sent: bool,
 }
@@ -183,8 +194,7 @@ struct Stack {
 }
 
 impl Stack {
-    fn new(ctx: &EngineCtx, mut device: TapQueue, port: u16) -> anyhow::Result<Stack> {
-        let opts = &ctx.config.userspace;
+    fn new(opts: &UserspaceOptions, mut device: TapQueue, port: u16) -> anyhow::Result<Stack> {
         let iface = tap::interface(&mut device, opts.link.ip, opts.link.prefix);
         let mut stack = Stack {
             device,
@@ -208,31 +218,32 @@ impl Stack {
     }
 
     fn run(mut self, ctx: &EngineCtx) -> anyhow::Result<()> {
-        let mut drain_deadline: Option<Instant> = None;
-        let mut cut_off = false;
+        let mut drain: Option<Drain> = None;
         loop {
-            if ctx.shutdown.is_triggered() && drain_deadline.is_none() {
-                drain_deadline = Some(Instant::now() + ctx.config.drain_timeout);
+            if ctx.shutdown.is_triggered() && drain.is_none() {
+                drain = Some(Drain::begin(ctx));
                 for l in std::mem::take(&mut self.listeners) {
                     self.sockets.get_mut::<tcp::Socket>(l).abort();
                 }
             }
             let now = smoltcp::time::Instant::now();
             self.iface.poll(now, &mut self.device, &mut self.sockets);
-            if drain_deadline.is_none() {
+            if drain.is_none() {
                 self.accept(ctx)?;
             }
-            let draining = drain_deadline.map(|d| Instant::now() >= d);
-            if draining == Some(true) && !cut_off && !self.conns.is_empty() {
-                cut_off = true;
-                super::say_cut_off(self.conns.len(), ctx.config.drain_timeout);
+            if let Some(d) = drain.as_mut().filter(|d| d.expired()) {
+                if d.cut_off(self.conns.len()) {
+                    for conn in &mut self.conns {
+                        conn.session.cut_off();
+                    }
+                }
             }
-            self.serve_connections(ctx, draining);
+            self.serve_connections(ctx, drain.is_some());
             self.iface.poll(now, &mut self.device, &mut self.sockets);
             for handle in self.retired.drain(..) {
                 self.sockets.remove(handle);
             }
-            if drain_deadline.is_some() && self.conns.is_empty() {
+            if drain.is_some() && self.conns.is_empty() {
                 return Ok(());
             }
             let delay = self
@@ -272,7 +283,7 @@ impl Stack {
     }
 
     /// Moves bytes between every connection's socket and session, and retires the finished.
-    fn serve_connections(&mut self, ctx: &EngineCtx, draining: Option<bool>) {
+    fn serve_connections(&mut self, ctx: &EngineCtx, draining: bool) {
         let mut i = 0;
         while i < self.conns.len() {
             let conn = &mut self.conns[i];
@@ -293,9 +304,9 @@ impl Stack {
     }
 }
 
-/// One connection's turn; true when it is over and its socket can go.
-/// `draining`: None while serving, Some(past_deadline) once the server is stopping.
-fn step(conn: &mut Conn, socket: &mut tcp::Socket, draining: Option<bool>) -> bool {
+/// One connection's turn, as its session asks; true when it is over and its socket can go.
+/// `draining`: the server is stopping (input ends once what the socket holds is read).
+fn step(conn: &mut Conn, socket: &mut tcp::Socket, draining: bool) -> bool {
     use tcp::State;
     let state = socket.state();
     if matches!(state, State::Closed | State::TimeWait | State::Listen) {
@@ -311,46 +322,48 @@ fn step(conn: &mut Conn, socket: &mut tcp::Socket, draining: Option<bool>) -> bo
     if state == State::SynReceived {
         return false;
     }
-    flush(conn, socket);
     if conn.ending.is_none() {
-        while conn.session.wants_read() && !conn.session.finished() && socket.can_recv() {
+        flush(conn, socket);
+        while conn.session.wants_read() && socket.can_recv() {
             let session = &mut conn.session;
-            match socket.recv(|data| (data.len(), session.receive(data))) {
-                Ok(Ok(_)) => flush(conn, socket),
-                Ok(Err(e)) => {
-                    // The replies before the bad frame still go out, then the connection ends.
-                    flush(conn, socket);
-                    conn.ending = Some(Err(e.into()));
-                    break;
-                }
-                Err(_) => break,
+            // An error is the session's to remember: next() says what follows it.
+            if socket.recv(|data| (data.len(), session.receive(data))).is_err() {
+                break;
+            }
+            flush(conn, socket);
+        }
+        if conn.session.reading() && !socket.can_recv() {
+            if !socket.may_recv() {
+                conn.session.peer_closed();
+            } else if draining {
+                // No half-close here: input ends once what the socket holds is read.
+                conn.session.end_input();
             }
         }
-    }
-    if conn.ending.is_none() {
-        let peer_done = !socket.may_recv() && !socket.can_recv();
-        if peer_done {
-            conn.ending = Some(conn.session.peer_closed().map_err(ConnError::from));
-        } else if (conn.session.finished() || draining.is_some()) && conn.session.out().is_empty() {
-            conn.ending = Some(Ok(()));
+        if conn.session.next() == Next::LastWrite {
+            // What the socket took in the flushes above was the last write a bad frame gets.
+            conn.session.last_write_tried();
+        }
+        if let Next::Close(verdict) = conn.session.next() {
+            if verdict == Verdict::CutOff {
+                socket.abort();
+                conn.ending = Some(verdict.into());
+                return true;
+            }
+            conn.ending = Some(verdict.into());
         }
     }
     if conn.ending.is_some() && !conn.close_sent {
-        if conn.session.out().is_empty() {
-            socket.close();
-            conn.close_sent = true;
-        } else if draining == Some(true) {
-            socket.abort();
-            return true;
-        }
+        socket.close();
+        conn.close_sent = true;
     }
     if conn.close_sent && matches!(state, State::FinWait2) {
         // Everything we sent, FIN included, is acknowledged: the session is over. The peer's
         // own FIN, if it ever comes, is the stack's business (as an orphan is the kernel's).
         return true;
     }
-    if draining == Some(true) {
-        // Past the drain deadline: whatever is still owed is cut off.
+    if conn.close_sent && conn.session.next() == Next::Close(Verdict::CutOff) {
+        // Past the drain deadline, its FIN still unacknowledged: cut off.
         socket.abort();
         return true;
     }

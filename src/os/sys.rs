@@ -160,6 +160,24 @@ pub fn tighten_timer_slack() {
 }
 
 /// The pending error on a socket (SO_ERROR), e.g. the outcome of a non-blocking connect.
+/// Sends what the socket takes at once of `slices`, never waiting (even on a blocking
+/// socket) and never raising SIGPIPE. Returns the bytes taken; 0 when the socket is full.
+pub fn send_now(fd: RawFd, slices: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header before the fields we set.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is guaranteed ABI-compatible with iovec.
+    msg.msg_iov = slices.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = slices.len() as _;
+    // SAFETY: msg points at `slices`, valid for the call; the kernel only reads them.
+    match restarting(|| unsafe {
+        crate::syscall!(sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL))
+    }) {
+        Ok(n) => Ok(n as usize),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn take_socket_error(fd: RawFd) -> io::Result<Option<io::Error>> {
     let mut err: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;

@@ -8,10 +8,21 @@
 //! and HTTP's `Date`).
 //!
 //! A session speaks one of two protocols, chosen by the server's configuration: the binary
-//! frames of the design document, or HTTP/1.1 serving static files. A session can finish
-//! before its peer does (HTTP's `Connection: close`, or a refused request): from then on
-//! it takes no more input, and the engine closes the connection once
-//! [`ServerSession::finished`] and the queued output is written.
+//! frames of the design document, or HTTP/1.1 serving static files.
+//!
+//! The session also owns how its connection ends, so that no engine decides it for itself.
+//! An engine tells it what happened (bytes in, bytes out, the peer's end of file, requests
+//! handed to other threads, a cut-off at shutdown) and asks [`ServerSession::next`] what to
+//! do: serve, only flush, make one last write after a protocol error, or close with a
+//! [`Verdict`]. The rules, once:
+//!
+//! - Input ends when the peer closes, when the session finishes (HTTP's `Connection:
+//!   close`), or at a protocol error. After a clean end every reply owed is written, and
+//!   every request handed out is answered, before the close.
+//! - After a protocol error the replies queued before it get one last write of what the
+//!   transport takes at once (an HTTP client is owed the response that refuses it), and the
+//!   connection closes: a peer that sent a bad frame is never waited for.
+//! - A connection cut off at shutdown (its peer never read its replies) closes at once.
 
 use std::time::Duration;
 
@@ -80,6 +91,44 @@ pub struct SessionCounters {
 /// A decoded request, checked against the limits, ready to execute anywhere.
 pub type Request = crate::sansio::frame::Frame<RequestHeader>;
 
+/// What an engine should do with a connection now: asked after every event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Read while [`ServerSession::wants_read`], write what [`ServerSession::out`] holds.
+    Serve,
+    /// Input is over: write what is queued (and wait for requests handed out); then ask again.
+    Flush,
+    /// A protocol error: write what the transport takes at once of what is queued, tell the
+    /// session ([`ServerSession::last_write_tried`]), and ask again.
+    LastWrite,
+    /// Close the connection now.
+    Close(Verdict),
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Cleanly: the peer closed between requests (or the session finished), all answered.
+    Done,
+    /// A protocol violation (or a peer that closed in the middle of a frame).
+    Protocol(SessionError),
+    /// Cut off at shutdown with replies still unwritten (its peer was not reading).
+    CutOff,
+}
+
+/// Where a connection's input stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Input {
+    Open,
+    /// The peer sent its end of file; with an error if that was in the middle of a frame.
+    Ended(Option<SessionError>),
+    /// A protocol error; nothing after it is read.
+    Failed {
+        error: SessionError,
+        last_write_tried: bool,
+    },
+}
+
 #[derive(Debug)]
 pub struct ServerSession {
     config: SessionConfig,
@@ -88,6 +137,10 @@ pub struct ServerSession {
     counters: SessionCounters,
     /// No more requests will be read (see [`ServerSession::finished`]).
     finished: bool,
+    input: Input,
+    /// Requests handed to other threads whose replies are not queued yet.
+    outstanding: usize,
+    cut_off: bool,
 }
 
 #[derive(Debug)]
@@ -114,6 +167,91 @@ impl ServerSession {
             out: OutQueue::new(config.chunk_size),
             counters: SessionCounters::default(),
             finished: false,
+            input: Input::Open,
+            outstanding: 0,
+            cut_off: false,
+        }
+    }
+
+    /// What the engine should do with the connection now (the module's rules).
+    pub fn next(&self) -> Next {
+        if self.cut_off {
+            return Next::Close(Verdict::CutOff);
+        }
+        let drained = self.out.is_empty();
+        match &self.input {
+            Input::Failed {
+                error,
+                last_write_tried,
+            } => {
+                if drained || *last_write_tried {
+                    Next::Close(Verdict::Protocol(error.clone()))
+                } else {
+                    Next::LastWrite
+                }
+            }
+            Input::Ended(_) | Input::Open if !self.reading() => {
+                if drained && self.outstanding == 0 {
+                    match &self.input {
+                        Input::Ended(Some(e)) => Next::Close(Verdict::Protocol(e.clone())),
+                        _ => Next::Close(Verdict::Done),
+                    }
+                } else {
+                    Next::Flush
+                }
+            }
+            _ => Next::Serve,
+        }
+    }
+
+    /// Whether input is still being taken: the peer has not closed, no protocol error, and
+    /// the session has not finished.
+    pub fn reading(&self) -> bool {
+        self.input == Input::Open && !self.finished
+    }
+
+    /// The engine made the last write that [`Next::LastWrite`] asked for.
+    pub fn last_write_tried(&mut self) {
+        if let Input::Failed { last_write_tried, .. } = &mut self.input {
+            *last_write_tried = true;
+        }
+    }
+
+    /// The server stops reading (shutdown, on a transport that cannot be half-closed): as if
+    /// the peer had closed between requests, every reply owed is still written.
+    pub fn end_input(&mut self) {
+        if self.input == Input::Open {
+            self.input = Input::Ended(None);
+        }
+    }
+
+    /// Shutdown's drain timeout passed with this connection still writing: it closes now.
+    pub fn cut_off(&mut self) {
+        self.cut_off = true;
+    }
+
+    /// `n` more requests were handed to other threads ([`ServerSession::receive_requests`]).
+    pub fn handed_out(&mut self, n: usize) {
+        self.outstanding += n;
+    }
+
+    /// Requests handed out whose replies have not come back.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    /// Queues the reply to a request handed out earlier.
+    pub fn queue_handed_back(&mut self, reply: OutFrame) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.queue_reply(reply);
+    }
+
+    fn fail(&mut self, error: &SessionError) {
+        if !matches!(self.input, Input::Failed { .. }) {
+            self.input = Input::Failed {
+                error: error.clone(),
+                last_write_tried: false,
+            };
         }
     }
 
@@ -129,16 +267,26 @@ impl ServerSession {
 
     /// Feeds received bytes. Each request they complete runs at once, its reply queued.
     /// Returns how many requests completed.
+    ///
+    /// An error is also the session's state: [`ServerSession::next`] says what follows it.
     pub fn receive(&mut self, data: &[u8]) -> Result<usize, SessionError> {
-        if matches!(self.decoder, Decoder::Http { .. }) {
-            return self.receive_http(data);
+        if !self.reading() {
+            return Ok(0); // bytes after input ended: not ours to read
         }
-        let mut done = 0;
-        self.decode(data, |this, request| {
-            this.queue_reply(workload::execute(request));
-            done += 1;
-        })?;
-        Ok(done)
+        let result = if matches!(self.decoder, Decoder::Http { .. }) {
+            self.receive_http(data)
+        } else {
+            let mut done = 0;
+            self.decode(data, |this, request| {
+                this.queue_reply(workload::execute(request));
+                done += 1;
+            })
+            .map(|()| done)
+        };
+        if let Err(e) = &result {
+            self.fail(e);
+        }
+        result
     }
 
     /// Feeds received bytes and hands back the requests they complete, without running them:
@@ -146,11 +294,21 @@ impl ServerSession {
     /// [`ServerSession::queue_reply`] in the order the requests were handed out.
     ///
     /// HTTP requests are answered at once (a cache lookup gains nothing from another thread).
+    ///
+    /// On an error the requests before it are still in `requests`, theirs to hand out or drop.
     pub fn receive_requests(&mut self, data: &[u8], requests: &mut Vec<Request>) -> Result<(), SessionError> {
-        if matches!(self.decoder, Decoder::Http { .. }) {
-            return self.receive_http(data).map(|_| ());
+        if !self.reading() {
+            return Ok(());
         }
-        self.decode(data, |_, request| requests.push(request))
+        let result = if matches!(self.decoder, Decoder::Http { .. }) {
+            self.receive_http(data).map(|_| ())
+        } else {
+            self.decode(data, |_, request| requests.push(request))
+        };
+        if let Err(e) = &result {
+            self.fail(e);
+        }
+        result
     }
 
     fn receive_http(&mut self, data: &[u8]) -> Result<usize, SessionError> {
@@ -251,22 +409,23 @@ impl ServerSession {
         self.out.advance(n);
     }
 
-    /// Whether the engine should read more from this connection now (back-pressure).
+    /// Whether the engine should read more from this connection now: input still open, and
+    /// not too many reply bytes waiting (back-pressure).
     pub fn wants_read(&self) -> bool {
-        self.out.queued_bytes() < self.config.out_high_water
+        self.reading() && self.out.queued_bytes() < self.config.out_high_water
     }
 
-    /// The peer closed its sending side. Fine between frames; an error inside one.
-    pub fn peer_closed(&self) -> Result<(), SessionError> {
+    /// The peer closed its sending side. Fine between frames; an error inside one (the
+    /// verdict [`ServerSession::next`] gives once the replies owed are written).
+    pub fn peer_closed(&mut self) {
+        if self.input != Input::Open {
+            return;
+        }
         let idle = match &self.decoder {
             Decoder::Frame(d) => d.is_idle(),
             Decoder::Http { decoder, .. } => self.finished || decoder.is_idle(),
         };
-        if idle {
-            Ok(())
-        } else {
-            Err(SessionError::Truncated)
-        }
+        self.input = Input::Ended((!idle).then_some(SessionError::Truncated));
     }
 
     pub fn counters(&self) -> SessionCounters {
@@ -367,7 +526,8 @@ mod tests {
         assert_eq!(s.counters().requests, 20);
         assert_eq!(s.counters().bytes_in, input.len() as u64);
         assert_eq!(s.counters().bytes_out, out.len() as u64);
-        assert!(s.peer_closed().is_ok());
+        s.peer_closed();
+        assert_eq!(s.next(), Next::Close(Verdict::Done));
     }
 
     #[test]
@@ -399,7 +559,97 @@ mod tests {
         let mut s = ServerSession::new(&SessionConfig::default());
         let bytes = request_bytes(1, 100, ReplySize::Echo, 0);
         s.receive(&bytes[..50]).unwrap();
-        assert_eq!(s.peer_closed(), Err(SessionError::Truncated));
+        s.peer_closed();
+        assert_eq!(s.next(), Next::Close(Verdict::Protocol(SessionError::Truncated)));
+    }
+
+    /// After a clean end of input, every reply owed is written and every request handed out
+    /// answered before the session says close.
+    #[test]
+    fn the_close_waits_for_every_reply_owed_after_the_peer_hangs_up() {
+        let mut s = ServerSession::new(&SessionConfig::default());
+        assert_eq!(s.next(), Next::Serve);
+        let mut handed = Vec::new();
+        s.receive_requests(&request_bytes(1, 10, ReplySize::Echo, 0), &mut handed)
+            .unwrap();
+        s.handed_out(handed.len());
+        s.receive(&request_bytes(2, 10, ReplySize::Echo, 0)).unwrap();
+        s.peer_closed();
+        assert!(!s.reading() && !s.wants_read());
+        assert_eq!(s.next(), Next::Flush, "a reply is queued");
+        written(&mut s, 7);
+        assert_eq!(
+            s.next(),
+            Next::Flush,
+            "a request is still out with another thread"
+        );
+        assert_eq!(s.outstanding(), 1);
+        s.queue_handed_back(workload::execute(handed.remove(0)));
+        assert_eq!(s.outstanding(), 0);
+        assert_eq!(s.next(), Next::Flush);
+        written(&mut s, 7);
+        assert_eq!(s.next(), Next::Close(Verdict::Done));
+        assert_eq!(s.counters().requests, 2);
+    }
+
+    /// A protocol error: input stops there, the replies before it get one last write, and
+    /// then the session closes whether or not they all left.
+    #[test]
+    fn a_protocol_error_gets_one_last_write_then_closes() {
+        let mut s = ServerSession::new(&SessionConfig::default());
+        let mut bytes = request_bytes(1, 0, ReplySize::Bytes(5000), 0);
+        bytes.extend_from_slice(&[0xff; 64]); // a header no frame has
+        assert!(s.receive(&bytes).is_err());
+        assert!(!s.reading());
+        assert_eq!(
+            s.receive(&request_bytes(2, 0, ReplySize::Echo, 0)),
+            Ok(0),
+            "nothing after the error is read"
+        );
+        assert_eq!(s.next(), Next::LastWrite);
+        s.wrote(100); // the transport took part of it at once
+        assert_eq!(s.next(), Next::LastWrite, "the engine has not said it tried");
+        s.last_write_tried();
+        assert!(matches!(
+            s.next(),
+            Next::Close(Verdict::Protocol(SessionError::Frame(_)))
+        ));
+        // With nothing queued there is nothing to write: close at once.
+        let mut t = ServerSession::new(&SessionConfig::default());
+        assert!(t.receive(&[0xff; 64]).is_err());
+        assert!(matches!(t.next(), Next::Close(Verdict::Protocol(_))));
+    }
+
+    #[test]
+    fn a_cut_off_closes_at_once_whatever_is_queued() {
+        let mut s = ServerSession::new(&SessionConfig::default());
+        s.receive(&request_bytes(1, 0, ReplySize::Bytes(5000), 0))
+            .unwrap();
+        assert_eq!(s.next(), Next::Serve);
+        s.cut_off();
+        assert_eq!(s.next(), Next::Close(Verdict::CutOff));
+    }
+
+    /// HTTP's `Connection: close` ends input like a hang-up: the response goes out, then close.
+    #[test]
+    fn a_finished_session_flushes_then_closes() {
+        let cfg = SessionConfig {
+            http: Some(Arc::new(StaticFiles::default())),
+            ..SessionConfig::default()
+        };
+        let mut s = ServerSession::new(&cfg);
+        s.receive(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET / HTTP/1.1\r\n")
+            .unwrap();
+        assert!(s.finished() && !s.reading());
+        assert_eq!(s.next(), Next::Flush);
+        let out = written(&mut s, 10);
+        assert!(
+            out.starts_with(b"HTTP/1.1 404"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        assert_eq!(out.windows(4).filter(|w| w == b"HTTP").count(), 1, "one response");
+        assert_eq!(s.next(), Next::Close(Verdict::Done));
     }
 
     #[test]
