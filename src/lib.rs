@@ -8,11 +8,13 @@
 //! - [`sansio`]: the sans-IO core. The wire protocol ([`sansio::frame`]: an incremental
 //!   decoder for any split of the byte stream, an encoder that hands out borrowed slices),
 //!   HTTP/1.1 ([`sansio::http`]), the server's per-connection state machine
-//!   ([`sansio::session`]), the workloads, static files, units and the statistics. No I/O.
+//!   ([`sansio::session`], which also decides how a connection ends), the workloads, static
+//!   files, units and the statistics. No I/O.
 //! - [`os`]: thin, checked wrappers of the kernel: system calls, the clock, io_uring set-up
 //!   and buffer rings, TAP devices, network namespaces.
-//! - [`engine`]: one I/O model per file, every one driving the same session; shared
-//!   plumbing (listeners, shutdown, counters, the non-blocking and blocking loops) beside them.
+//! - [`engine`]: one I/O model per file, every one driving the same session and showing the
+//!   registry one face with its own typed options; shared plumbing (listeners, shutdown and
+//!   its drain, counters, the non-blocking and blocking loops) beside them.
 //! - [`shm`] and [`queue`]: the transports. Shared-memory rings, and the LibOS queue API over
 //!   kernel TCP, shared memory and a user-space TCP/IP stack.
 //! - [`loadgen`]: the open- and closed-loop generator: arrivals, an absolute send schedule,
