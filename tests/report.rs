@@ -7,9 +7,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One small sweep and its report, shared by the tests here.
 fn report_dir() -> &'static Path {
@@ -45,71 +45,15 @@ fn declared_figures(html: &str) -> usize {
     rest[..rest.find('"').unwrap()].parse().unwrap()
 }
 
-fn missing_tool(what: &str) {
-    common::skip(&format!("{what} is not installed (.ci/run installs it)"));
-}
-
-/// Runs `cmd` with a deadline; its stdout, or None if it could not start.
-fn run_bounded(mut cmd: Command, limit: Duration) -> Option<(bool, String, String)> {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().ok()?;
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
-    let err_reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{cmd:?} did not finish in {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Some((
-        status.success(),
-        reader.join().unwrap(),
-        err_reader.join().unwrap(),
-    ))
-}
-
 #[test]
 fn chromium_renders_every_figure() {
     let dir = report_dir();
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
     let figures = declared_figures(&html);
     assert!(figures >= 7, "p50, p99, p99.9, CDF, two arrivals, CPU: {figures}");
-    let Some(browser) = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| {
-            Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-    else {
-        return missing_tool("chromium");
+    let Some(dom) = common::chromium_dom(&dir.join("report.html")) else {
+        return common::missing_tool("chromium");
     };
-    let profile = std::env::temp_dir().join(format!("iolab-chromium-{}", std::process::id()));
-    let mut cmd = Command::new(browser);
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1100,3000",
-        "--dump-dom",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()))
-    .arg(format!("file://{}", dir.join("report.html").display()));
-    let (ok, dom, err) = run_bounded(cmd, Duration::from_secs(120)).expect("chromium starts");
-    let _ = std::fs::remove_dir_all(&profile);
-    assert!(ok, "chromium failed: {err}");
     // The page's own script marks what the browser laid out with a size.
     assert!(
         dom.contains(&format!("data-figures-rendered=\"{figures}\"")),
@@ -145,11 +89,11 @@ fn the_notebook_is_valid_nbformat_4_with_every_figure() {
                   print(nb.nbformat, len(svgs), len(md))\n";
     let mut cmd = Command::new("python3");
     cmd.args(["-c", script]).arg(dir.join("report.ipynb"));
-    let Some((ok, out, err)) = run_bounded(cmd, Duration::from_secs(60)) else {
-        return missing_tool("python3");
+    let Some((ok, out, err)) = common::run_bounded(cmd, Duration::from_secs(60)) else {
+        return common::missing_tool("python3");
     };
     if !ok && err.contains("No module named 'nbformat'") {
-        return missing_tool("python3 nbformat");
+        return common::missing_tool("python3 nbformat");
     }
     assert!(ok, "nbformat rejected the notebook: {err}");
     let fields: Vec<usize> = out.split_whitespace().map(|f| f.parse().unwrap()).collect();

@@ -76,6 +76,11 @@ pub(super) struct ReportArgs {
     /// at which every engine has a valid point).
     #[arg(long)]
     pub(super) at: Option<f64>,
+    /// Also draw a differential flamegraph of two profiled engines, A,B (`epoll,uring`), at
+    /// every rate both were profiled at: B's stacks, red where B spends more of its samples
+    /// than A, blue where less. Written to DIR/profile/diff-A-B-RATE.svg.
+    #[arg(long, value_name = "A,B")]
+    pub(super) diff: Option<String>,
 }
 
 /// What each request asks of the server, the same for `load` and `sweep`.
@@ -191,6 +196,21 @@ pub(super) struct SweepArgs {
     /// sets the two tails side by side.
     #[arg(long)]
     pub(super) compare_loops: Option<String>,
+    /// After the sweep, where the time goes: profile every engine at every rate, each on a
+    /// fresh server in runs of its own (never during a measured point): CPU per request,
+    /// user and kernel, from /proc; system calls by name and context switches from perf
+    /// stat; a flamegraph from perf record. Writes profile/ and the cost columns of
+    /// points.csv; the report gets "Where the time goes". Needs perf (linux-perf) and root
+    /// or kernel.perf_event_paranoid ≤ 1; without them the sweep goes on and says why.
+    #[arg(long)]
+    pub(super) profile: bool,
+    /// Profile at these rates only (a list as --rates takes: 20000 or 10000,40000); implies
+    /// --profile.
+    #[arg(long)]
+    pub(super) profile_at: Option<String>,
+    /// Length of each of a profile's two loads (one for CPU, one under perf).
+    #[arg(long, default_value = "1s")]
+    pub(super) profile_duration: Dur,
     /// Results folder (default: results/sweep-<unix time>).
     #[arg(long)]
     pub(super) out: Option<PathBuf>,
@@ -604,8 +624,9 @@ pub(super) struct DemoArgs {
     /// Repeats per point: a point is settled once a majority of them agree.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=99))]
     pub(super) repeat: u32,
-    /// Start no new point after this long (the report follows).
-    #[arg(long, default_value = "150s")]
+    /// Start no new point after this long (the closed-loop lesson, the profiles and the
+    /// report follow).
+    #[arg(long, default_value = "125s")]
     pub(super) budget: Dur,
     /// Only these engines (default: all).
     #[arg(long, value_delimiter = ',')]

@@ -491,6 +491,17 @@ fn run_sweep(cfg: &iolab::lab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::
             Ok(None) => println!("  could not compare the loops: no results written"),
         }
     }
+    if let Some(plan) = &cfg.profile {
+        let cells = cfg.engines.len() * plan.rates.as_ref().map_or(cfg.rates.len(), Vec::len);
+        println!(
+            "where the time goes: {cells} profile(s), two {:.1} s loads each on a fresh server (CPU from /proc, then perf stat and perf record)",
+            plan.duration.as_secs_f64()
+        );
+        // Profiles are extra: failing them costs the sweep nothing.
+        if let Err(e) = iolab::lab::sweep::profile_cells(cfg, plan, |line| println!("  {line}")) {
+            println!("  could not profile: {e:#}");
+        }
+    }
     Ok(points)
 }
 
@@ -552,6 +563,22 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
         }
         cfg.compare_loops = Some(spec);
     }
+    if a.profile || a.profile_at.is_some() {
+        let rates = match &a.profile_at {
+            Some(list) => {
+                Some(iolab::lab::sweep::parse_rates(list).map_err(|e| anyhow::anyhow!("--profile-at: {e}"))?)
+            }
+            None => None,
+        };
+        if a.profile_duration.0 < Duration::from_millis(100) {
+            anyhow::bail!("--profile-duration must be at least 100ms");
+        }
+        cfg.profile = Some(iolab::lab::sweep::ProfilePlan {
+            rates,
+            duration: a.profile_duration.0,
+            engines: None,
+        });
+    }
     let points = run_sweep(&cfg)?;
     let rows = iolab::lab::results::read_points(&out)?;
     println!("{}", iolab::lab::results::knee_table(&rows, cfg.slo));
@@ -600,6 +627,11 @@ fn report(a: ReportArgs) -> anyhow::Result<ExitCode> {
         slo_us: a.slo.map(|s| s.0.as_secs_f64() * 1e6),
         at_rate: a.at,
     };
+    if let Some(pair) = &a.diff {
+        for path in iolab::lab::profile::write_differences(&a.dir, pair)? {
+            println!("differential flamegraph: {}", path.display());
+        }
+    }
     let w = iolab::lab::report::write(&a.dir, &html, &opts)?;
     println!(
         "report: {} ({} figures)\nnotebook: {}\nfigures: {}",

@@ -7,6 +7,7 @@
 
 pub mod corpus;
 pub mod demo;
+pub mod profile;
 pub mod report;
 pub mod results;
 pub mod sweep;

@@ -84,6 +84,12 @@ pub struct Point {
     /// it was.
     pub quiet_wait_ms: f64,
     pub quiet: bool,
+    /// Costs per request from the cell's profiled run ([`Profile`]); NaN where the cell was
+    /// not profiled.
+    pub syscalls_per_request: f64,
+    pub context_switches_per_request: f64,
+    pub user_us_per_request: f64,
+    pub kernel_us_per_request: f64,
 }
 
 impl Point {
@@ -101,6 +107,125 @@ impl Point {
     pub fn generator_limited(&self) -> bool {
         !self.valid && self.blame == "generator"
     }
+}
+
+/// Where a results folder keeps its profiles: `ENGINE-RATE.json` ([`Profile`]), the folded
+/// stacks `ENGINE-RATE.folded` and the flamegraph `ENGINE-RATE.svg`; `unavailable.txt` says
+/// why there are none when profiling was asked for and perf could not run.
+pub const PROFILE_DIR: &str = "profile";
+pub const PROFILE_UNAVAILABLE: &str = "unavailable.txt";
+
+/// One system call's share of a profiled run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyscallCost {
+    pub name: String,
+    pub per_request: f64,
+}
+
+/// Where one engine's time went at one rate: a run of its own after the sweep's
+/// measurements, on a fresh server, so that no tracing touches a latency figure.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Profile {
+    pub engine: String,
+    pub offered_rps: f64,
+    /// The load of each of the two runs (CPU from /proc; perf's counts and samples).
+    pub duration_s: f64,
+    pub connections: usize,
+    /// Requests answered in the CPU run and in the perf run.
+    pub requests_cpu_run: u64,
+    pub requests_perf_run: u64,
+    /// The server's CPU time per request: perf's task-clock (exact, and nothing hooked on
+    /// any system call), split into user and kernel by /proc's utime and stime.
+    pub user_us_per_request: f64,
+    pub kernel_us_per_request: f64,
+    /// The /proc clock ticks (10 ms) that split the CPU time into user and kernel: with few,
+    /// the split is rough (the total is perf's exact task-clock).
+    pub cpu_ticks: u64,
+    /// Softirq time of the server's CPUs per request, whoever it was for (/proc/stat).
+    pub softirq_us_per_request: f64,
+    /// System calls per request (perf counts every `sys_enter`), and by name, the most first;
+    /// `other` holds those of no name listed.
+    pub syscalls_per_request: f64,
+    pub syscalls: Vec<SyscallCost>,
+    /// Context switches per request: involuntary ones found the thread still runnable (it was
+    /// preempted), the rest were a thread going to sleep.
+    pub context_switches_per_request: f64,
+    pub voluntary_switches_per_request: f64,
+    pub involuntary_switches_per_request: f64,
+    /// The server's CPU time the flamegraph's samples stand for, and its file (empty
+    /// without one).
+    pub sampled_cpu_ms: f64,
+    pub flamegraph: String,
+    pub folded: String,
+    /// What went wrong with part of the profile, if anything (the rest still stands).
+    pub note: String,
+}
+
+impl Profile {
+    /// The file stem of an engine's profile at a rate: `epoll-20000`.
+    pub fn stem(engine: &str, rate: f64) -> String {
+        let engine: String = engine
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        format!("{engine}-{}", rate as u64)
+    }
+
+    /// Kernel time's share of the server's CPU time.
+    pub fn kernel_share(&self) -> f64 {
+        let total = self.user_us_per_request + self.kernel_us_per_request;
+        if total > 0.0 {
+            self.kernel_us_per_request / total
+        } else {
+            f64::NAN
+        }
+    }
+
+    /// The calls per request of the first of `names` this profile made.
+    pub fn calls(&self, names: &[&str]) -> Option<&SyscallCost> {
+        self.syscalls.iter().find(|s| names.contains(&s.name.as_str()))
+    }
+}
+
+/// A results folder's profiles, in the order of the engines' names and rates, or why there
+/// are none.
+#[derive(Debug, Clone, Default)]
+pub struct Profiles {
+    pub profiles: Vec<Profile>,
+    /// perf could not run (the reason, and how to fix it).
+    pub unavailable: Option<String>,
+}
+
+/// Reads `DIR/profile/`; a folder without one has no profiles and no reason.
+pub fn read_profiles(dir: &Path) -> anyhow::Result<Profiles> {
+    let pdir = dir.join(PROFILE_DIR);
+    let mut out = Profiles::default();
+    let Ok(entries) = std::fs::read_dir(&pdir) else {
+        return Ok(out);
+    };
+    out.unavailable = std::fs::read_to_string(pdir.join(PROFILE_UNAVAILABLE))
+        .ok()
+        .map(|s| s.trim().to_string());
+    let mut paths: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let profile: Profile =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a profile", path.display()))?;
+        out.profiles.push(profile);
+    }
+    out.profiles.sort_by(|a, b| {
+        a.engine
+            .cmp(&b.engine)
+            .then(a.offered_rps.total_cmp(&b.offered_rps))
+    });
+    Ok(out)
 }
 
 /// Reads a results folder's points.csv.

@@ -36,7 +36,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::lab::results::{Point, LOOPS_DIR, LOOPS_DURATION, LOOPS_STALL, LOOPS_STALL_EVERY};
+use crate::lab::profile::{Perf, Target};
+use crate::lab::results::{
+    read_points, Point, Profile, LOOPS_DIR, LOOPS_DURATION, LOOPS_STALL, LOOPS_STALL_EVERY, PROFILE_DIR,
+    PROFILE_UNAVAILABLE,
+};
 use crate::loadgen::canary::{self, StallWatch};
 use crate::loadgen::spec::{ReplyDist, SizeDist, WorkDist};
 use crate::loadgen::{self, LoadConfig, LoadReport};
@@ -88,6 +92,24 @@ pub struct SweepConfig {
     /// `--compare-loops ENGINE`: after the sweep, load this engine once on a schedule and
     /// once in a closed loop while the sweep stops its server now and then ([`compare_loops`]).
     pub compare_loops: Option<Vec<String>>,
+    /// `--profile`: after the sweep, where each engine's time goes ([`profile_cells`]).
+    pub profile: Option<ProfilePlan>,
+}
+
+/// Which cells to profile, and how long each of a profile's two loads lasts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfilePlan {
+    /// The rates to profile every engine at; `None`: every rate of the sweep.
+    pub rates: Option<Vec<f64>>,
+    pub duration: Duration,
+    /// Only these engines (their labels); `None`: every one.
+    pub engines: Option<Vec<String>>,
+}
+
+impl ProfilePlan {
+    /// The default length of each load: enough CPU ticks (10 ms each) at tens of percent of
+    /// a core for a few percent of precision, short enough for a dozen engines.
+    pub const DEFAULT_DURATION: Duration = Duration::from_secs(1);
 }
 
 /// How the sweep decides the machine is quiet before a point.
@@ -143,6 +165,7 @@ impl SweepConfig {
             server_binary: std::env::current_exe().context("cannot find the iolab binary")?,
             command_line: std::env::args().collect(),
             compare_loops: None,
+            profile: None,
         })
     }
 
@@ -607,6 +630,105 @@ pub fn compare_loops(cfg: &SweepConfig, spec: &[String]) -> anyhow::Result<[Load
     Ok([open, closed])
 }
 
+/// Profiles each engine at the plan's rates ([`crate::lab::profile`]), each cell on a fresh
+/// server after the sweep's measurements: writes `profile/` and fills the cost columns of
+/// the cell's rows in points.csv. Without a usable perf it writes why into
+/// `profile/unavailable.txt`, says so in one line, and returns no profiles: the sweep and its
+/// report go on. `say` gets one line per profile.
+pub fn profile_cells(
+    cfg: &SweepConfig,
+    plan: &ProfilePlan,
+    mut say: impl FnMut(String),
+) -> anyhow::Result<Vec<Profile>> {
+    let dir = cfg.out.join(PROFILE_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let perf = match Perf::probe() {
+        Ok(perf) => perf,
+        Err(why) => {
+            std::fs::write(dir.join(PROFILE_UNAVAILABLE), format!("{why}\n"))?;
+            say(format!(
+                "profile: none, {why}; the sweep and its report go on without them"
+            ));
+            return Ok(Vec::new());
+        }
+    };
+    let rates = plan.rates.clone().unwrap_or_else(|| cfg.rates.clone());
+    let mut rows = read_points(&cfg.out).unwrap_or_default();
+    let mut profiles = Vec::new();
+    let mut serial = 20_000;
+    for spec in &cfg.engines {
+        let label = spec.join(" ");
+        if plan.engines.as_ref().is_some_and(|only| !only.contains(&label)) {
+            continue;
+        }
+        for &rate in &rates {
+            serial += 1;
+            let log = dir.join("server.log");
+            wait_quiet(cfg);
+            let server = match Server::start(cfg, spec, &log, serial) {
+                Ok(s) => s,
+                Err(e) => {
+                    say(format!("profile: {label} at {rate} rps: it did not start: {e:#}"));
+                    continue;
+                }
+            };
+            let target = Target {
+                engine: &label,
+                rate,
+                pid: server.child.id(),
+                server_cpus: &cfg.server_cpus,
+                duration: plan.duration,
+                connections: cfg.connections,
+                dir: &dir,
+            };
+            let profiled = perf.profile(&target, || {
+                let mut load = load_config(cfg, &server.endpoint, server.netns.as_deref(), rate);
+                load.duration = plan.duration;
+                load.warmup = Duration::ZERO;
+                // No canaries: they would run on the server's CPU and be counted against it.
+                load.watch_cpus = Vec::new();
+                load.log_interval = None;
+                Ok(loadgen::run(load, &mut |_| {})?.m.completed)
+            });
+            let stopped = server.stop();
+            match profiled {
+                Ok(p) => {
+                    say(format!(
+                        "profile: {label:<10} {rate:>7.0} rps  {:>5.2} syscalls  {:>5.2} switches  {:>6.2}us user  {:>6.2}us kernel  per request{}",
+                        p.syscalls_per_request,
+                        p.context_switches_per_request,
+                        p.user_us_per_request,
+                        p.kernel_us_per_request,
+                        if p.note.is_empty() { String::new() } else { format!("  ({})", p.note) }
+                    ));
+                    for row in rows
+                        .iter_mut()
+                        .filter(|r| r.engine == label && r.offered_rps == rate)
+                    {
+                        row.syscalls_per_request = p.syscalls_per_request;
+                        row.context_switches_per_request = p.context_switches_per_request;
+                        row.user_us_per_request = p.user_us_per_request;
+                        row.kernel_us_per_request = p.kernel_us_per_request;
+                    }
+                    profiles.push(p);
+                }
+                Err(e) => say(format!("profile: {label} at {rate} rps failed: {e:#}")),
+            }
+            stopped?;
+        }
+    }
+    if !rows.is_empty() {
+        let path = cfg.out.join("points.csv");
+        let mut csv =
+            csv::Writer::from_path(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        for row in &rows {
+            csv.serialize(row)?;
+        }
+        csv.flush()?;
+    }
+    Ok(profiles)
+}
+
 /// A thread that stops a process for [`LOOPS_STALL`] every [`LOOPS_STALL_EVERY`] until
 /// finished, and always leaves it running.
 struct Staller {
@@ -931,6 +1053,10 @@ pub fn judge(
         stall_excess_us: stalls.excess_us,
         quiet_wait_ms: 0.0,
         quiet: true,
+        syscalls_per_request: f64::NAN,
+        context_switches_per_request: f64::NAN,
+        user_us_per_request: f64::NAN,
+        kernel_us_per_request: f64::NAN,
     }
 }
 

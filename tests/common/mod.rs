@@ -404,3 +404,70 @@ pub fn in_named_netns<R: Send>(tag: &str, f: impl FnOnce(&str) -> R + Send) -> O
         }
     })
 }
+
+/// Says an outside tool is missing (a skip, or a failure under CI).
+pub fn missing_tool(what: &str) {
+    skip(&format!("{what} is not installed (.ci/run installs it)"));
+}
+
+/// Runs `cmd` with a deadline: success, stdout and stderr, or None if it could not start.
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> Option<(bool, String, String)> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().ok()?;
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let err_reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{cmd:?} did not finish in {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Some((
+        status.success(),
+        reader.join().unwrap(),
+        err_reader.join().unwrap(),
+    ))
+}
+
+/// The page at `path` as headless Chromium laid it out (its DOM after load), or None when
+/// no Chromium is installed.
+pub fn chromium_dom(path: &std::path::Path) -> Option<String> {
+    let browser = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })?;
+    let profile = std::env::temp_dir().join(format!(
+        "iolab-chromium-{}-{}",
+        std::process::id(),
+        path.display().to_string().len()
+    ));
+    let mut cmd = Command::new(browser);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1100,3000",
+        "--dump-dom",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg(format!("file://{}", path.display()));
+    let (ok, dom, err) = run_bounded(cmd, Duration::from_secs(120)).expect("chromium starts");
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(ok, "chromium failed: {err}");
+    Some(dom)
+}

@@ -59,6 +59,16 @@ enum Block {
         svg: String,
     },
     Table(Table),
+    /// Flamegraphs: a picture of each (embedded) that opens the interactive SVG.
+    Flamegraphs(Vec<Flame>),
+}
+
+struct Flame {
+    caption: String,
+    /// The interactive SVG, relative to the page (or absolute when the page is elsewhere).
+    href: String,
+    /// The same SVG as a data URI, so the page shows it offline on its own.
+    data_uri: String,
 }
 
 struct Table {
@@ -89,12 +99,16 @@ pub fn write(dir: &Path, html: &Path, opts: &ReportOptions) -> anyhow::Result<Wr
         }
         None => default_rate(&rows),
     };
-    let sections = build(dir, &rows, &meta, slo_us, at_rate)?;
-
     let out_dir = html
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    let mut sections = build(dir, &rows, &meta, slo_us, at_rate)?;
+    if let Some(section) = profile_section(dir, out_dir)? {
+        // Before the knee table and the table of every point, which close the report.
+        let at = sections.len().saturating_sub(2);
+        sections.insert(at, section);
+    }
     let figures_dir = out_dir.join("figures");
     std::fs::create_dir_all(&figures_dir)
         .with_context(|| format!("cannot create {}", figures_dir.display()))?;
@@ -498,6 +512,201 @@ fn cdf_section(dir: &Path, rows: &[Point], engines: &[String], rate: f64) -> any
 }
 
 /// The coordinated-omission lesson (`sweep --compare-loops`), if the sweep made it.
+/// "Where the time goes": the costs per request of every profiled cell, a reading of them,
+/// and the flamegraphs. Present when the sweep was asked to profile (saying why it is empty
+/// when perf could not run), absent otherwise.
+fn profile_section(dir: &Path, out_dir: &Path) -> anyhow::Result<Option<Section>> {
+    use crate::lab::results::{read_profiles, PROFILE_DIR};
+    let found = read_profiles(dir)?;
+    let mut text = vec![
+        "Each engine profiled in runs of its own, on a fresh server at the rate shown, after \
+         the measurements (so no tracing touched a latency above). CPU time per request is \
+         perf's task-clock of the server process (exact, hooking no system call), split into \
+         user and kernel by /proc's 10 ms ticks; softirq is the server's CPUs' (network \
+         processing, whoever it served). System calls and context switches are perf stat's \
+         counts in a second run; a switch is involuntary when the thread was preempted, \
+         voluntary when it went to sleep. The flamegraphs are perf record's CPU samples of \
+         that second run, kernel frames included. On loopback, a send runs the receiving \
+         side's TCP in the sender's softirq: a server's kernel time includes delivering its \
+         replies into the client's socket."
+            .to_string(),
+    ];
+    if let Some(why) = &found.unavailable {
+        text.push(format!("No profiles were taken: {why}."));
+        return Ok(Some(Section {
+            title: "Where the time goes".into(),
+            text,
+            blocks: Vec::new(),
+        }));
+    }
+    if found.profiles.is_empty() {
+        return Ok(None);
+    }
+    text.extend(profile_reading(&found.profiles));
+    let mut rows = Vec::new();
+    for p in &found.profiles {
+        let top: Vec<String> = p
+            .syscalls
+            .iter()
+            .take(3)
+            .map(|c| format!("{} {:.2}", c.name, c.per_request))
+            .collect();
+        rows.push(vec![
+            p.engine.clone(),
+            format!("{:.0}", p.offered_rps),
+            format!("{:.2}", p.syscalls_per_request),
+            top.join(", "),
+            format!(
+                "{:.2} ({:.2} invol.)",
+                p.context_switches_per_request, p.involuntary_switches_per_request
+            ),
+            format!("{:.2}", p.user_us_per_request),
+            format!("{:.2}", p.kernel_us_per_request),
+            format!("{:.2}", p.softirq_us_per_request),
+            format!("{:.0}%", p.kernel_share() * 100.0),
+        ]);
+    }
+    let dimmed = vec![false; rows.len()];
+    let pdir = dir.join(PROFILE_DIR);
+    let base = if same_dir(dir, out_dir) {
+        PathBuf::from(PROFILE_DIR)
+    } else {
+        std::fs::canonicalize(&pdir).unwrap_or(pdir.clone())
+    };
+    let mut flames = Vec::new();
+    for p in found.profiles.iter().filter(|p| !p.flamegraph.is_empty()) {
+        let Ok(svg) = std::fs::read(pdir.join(&p.flamegraph)) else {
+            continue;
+        };
+        use base64::Engine as _;
+        flames.push(Flame {
+            caption: format!(
+                "{} at {:.0} rps, {:.0} ms of CPU sampled",
+                p.engine, p.offered_rps, p.sampled_cpu_ms
+            ),
+            href: base.join(&p.flamegraph).display().to_string(),
+            data_uri: format!(
+                "data:image/svg+xml;base64,{}",
+                base64::engine::general_purpose::STANDARD.encode(svg)
+            ),
+        });
+    }
+    let mut blocks = vec![Block::Table(Table {
+        header: [
+            "engine",
+            "rps",
+            "syscalls / req",
+            "most made, per req",
+            "switches / req",
+            "user µs / req",
+            "kernel µs / req",
+            "softirq µs / req",
+            "kernel share",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+        dimmed,
+    })];
+    if !flames.is_empty() {
+        blocks.push(Block::Flamegraphs(flames));
+    }
+    Ok(Some(Section {
+        title: "Where the time goes".into(),
+        text,
+        blocks,
+    }))
+}
+
+/// A few sentences drawn from the profiles at the rate most engines were profiled at.
+fn profile_reading(profiles: &[crate::lab::results::Profile]) -> Vec<String> {
+    use crate::lab::results::Profile;
+    let mut rates: Vec<f64> = profiles.iter().map(|p| p.offered_rps).collect();
+    rates.sort_by(f64::total_cmp);
+    rates.dedup();
+    let count = |r: f64| profiles.iter().filter(|p| p.offered_rps == r).count();
+    let Some(rate) = rates.iter().copied().max_by_key(|&r| (count(r), r as u64)) else {
+        return Vec::new();
+    };
+    let at: Vec<&Profile> = profiles
+        .iter()
+        .filter(|p| p.offered_rps == rate && p.requests_cpu_run > 0)
+        .collect();
+    let mut out = Vec::new();
+    let by = |f: fn(&Profile) -> f64| {
+        let mut v: Vec<&Profile> = at.iter().copied().filter(|p| f(p).is_finite()).collect();
+        v.sort_by(|a, b| f(a).total_cmp(&f(b)));
+        v
+    };
+    let share = by(Profile::kernel_share);
+    if let (Some(lo), Some(hi)) = (share.first(), share.last()) {
+        if share.len() > 1 {
+            out.push(format!(
+                "At {rate:.0} rps, {} spends the largest share of its CPU in the kernel ({:.0}% of {:.1} µs per \
+                 request), {} the smallest ({:.0}% of {:.1} µs).",
+                hi.engine,
+                hi.kernel_share() * 100.0,
+                hi.user_us_per_request + hi.kernel_us_per_request,
+                lo.engine,
+                lo.kernel_share() * 100.0,
+                lo.user_us_per_request + lo.kernel_us_per_request
+            ));
+        }
+    }
+    let calls = by(|p| p.syscalls_per_request);
+    if let (Some(lo), Some(hi)) = (calls.first(), calls.last()) {
+        if calls.len() > 1 {
+            out.push(format!(
+                "{} makes the fewest system calls per request ({:.2}), {} the most ({:.2}).",
+                lo.engine, lo.syscalls_per_request, hi.engine, hi.syscalls_per_request
+            ));
+        }
+    }
+    let find = |name: &str| at.iter().copied().find(|p| p.engine == name);
+    for (engine, waits) in [
+        ("select", &["select", "pselect6"][..]),
+        ("poll", &["poll", "ppoll"][..]),
+    ] {
+        if let (Some(p), Some(c)) = (find(engine), find(engine).and_then(|p| p.calls(waits))) {
+            out.push(format!(
+                "{engine} pays per wake-up: {:.2} {} calls per request, each rebuilding and scanning its \
+                 whole set of descriptors, busy or not.",
+                c.per_request, c.name
+            ));
+            let _ = p;
+        }
+    }
+    let switching: Vec<String> = at
+        .iter()
+        .filter(|p| p.context_switches_per_request >= 0.5)
+        .map(|p| {
+            let why = match p.engine.split_whitespace().next().unwrap_or("") {
+                "threads" | "iovec" => ": a thread per connection sleeps in read between requests",
+                "pool" => ": every request goes to a worker thread and its reply back to the loop",
+                _ => "",
+            };
+            format!("{} ({:.2}{why})", p.engine, p.context_switches_per_request)
+        })
+        .collect();
+    if !switching.is_empty() {
+        out.push(format!(
+            "A context switch per request or more: {}. A readiness or completion loop that \
+             finds work waiting switches far less.",
+            switching.join("; ")
+        ));
+    }
+    if let (Some(u), Some(e)) = (find("uring"), find("epoll")) {
+        let enter = u.calls(&["io_uring_enter"]).map_or(0.0, |c| c.per_request);
+        out.push(format!(
+            "What io_uring saves: uring makes {:.2} system calls per request ({enter:.2} io_uring_enter) \
+             against epoll's {:.2}, one submit carrying the receives and sends of many requests; its \
+             kernel time per request is {:.2} µs against {:.2}.",
+            u.syscalls_per_request, e.syscalls_per_request, u.kernel_us_per_request, e.kernel_us_per_request
+        ));
+    }
+    out
+}
+
 fn loops_section(dir: &Path, meta: &serde_json::Value) -> anyhow::Result<Option<Section>> {
     let engine = meta["compare_loops"].as_str().unwrap_or("the server");
     let Some(comparison) = crate::lab::results::LoopsComparison::read(dir, engine) else {
@@ -762,6 +971,20 @@ fn render_html(title: &str, intro: &str, sections: &[Section], figures: usize) -
                     );
                 }
                 Block::Table(t) => html += &table_html(t),
+                Block::Flamegraphs(flames) => {
+                    for f in flames {
+                        let _ = write!(
+                            html,
+                            "<figure class=\"flame\" style=\"margin:0\"><a href=\"{}\" target=\"_blank\">\
+                             <img src=\"{}\" width=\"560\" alt=\"{}\"></a><figcaption class=\"note\">{} \
+                             (click: the interactive flamegraph, search and zoom)</figcaption></figure>",
+                            escape(&f.href),
+                            f.data_uri,
+                            escape(&f.caption),
+                            escape(&f.caption)
+                        );
+                    }
+                }
             }
         }
         html += "</div>";
@@ -771,7 +994,9 @@ fn render_html(title: &str, intro: &str, sections: &[Section], figures: usize) -
     html += "<script>addEventListener('load',function(){var n=0;\
              document.querySelectorAll('figure svg').forEach(function(s){var r=s.getBoundingClientRect();\
              if(r.width>0&&r.height>0){n++;}s.setAttribute('data-rendered',Math.round(r.width)+'x'+Math.round(r.height));});\
-             document.body.setAttribute('data-figures-rendered',n);});</script>";
+             document.body.setAttribute('data-figures-rendered',n);\
+             var f=0;document.querySelectorAll('figure.flame img').forEach(function(i){if(i.naturalWidth>0){f++;}});\
+             document.body.setAttribute('data-flamegraphs-rendered',f);});</script>";
     html += "</body></html>\n";
     html
 }

@@ -40,6 +40,11 @@ pub(super) fn render(
                 text += "\n\n";
                 text += &table_markdown(t);
             }
+            if let Block::Flamegraphs(flames) = b {
+                for f in flames {
+                    text += &format!("\n\n[{}]({}) (the interactive flamegraph)", f.caption, f.href);
+                }
+            }
         }
         cells.push(markdown(next_id(), &text));
         for b in &s.blocks {
