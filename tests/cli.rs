@@ -88,6 +88,27 @@ fn demo_sweeps_every_engine_and_writes_the_report() {
     for f in ["report.html", "report.ipynb", "figures/latency-cdf.svg"] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
+    // Where the time goes: five engines profiled at the ladder's rate nearest 40k, or the
+    // reason there are none (a failure under CI, where .ci/run installs perf).
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(
+        html.contains("<h2>Where the time goes</h2>"),
+        "no profile section"
+    );
+    let profiles = iolab::lab::results::read_profiles(&dir).unwrap();
+    match &profiles.unavailable {
+        Some(why) => common::skip(&format!("the demo's profiles: {why}")),
+        None => {
+            let profiled: Vec<&str> = profiles.profiles.iter().map(|p| p.engine.as_str()).collect();
+            let mut want: Vec<&str> = iolab::lab::demo::PROFILED.iter().map(|e| e.name()).collect();
+            want.sort_unstable();
+            assert_eq!(profiled, want, "{out}");
+            assert!(profiles
+                .profiles
+                .iter()
+                .all(|p| p.offered_rps == 600.0 && !p.flamegraph.is_empty()));
+        }
+    }
     assert!(
         out.contains(&format!("report:   {}", dir.join("report.html").display())),
         "the demo says where its report is:\n{out}"

@@ -492,7 +492,10 @@ fn run_sweep(cfg: &iolab::lab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::
         }
     }
     if let Some(plan) = &cfg.profile {
-        let cells = cfg.engines.len() * plan.rates.as_ref().map_or(cfg.rates.len(), Vec::len);
+        let engines = plan.engines.as_ref().map_or(cfg.engines.len(), |only| {
+            cfg.engines.iter().filter(|e| only.contains(&e.join(" "))).count()
+        });
+        let cells = engines * plan.rates.as_ref().map_or(cfg.rates.len(), Vec::len);
         println!(
             "where the time goes: {cells} profile(s), two {:.1} s loads each on a fresh server (CPU from /proc, then perf stat and perf record)",
             plan.duration.as_secs_f64()
