@@ -25,6 +25,38 @@
 //! - The command line (`src/cli/`: `args.rs` the options, `mod.rs` the commands; `main.rs`
 //!   only runs it) is the only place that knows everything.
 
+// `println!`, `print!` and `eprintln!` that never panic, for the whole crate (these definitions shadow
+// std's in every module below) and for the command line (`use iolab::{eprintln, print, println}`):
+// a log or a pipe whose reader has gone (a pager, `| head`, a restarted supervisor) must not
+// take down the thread that writes to it, least of all the one that handles SIGTERM. What
+// cannot be written is dropped.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! print {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod engine;
 pub mod lab;
 pub mod loadgen;

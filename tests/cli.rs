@@ -755,3 +755,77 @@ fn an_option_of_another_engine_is_refused() {
         assert_eq!(err.trim(), format!("iolab: error: {says}"), "{args:?}");
     }
 }
+
+/// A server whose stdout and stderr readers have gone (`iolab serve ... 2>&1 | head -1`)
+/// still shuts down on SIGTERM, and exits 0: printing its last lines fails quietly instead of
+/// killing the thread that handles the signal.
+#[test]
+fn a_server_whose_pipes_closed_still_exits_0_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iolab"))
+        .args(["serve", "--engine", "epoll", "--addr", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let first = common::read_line(&mut stdout);
+    assert!(first.starts_with("listening on "), "{first}");
+    // The readers go, as `head -1` does after its line.
+    drop((stdout, child.stderr.take()));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let began = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if began.elapsed() > common::BOUND {
+            let _ = child.kill();
+            panic!("the server ignored SIGTERM with its pipes closed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}");
+}
+
+/// `iolab load ... | head -1`: the generator's output pipe closes after one line; the run
+/// still finishes, writes its JSON, and exits 0, never panicking on EPIPE.
+#[test]
+fn load_into_a_closed_pipe_still_writes_its_json() {
+    let _machine = machine();
+    let (server, addr, server_out) = common::spawn_server(&["--engine".into(), "epoll".into()]);
+    let json = std::env::temp_dir().join(format!("iolab-epipe-{}.json", std::process::id()));
+    let mut load = Command::new(env!("CARGO_BIN_EXE_iolab"))
+        .args([
+            "load",
+            "--addr",
+            &addr.to_string(),
+            "--rate",
+            "500",
+            "--duration",
+            "500ms",
+        ])
+        .args([
+            "--warmup",
+            "100ms",
+            "--watch-cpus",
+            "none",
+            "--log-interval",
+            "50ms",
+            "--json",
+        ])
+        .arg(&json)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = load.stdout.take().unwrap();
+    let _ = common::read_line(&mut out);
+    drop((out, load.stderr.take()));
+    let status = load.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(summary["completed"].as_u64().unwrap() > 0, "{summary}");
+    let _ = std::fs::remove_file(&json);
+    common::terminate(server, server_out);
+}

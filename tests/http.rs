@@ -248,16 +248,34 @@ fn refused_requests_get_their_status_then_the_connection_closes() {
     let long_head = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(9000));
     let many_fields: String = (0..100).map(|i| format!("X-{i}: v\r\n")).collect();
     let many = format!("GET / HTTP/1.1\r\n{many_fields}\r\n");
-    let cases: [(&[u8], &str); 6] = [
+    let cases: [(&[u8], &str); 11] = [
         (b"BLAH\r\n\r\n", "400"),
-        (b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi", "405"),
-        (b"GET / HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n", "413"),
+        (
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi",
+            "405",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 999999999\r\n\r\n",
+            "413",
+        ),
         (long_head.as_bytes(), "431"),
         (many.as_bytes(), "431"),
         (
-            b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             "501",
         ),
+        // RFC 9112: HTTP/1.1 needs its Host, once; request smuggling; obsolete line folding.
+        (b"GET / HTTP/1.1\r\n\r\n", "400"),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nHost: u\r\n\r\n", "400"),
+        (
+            b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "400",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nContent-Length: 7\r\n\r\nhi",
+            "400",
+        ),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nX-Folded: a\r\n b\r\n\r\n", "400"),
     ];
     for engine in EngineKind::KERNEL_TCP {
         let server = Server::start(engine);
@@ -279,7 +297,7 @@ fn refused_requests_get_their_status_then_the_connection_closes() {
         let (out, _) = exchange(server.addr, b"GET / HTTP/1.0\r\n\r\n", Duration::from_secs(5));
         assert_eq!(statuses(&out), ["200"], "{engine}");
         let summary = server.stop();
-        assert!(summary.contains("protocol_errors=6"), "{engine}: {summary}");
+        assert!(summary.contains("protocol_errors=11"), "{engine}: {summary}");
     }
 }
 

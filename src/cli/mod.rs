@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory as _, FromArgMatches as _};
+// Printing never panics: a closed pipe must not stop a server from shutting down.
+use iolab::{eprintln, print, println};
 
 use iolab::engine::{self, EngineKind, ServeConfig};
 use iolab::lab::demo;
@@ -173,7 +175,8 @@ fn serve(a: ServeArgs, given: &dyn Fn(&str) -> bool) -> anyhow::Result<ExitCode>
         signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
     let server = engine::start(cfg)?;
     println!("listening on {}", server.endpoint);
-    std::io::stdout().flush()?;
+    // Whoever reads stdout may be gone already; the server serves on regardless.
+    let _ = std::io::stdout().flush();
     let shutdown = server.shutdown_handle();
     let handle = signals.handle();
     std::thread::spawn(move || {

@@ -226,7 +226,11 @@ fn interpret(
     };
     let mut keep_alive = version == 1;
     let mut body = 0usize;
+    let (mut hosts, mut lengths, mut chunked) = (0usize, Vec::new(), false);
     for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        }
         if h.name.eq_ignore_ascii_case("connection") {
             let value = String::from_utf8_lossy(h.value);
             for token in value.split(',').map(str::trim) {
@@ -237,23 +241,59 @@ fn interpret(
                 }
             }
         } else if h.name.eq_ignore_ascii_case("content-length") {
-            let n: usize = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .ok_or_else(|| HttpError::new(Status::BadRequest, "a Content-Length that is not a number"))?;
-            if n > limits.max_body {
-                return Err(HttpError::new(
-                    Status::PayloadTooLarge,
-                    format!("a {n}-byte body, over {}", limits.max_body),
-                ));
+            // A list (`5, 5`) is one value sent twice; digits only, as RFC 9110 8.6 has it.
+            for v in std::str::from_utf8(h.value).unwrap_or("x").split(',') {
+                let v = v.trim();
+                let n: usize = (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| v.parse().ok())
+                    .flatten()
+                    .ok_or_else(|| {
+                        HttpError::new(Status::BadRequest, "a Content-Length that is not a number")
+                    })?;
+                lengths.push(n);
             }
-            body = n;
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = true;
+        }
+    }
+    // RFC 9112 3.2: an HTTP/1.1 request names its host exactly once.
+    if version == 1 && hosts == 0 {
+        return Err(HttpError::new(
+            Status::BadRequest,
+            "an HTTP/1.1 request without Host",
+        ));
+    }
+    if hosts > 1 {
+        return Err(HttpError::new(Status::BadRequest, "more than one Host field"));
+    }
+    // RFC 9112 6.3: both framings at once, or lengths that disagree, are how requests are
+    // smuggled past a proxy: refused, and the connection closed.
+    if chunked && !lengths.is_empty() {
+        return Err(HttpError::new(
+            Status::BadRequest,
+            "both Content-Length and Transfer-Encoding (request smuggling)",
+        ));
+    }
+    if lengths.windows(2).any(|w| w[0] != w[1]) {
+        return Err(HttpError::new(
+            Status::BadRequest,
+            "Content-Length values that disagree (request smuggling)",
+        ));
+    }
+    if chunked {
+        return Err(HttpError::new(
+            Status::NotImplemented,
+            "a request body with Transfer-Encoding",
+        ));
+    }
+    if let Some(&n) = lengths.first() {
+        if n > limits.max_body {
             return Err(HttpError::new(
-                Status::NotImplemented,
-                "a request body with Transfer-Encoding",
+                Status::PayloadTooLarge,
+                format!("a {n}-byte body, over {}", limits.max_body),
             ));
         }
+        body = n;
     }
     let target = req.path.unwrap_or("").to_string();
     Ok((
@@ -410,7 +450,7 @@ mod tests {
     #[test]
     fn pipelined_requests_come_out_in_order() {
         let mut d = HttpDecoder::new(HttpLimits::default());
-        d.push(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nHEAD /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\nConnection: close\r\n\r\n");
+        d.push(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nHEAD /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let got = all(&mut d);
         assert_eq!(got[0], Ok(get("/a")));
         assert_eq!(got[1].as_ref().unwrap().method, Method::Head);
@@ -427,6 +467,67 @@ mod tests {
         assert!(got[1].as_ref().unwrap().keep_alive);
     }
 
+    /// RFC 9112: a Host is required of HTTP/1.1 and allowed once; two framings at once, or
+    /// lengths that disagree, are request smuggling; obsolete line folding is malformed.
+    #[test]
+    fn what_rfc_9112_refuses_is_a_400() {
+        let l = HttpLimits::default();
+        for (bad, why) in [
+            (&b"GET / HTTP/1.1\r\n\r\n"[..], "without Host"),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                "more than one Host",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "smuggling",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                "smuggling",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+                "disagree",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 4\r\n\r\n",
+                "disagree",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n",
+                "not a number",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: one\r\n two\r\n\r\n",
+                "malformed",
+            ),
+        ] {
+            let mut d = HttpDecoder::new(l);
+            d.push(bad);
+            let e = d.next_request().expect("a verdict").expect_err("refused");
+            assert_eq!(e.status, Status::BadRequest, "{}", String::from_utf8_lossy(bad));
+            assert!(
+                e.detail.contains(why),
+                "{}: {}",
+                String::from_utf8_lossy(bad),
+                e.detail
+            );
+        }
+        // What stays legal: HTTP/1.0 without Host, one length sent twice, a bare chunked body
+        // (not implemented: 501).
+        let mut d = HttpDecoder::new(l);
+        d.push(b"GET / HTTP/1.0\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nContent-Length: 2, 2\r\n\r\nok");
+        assert!(d.next_request().unwrap().is_ok());
+        assert!(d.next_request().unwrap().is_ok());
+        let mut d = HttpDecoder::new(l);
+        d.push(b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(
+            d.next_request().unwrap().unwrap_err().status,
+            Status::NotImplemented
+        );
+    }
+
     #[test]
     fn refusals_carry_their_status() {
         let status = |bytes: &[u8], limits: HttpLimits| {
@@ -436,17 +537,23 @@ mod tests {
         };
         let l = HttpLimits::default();
         assert_eq!(status(b"GARBAGE\r\n\r\n", l), Status::BadRequest);
-        assert_eq!(status(b"POST / HTTP/1.1\r\n\r\n", l), Status::MethodNotAllowed);
         assert_eq!(
-            status(b"GET / HTTP/1.1\r\nContent-Length: 999999\r\n\r\n", l),
+            status(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n", l),
+            Status::MethodNotAllowed
+        );
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n", l),
             Status::PayloadTooLarge
         );
         assert_eq!(
-            status(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n", l),
+            status(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n", l),
             Status::BadRequest
         );
         assert_eq!(
-            status(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", l),
+            status(
+                b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+                l
+            ),
             Status::NotImplemented
         );
         let few = HttpLimits { max_headers: 2, ..l };
@@ -462,11 +569,11 @@ mod tests {
     #[test]
     fn a_small_body_is_dropped_and_the_next_request_read() {
         let mut d = HttpDecoder::new(HttpLimits::default());
-        d.push(b"GET /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhel");
+        d.push(b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhel");
         assert_eq!(d.next_request(), Some(Ok(get("/a"))));
         assert_eq!(d.next_request(), None);
         assert!(!d.is_idle());
-        d.push(b"loGET /b HTTP/1.1\r\n\r\n");
+        d.push(b"loGET /b HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(d.next_request(), Some(Ok(get("/b"))));
     }
 
@@ -514,7 +621,7 @@ mod tests {
         /// Any split of a pipelined stream yields the same requests.
         #[test]
         fn any_split_of_the_stream_parses_the_same(cuts in proptest::collection::vec(0usize..200, 0..12)) {
-            let stream: &[u8] = b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nHEAD /two HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /three?q HTTP/1.1\r\nConnection: close\r\n\r\n";
+            let stream: &[u8] = b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nHEAD /two HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /three?q HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
             let mut points: Vec<usize> = cuts.into_iter().map(|c| c % stream.len()).collect();
             points.sort_unstable();
             let mut d = HttpDecoder::new(HttpLimits::default());
