@@ -1,0 +1,89 @@
+//! A server session fed arbitrary bytes in arbitrary pieces, its replies drained as a socket
+//! that takes a few bytes at a time would: no panic; a reply only for a complete request, in
+//! order (checked against a reference decode of the same bytes); nothing read after a
+//! protocol error; output bounded while the engine respects back-pressure.
+#![no_main]
+
+use std::io::IoSlice;
+
+use iolab::sansio::frame::{FrameDecoder, ReplyHeader, RequestHeader};
+use iolab::sansio::session::{Next, ServerSession, SessionConfig};
+use libfuzzer_sys::fuzz_target;
+
+const MAX_FRAME: usize = 16 << 10;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&step, data)) = data.split_first() else {
+        return;
+    };
+    let config = SessionConfig {
+        max_frame: MAX_FRAME,
+        out_high_water: 64 << 10,
+        // A request may ask the server to spin; a fuzzer would ask for the limit every time.
+        max_spin: std::time::Duration::from_micros(20),
+        ..SessionConfig::default()
+    };
+    let mut s = ServerSession::new(&config);
+    let mut written = Vec::new();
+    let drain = |s: &mut ServerSession, written: &mut Vec<u8>| {
+        for _ in 0..1_000_000 {
+            let mut slices = [IoSlice::new(&[]); 8];
+            let n = s.out().fill(&mut slices);
+            if n == 0 {
+                return;
+            }
+            let take = slices[0].len().min(1 + step as usize * 7);
+            written.extend_from_slice(&slices[0][..take]);
+            s.wrote(take);
+        }
+        panic!("the output never drained");
+    };
+    let mut fed = 0usize;
+    for piece in data.chunks((step as usize).max(1)) {
+        if s.next() != Next::Serve {
+            break;
+        }
+        if !s.wants_read() {
+            drain(&mut s, &mut written);
+        }
+        let _ = s.receive(piece);
+        fed += piece.len();
+        // What one piece can make the session hold: the high-water mark, plus the replies
+        // to the requests the piece completed (each at most a header and MAX_FRAME).
+        let bound = (64 << 10) + (piece.len() / RequestHeader_LEN + 1) * (MAX_FRAME + 64);
+        assert!(s.out().queued_bytes() <= bound, "{} queued", s.out().queued_bytes());
+    }
+    drain(&mut s, &mut written);
+    // Reference: the requests the same bytes hold, in order, up to the first bad one.
+    let mut reference = FrameDecoder::<RequestHeader>::new(MAX_FRAME);
+    let mut ids = Vec::new();
+    let mut rest = &data[..fed];
+    while !rest.is_empty() {
+        match reference.decode(rest) {
+            Ok((used, frame)) => {
+                rest = &rest[used..];
+                if let Some(f) = frame {
+                    ids.push(f.header.id);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let mut replies = FrameDecoder::<ReplyHeader>::new(usize::MAX >> 1);
+    let mut got = Vec::new();
+    let mut rest = &written[..];
+    while !rest.is_empty() {
+        let (used, frame) = replies.decode(rest).expect("the session writes well-formed replies");
+        rest = &rest[used..];
+        if let Some(f) = frame {
+            got.push(f.header.id);
+        }
+    }
+    // A request over a limit (spin, reply size) is refused, not answered: the replies are a
+    // prefix of the requests, in order.
+    assert!(got.len() <= ids.len() && got[..] == ids[..got.len()], "{got:?} for {ids:?}");
+    assert_eq!(s.counters().requests as usize, got.len());
+});
+
+#[allow(non_upper_case_globals)]
+const RequestHeader_LEN: usize = <RequestHeader as iolab::sansio::frame::Header>::LEN;
