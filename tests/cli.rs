@@ -829,3 +829,108 @@ fn load_into_a_closed_pipe_still_writes_its_json() {
     let _ = std::fs::remove_file(&json);
     common::terminate(server, server_out);
 }
+
+/// The server killed in the middle of a run: `load` exits non-zero with one line saying what
+/// happened, and still writes what it measured until then.
+#[test]
+fn load_exits_non_zero_when_the_server_dies_and_keeps_what_it_measured() {
+    let _machine = machine();
+    let (mut server, addr, _server_out) = common::spawn_server(&["--engine".into(), "epoll".into()]);
+    let json = std::env::temp_dir().join(format!("iolab-killed-{}.json", std::process::id()));
+    let mut load = Command::new(env!("CARGO_BIN_EXE_iolab"))
+        .args([
+            "load",
+            "--addr",
+            &addr.to_string(),
+            "--rate",
+            "500",
+            "--duration",
+            "3s",
+        ])
+        .args([
+            "--warmup",
+            "100ms",
+            "--watch-cpus",
+            "none",
+            "--log-interval",
+            "100ms",
+            "--json",
+        ])
+        .arg(&json)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut load_out = load.stdout.take().unwrap();
+    // The first interval line: the run is under way, replies have come back.
+    let line = common::read_line(&mut load_out);
+    assert!(line.contains("rps"), "{line}");
+    server.kill().unwrap();
+    let _ = server.wait();
+    let rest = std::io::read_to_string(&mut load_out).unwrap();
+    let err = std::io::read_to_string(load.stderr.take().unwrap()).unwrap();
+    let status = load.wait().unwrap();
+    assert!(!status.success(), "load exited 0 with its server gone");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {err}");
+    assert!(
+        lines[0].starts_with("iolab: error: the server closed connection"),
+        "{err}"
+    );
+    assert!(rest.contains("error"), "the table says so too: {rest}");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(summary["completed"].as_u64().unwrap() > 0, "{summary}");
+    assert!(
+        summary["error"].as_str().is_some_and(|e| e.contains("closed")),
+        "{summary}"
+    );
+    let _ = std::fs::remove_file(&json);
+}
+
+/// `sweep` and `report` into a pipe whose reader has gone (`| head -1`, a closed pager):
+/// both finish their work and exit 0 instead of panicking on EPIPE.
+#[test]
+fn sweep_and_report_into_a_closed_pipe_finish_their_work() {
+    let _machine = machine();
+    let dir = std::env::temp_dir().join(format!("iolab-epipe-sweep-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let closed_pipe = |args: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_iolab"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader reads one line and goes, as `head -1` does.
+        let mut out = child.stdout.take().unwrap();
+        let _ = common::read_line(&mut out);
+        drop((out, child.stderr.take()));
+        child.wait().unwrap()
+    };
+    let status = closed_pipe(&[
+        "sweep",
+        "--engines",
+        "epoll",
+        "--rates",
+        "500",
+        "--duration",
+        "200ms",
+        "--warmup",
+        "50ms",
+        "--repeat",
+        "1",
+        "--max-tries",
+        "1",
+        "--quiet-timeout",
+        "100ms",
+        "--out",
+        &dir_arg,
+    ]);
+    assert!(status.success(), "sweep: {status}");
+    assert!(dir.join("points.csv").is_file());
+    let status = closed_pipe(&["report", &dir_arg]);
+    assert!(status.success(), "report: {status}");
+    assert!(dir.join("report.html").is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -412,6 +412,49 @@ pub fn a_bad_frame_is_not_waited_on_and_its_requests_reach_no_one_else(engine: S
     assert_eq!(summary.protocol_errors, 1, "{summary}");
 }
 
+/// Clients that vanish mid-request, as a killed process does (the kernel closes its socket:
+/// a FIN, or a reset when replies sat unread), free their connections: the server's open
+/// count returns to where it started, and it goes on serving.
+pub fn clients_gone_mid_request_free_their_connections(engine: Setup) {
+    let server = start(engine);
+    let open = || {
+        let st = &server.ctx.stats;
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        get(&st.accepted) - get(&st.closed)
+    };
+    for id in 0..8u64 {
+        let mut c = connect_to(&server.endpoint);
+        let bytes = request(id, 1000, ReplySize::Echo);
+        if id % 2 == 1 {
+            // Replies owed and never read, then gone: a reset where the kernel sends one.
+            c.write_all(&request(100 + id, 0, ReplySize::Bytes(1 << 20)))
+                .unwrap();
+            if let Client::Tcp(s) = &c {
+                socket2::SockRef::from(s)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+            }
+        }
+        // Half a request, then the process is gone.
+        c.write_all(&bytes[..bytes.len() / 2]).unwrap();
+        drop(c);
+    }
+    let began = std::time::Instant::now();
+    while open() > 0 && began.elapsed() < BOUND {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        open(),
+        0,
+        "connections of vanished clients still open after {BOUND:?}"
+    );
+    let mut s = connect_to(&server.endpoint);
+    s.write_all(&request(7, 10, ReplySize::Echo)).unwrap();
+    check_echo(&read_replies(&mut s, 1)[0], 7, 10);
+    drop(s);
+    server.stop().unwrap();
+}
+
 /// The real binary: `listening on` first, SIGTERM answers what is in flight, a summary, exit 0.
 pub fn sigterm_answers_requests_in_flight(engine: Setup) {
     let (child, addr, stdout) = spawn_server(&engine.args());
@@ -516,6 +559,7 @@ macro_rules! conformance {
             #[test] fn a_client_that_never_reads_does_not_stall_others() { super::a_client_that_never_reads_does_not_stall_others($engine) }
             #[test] fn bad_frames_close_only_their_connection() { super::bad_frames_close_only_their_connection($engine) }
             #[test] fn a_bad_frame_is_not_waited_on() { super::a_bad_frame_is_not_waited_on_and_its_requests_reach_no_one_else($engine) }
+            #[test] fn clients_gone_mid_request_free_their_connections() { super::clients_gone_mid_request_free_their_connections($engine) }
             #[test] fn sigterm_answers_requests_in_flight() { super::sigterm_answers_requests_in_flight($engine) }
             #[test] fn sigterm_delivers_large_replies_in_flight() { super::sigterm_delivers_large_replies_in_flight($engine) }
             #[test] fn the_drain_cuts_off_a_client_that_never_reads() { super::the_drain_cuts_off_a_client_that_never_reads($engine) }
@@ -551,6 +595,10 @@ mod shm {
         super::a_bad_frame_is_not_waited_on_and_its_requests_reach_no_one_else(SHM)
     }
     #[test]
+    fn clients_gone_mid_request_free_their_connections() {
+        super::clients_gone_mid_request_free_their_connections(SHM)
+    }
+    #[test]
     fn one_byte_at_a_time() {
         super::one_byte_at_a_time(SHM)
     }
@@ -584,6 +632,7 @@ macro_rules! conformance_in_netns {
             #[test] fn a_client_that_never_reads_does_not_stall_others() { run(super::a_client_that_never_reads_does_not_stall_others) }
             #[test] fn bad_frames_close_only_their_connection() { run(super::bad_frames_close_only_their_connection) }
             #[test] fn a_bad_frame_is_not_waited_on() { run(super::a_bad_frame_is_not_waited_on_and_its_requests_reach_no_one_else) }
+            #[test] fn clients_gone_mid_request_free_their_connections() { run(super::clients_gone_mid_request_free_their_connections) }
             #[test] fn sigterm_answers_requests_in_flight() { run(super::sigterm_answers_requests_in_flight) }
             #[test] fn sigterm_delivers_large_replies_in_flight() { run(super::sigterm_delivers_large_replies_in_flight) }
             #[test] fn the_drain_cuts_off_a_client_that_never_reads() { run(super::the_drain_cuts_off_a_client_that_never_reads) }
