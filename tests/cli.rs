@@ -756,22 +756,61 @@ fn an_option_of_another_engine_is_refused() {
     }
 }
 
+/// `iolab ARGS` as a child, stdout and stderr piped.
+fn spawn_piped(args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_iolab"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The load the pipe and fault tests run: 500 rps at `addr` for `duration`, an interval line
+/// every `interval`, its JSON into `json`.
+fn spawn_load(
+    addr: std::net::SocketAddr,
+    duration: &str,
+    interval: &str,
+    json: &std::path::Path,
+) -> std::process::Child {
+    let addr = addr.to_string();
+    let json = json.to_string_lossy().into_owned();
+    spawn_piped(&[
+        "load",
+        "--addr",
+        &addr,
+        "--rate",
+        "500",
+        "--duration",
+        duration,
+        "--warmup",
+        "100ms",
+        "--watch-cpus",
+        "none",
+        "--log-interval",
+        interval,
+        "--json",
+        &json,
+    ])
+}
+
+/// Reads the child's first line of stdout and then lets both of its pipes go, as `head -1`.
+fn read_one_line_and_go(child: &mut std::process::Child) -> String {
+    let mut out = child.stdout.take().unwrap();
+    let line = common::read_line(&mut out);
+    drop((out, child.stderr.take()));
+    line
+}
+
 /// A server whose stdout and stderr readers have gone (`iolab serve ... 2>&1 | head -1`)
 /// still shuts down on SIGTERM, and exits 0: printing its last lines fails quietly instead of
 /// killing the thread that handles the signal.
 #[test]
 fn a_server_whose_pipes_closed_still_exits_0_on_sigterm() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iolab"))
-        .args(["serve", "--engine", "epoll", "--addr", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let first = common::read_line(&mut stdout);
+    let mut child = spawn_piped(&["serve", "--engine", "epoll", "--addr", "127.0.0.1:0"]);
+    let first = read_one_line_and_go(&mut child);
     assert!(first.starts_with("listening on "), "{first}");
-    // The readers go, as `head -1` does after its line.
-    drop((stdout, child.stderr.take()));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let began = std::time::Instant::now();
@@ -795,33 +834,8 @@ fn load_into_a_closed_pipe_still_writes_its_json() {
     let _machine = machine();
     let (server, addr, server_out) = common::spawn_server(&["--engine".into(), "epoll".into()]);
     let json = std::env::temp_dir().join(format!("iolab-epipe-{}.json", std::process::id()));
-    let mut load = Command::new(env!("CARGO_BIN_EXE_iolab"))
-        .args([
-            "load",
-            "--addr",
-            &addr.to_string(),
-            "--rate",
-            "500",
-            "--duration",
-            "500ms",
-        ])
-        .args([
-            "--warmup",
-            "100ms",
-            "--watch-cpus",
-            "none",
-            "--log-interval",
-            "50ms",
-            "--json",
-        ])
-        .arg(&json)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = load.stdout.take().unwrap();
-    let _ = common::read_line(&mut out);
-    drop((out, load.stderr.take()));
+    let mut load = spawn_load(addr, "500ms", "50ms", &json);
+    read_one_line_and_go(&mut load);
     let status = load.wait().unwrap();
     assert!(status.success(), "{status}");
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -837,30 +851,7 @@ fn load_exits_non_zero_when_the_server_dies_and_keeps_what_it_measured() {
     let _machine = machine();
     let (mut server, addr, _server_out) = common::spawn_server(&["--engine".into(), "epoll".into()]);
     let json = std::env::temp_dir().join(format!("iolab-killed-{}.json", std::process::id()));
-    let mut load = Command::new(env!("CARGO_BIN_EXE_iolab"))
-        .args([
-            "load",
-            "--addr",
-            &addr.to_string(),
-            "--rate",
-            "500",
-            "--duration",
-            "3s",
-        ])
-        .args([
-            "--warmup",
-            "100ms",
-            "--watch-cpus",
-            "none",
-            "--log-interval",
-            "100ms",
-            "--json",
-        ])
-        .arg(&json)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut load = spawn_load(addr, "3s", "100ms", &json);
     let mut load_out = load.stdout.take().unwrap();
     // The first interval line: the run is under way, replies have come back.
     let line = common::read_line(&mut load_out);
@@ -896,16 +887,8 @@ fn sweep_and_report_into_a_closed_pipe_finish_their_work() {
     let _ = std::fs::remove_dir_all(&dir);
     let dir_arg = dir.to_string_lossy().into_owned();
     let closed_pipe = |args: &[&str]| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_iolab"))
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // The reader reads one line and goes, as `head -1` does.
-        let mut out = child.stdout.take().unwrap();
-        let _ = common::read_line(&mut out);
-        drop((out, child.stderr.take()));
+        let mut child = spawn_piped(args);
+        read_one_line_and_go(&mut child);
         child.wait().unwrap()
     };
     let status = closed_pipe(&[

@@ -667,13 +667,12 @@ fn profile_reading(profiles: &[crate::lab::results::Profile]) -> Vec<String> {
         ("select", &["select", "pselect6"][..]),
         ("poll", &["poll", "ppoll"][..]),
     ] {
-        if let (Some(p), Some(c)) = (find(engine), find(engine).and_then(|p| p.calls(waits))) {
+        if let Some(c) = find(engine).and_then(|p| p.calls(waits)) {
             out.push(format!(
                 "{engine} pays per wake-up: {:.2} {} calls per request, each rebuilding and scanning its \
                  whole set of descriptors, busy or not.",
                 c.per_request, c.name
             ));
-            let _ = p;
         }
     }
     let switching: Vec<String> = at
