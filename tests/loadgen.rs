@@ -76,8 +76,21 @@ fn constant_arrivals_are_evenly_spaced() {
         r.ks_scheduled.p_value < 1e-6,
         "constant gaps must fail the exponential test"
     );
-    let cv = r.summary().interarrival.cv;
-    assert!(cv < 0.5, "cv {cv}");
+    // What was sent follows the schedule: most gaps sit near the 5 ms mean. A machine stall
+    // bunches the sends behind it (one long gap, then several short ones), so the share of
+    // gaps, not their spread, is the claim; a Poisson stream puts only 15% of its gaps within
+    // 20% of the mean, an even one on a quiet machine all of them.
+    let mean_gap_ns = 1e9 / 200.0;
+    let near = r
+        .interarrivals_ns
+        .iter()
+        .filter(|&&g| (g - mean_gap_ns).abs() <= 0.2 * mean_gap_ns)
+        .count();
+    assert!(
+        near * 2 >= r.interarrivals_ns.len(),
+        "only {near} of {} gaps within 20% of the mean",
+        r.interarrivals_ns.len()
+    );
     server.stop().unwrap();
 }
 
