@@ -18,6 +18,7 @@ use common::*;
 use iolab::engine::{self, EngineKind, EngineOptions, EpollMode, RecvMode, RunningServer, ServeConfig};
 use iolab::loadgen::spec::{ReplyDist, SizeDist};
 use iolab::loadgen::{self, LoadConfig};
+use iolab::sansio::budget::MemoryBudget;
 use iolab::sansio::frame::{pattern_matches, Header, ReplySize, RequestHeader, DEFAULT_CHUNK_SIZE};
 
 const CHUNK: usize = DEFAULT_CHUNK_SIZE;
@@ -455,6 +456,52 @@ pub fn clients_gone_mid_request_free_their_connections(engine: Setup) {
     server.stop().unwrap();
 }
 
+/// Large frames from many clients at once, far past the memory budget: the frames the budget
+/// cannot hold wait, unread, and go on as replies give memory back. Every client gets every
+/// reply, intact; nothing is closed; the budget never held more than its limit.
+pub fn large_frames_past_the_memory_budget_wait_and_all_complete(engine: Setup) {
+    const CLIENTS: u64 = 8;
+    const ROUNDS: u64 = 3;
+    const SIZE: usize = 1 << 20;
+    let mut cfg = engine.config();
+    cfg.log_errors = std::env::var_os("IOLAB_TEST_LOG").is_some();
+    // Room for two of the eight clients' frames at a time.
+    let budget = std::sync::Arc::new(MemoryBudget::new(2 * SIZE));
+    cfg.session.budget = budget.clone();
+    let server = engine::start(cfg).expect("server starts");
+    let endpoint = server.endpoint.clone();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let endpoint = endpoint.clone();
+            std::thread::spawn(move || {
+                let mut s = connect_to(&endpoint);
+                for round in 0..ROUNDS {
+                    let id = c * 100 + round;
+                    s.write_all(&request(id, SIZE, ReplySize::Echo)).unwrap();
+                    check_echo(&read_replies(&mut s, 1)[0], id, SIZE);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("a client of the flood failed");
+    }
+    assert!(
+        budget.refusals() > 0,
+        "eight 1 MiB frames at once never met a 2 MiB budget"
+    );
+    assert!(
+        budget.peak() <= budget.limit(),
+        "peak {} over the limit",
+        budget.peak()
+    );
+    let summary = server.stop().unwrap();
+    assert_eq!(budget.held(), 0, "closed connections keep nothing reserved");
+    assert_eq!(summary.requests, CLIENTS * ROUNDS, "{summary}");
+    assert_eq!((summary.protocol_errors, summary.io_errors), (0, 0), "{summary}");
+    assert_eq!(summary.memory_waits, budget.refusals(), "{summary}");
+}
+
 /// The real binary: `listening on` first, SIGTERM answers what is in flight, a summary, exit 0.
 pub fn sigterm_answers_requests_in_flight(engine: Setup) {
     let (child, addr, stdout) = spawn_server(&engine.args());
@@ -560,6 +607,7 @@ macro_rules! conformance {
             #[test] fn bad_frames_close_only_their_connection() { super::bad_frames_close_only_their_connection($engine) }
             #[test] fn a_bad_frame_is_not_waited_on() { super::a_bad_frame_is_not_waited_on_and_its_requests_reach_no_one_else($engine) }
             #[test] fn clients_gone_mid_request_free_their_connections() { super::clients_gone_mid_request_free_their_connections($engine) }
+            #[test] fn large_frames_past_the_memory_budget_wait() { super::large_frames_past_the_memory_budget_wait_and_all_complete($engine) }
             #[test] fn sigterm_answers_requests_in_flight() { super::sigterm_answers_requests_in_flight($engine) }
             #[test] fn sigterm_delivers_large_replies_in_flight() { super::sigterm_delivers_large_replies_in_flight($engine) }
             #[test] fn the_drain_cuts_off_a_client_that_never_reads() { super::the_drain_cuts_off_a_client_that_never_reads($engine) }
@@ -603,6 +651,10 @@ mod shm {
         super::one_byte_at_a_time(SHM)
     }
     #[test]
+    fn large_frames_past_the_memory_budget_wait() {
+        super::large_frames_past_the_memory_budget_wait_and_all_complete(SHM)
+    }
+    #[test]
     fn a_client_that_never_reads_does_not_stall_others() {
         super::a_client_that_never_reads_does_not_stall_others(SHM)
     }
@@ -633,6 +685,7 @@ macro_rules! conformance_in_netns {
             #[test] fn bad_frames_close_only_their_connection() { run(super::bad_frames_close_only_their_connection) }
             #[test] fn a_bad_frame_is_not_waited_on() { run(super::a_bad_frame_is_not_waited_on_and_its_requests_reach_no_one_else) }
             #[test] fn clients_gone_mid_request_free_their_connections() { run(super::clients_gone_mid_request_free_their_connections) }
+            #[test] fn large_frames_past_the_memory_budget_wait() { run(super::large_frames_past_the_memory_budget_wait_and_all_complete) }
             #[test] fn sigterm_answers_requests_in_flight() { run(super::sigterm_answers_requests_in_flight) }
             #[test] fn sigterm_delivers_large_replies_in_flight() { run(super::sigterm_delivers_large_replies_in_flight) }
             #[test] fn the_drain_cuts_off_a_client_that_never_reads() { run(super::the_drain_cuts_off_a_client_that_never_reads) }

@@ -288,6 +288,14 @@ pub(super) struct ServeArgs {
     /// On shutdown, how long connections get to flush their replies before being cut off.
     #[arg(long, default_value = "5s")]
     pub(super) drain_timeout: Dur,
+    /// The most that all connections together may hold for unfinished requests and unsent
+    /// replies, beyond 64 KiB each. A frame that would take its connection past that reserves
+    /// its whole payload before any of it is read; when the budget is full such frames wait,
+    /// unread (TCP flow control holds their clients back), until replies give memory back.
+    /// Nothing is closed, no reply lost. Default: a quarter of this machine's memory, at most
+    /// 1 GiB (printed at start).
+    #[arg(long)]
+    pub(super) memory_budget: Option<Size>,
     /// Do not log one line per connection closed for a protocol error (still counted).
     #[arg(long)]
     pub(super) quiet: bool,

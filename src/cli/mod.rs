@@ -15,6 +15,7 @@ use iolab::engine::{self, EngineKind, ServeConfig};
 use iolab::lab::demo;
 use iolab::loadgen::spec::{ReplyDist, SizeDist, WorkDist};
 use iolab::loadgen::{self, LoadConfig};
+use iolab::sansio::budget::{MemoryBudget, FLOOR};
 use iolab::sansio::session::SessionConfig;
 use iolab::sansio::units::{Dur, Size};
 
@@ -170,6 +171,18 @@ fn serve(a: ServeArgs, given: &dyn Fn(&str) -> bool) -> anyhow::Result<ExitCode>
     }
     cfg.drain_timeout = a.drain_timeout.0;
     cfg.log_errors = !a.quiet;
+    let budget = match a.memory_budget {
+        Some(Size(0)) => anyhow::bail!("--memory-budget must be more than 0 bytes"),
+        Some(Size(b)) => usize::try_from(b).unwrap_or(usize::MAX),
+        None => MemoryBudget::default_limit(iolab::os::cpu::total_memory()),
+    };
+    cfg.session.budget = std::sync::Arc::new(MemoryBudget::new(budget));
+    eprintln!(
+        "memory budget: {} for unfinished requests and unsent replies, beyond {} a connection \
+         (--memory-budget)",
+        Size(budget as u64),
+        Size(FLOOR as u64)
+    );
     // Signals are routed to a thread of their own before any engine thread exists.
     let mut signals =
         signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;

@@ -66,6 +66,10 @@ impl<T> Slab<T> {
         Some(value)
     }
 
+    pub fn get(&self, t: Token) -> Option<&T> {
+        self.slots.get(t)?.as_ref().map(|(_, v)| v)
+    }
+
     pub fn get_mut(&mut self, t: Token) -> Option<&mut T> {
         self.slots.get_mut(t)?.as_mut().map(|(_, v)| v)
     }

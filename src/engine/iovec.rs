@@ -51,6 +51,10 @@ pub fn serve_connection(stream: &mut TcpStream, session: &mut ServerSession) -> 
             };
             session.wrote(written);
         }
+        if session.awaiting_memory() {
+            super::wait_for_memory(session);
+            continue;
+        }
         if !session.reading() {
             continue;
         }

@@ -44,6 +44,7 @@ use anyhow::Context;
 
 use crate::os::cpu::{pin_current_thread, raise_fd_limit};
 use crate::os::sys::EventFd;
+use crate::sansio::budget::MemoryBudget;
 pub(crate) use crate::sansio::session::Next;
 use crate::sansio::session::{ServerSession, SessionConfig, SessionCounters, SessionError, Verdict};
 
@@ -432,9 +433,11 @@ impl ServerStats {
         self.bytes_out.fetch_add(c.bytes_out, Ordering::Relaxed);
     }
 
-    pub fn snapshot(&self, engine: EngineKind, elapsed: Duration) -> ServerSummary {
+    pub fn snapshot(&self, engine: EngineKind, elapsed: Duration, budget: &MemoryBudget) -> ServerSummary {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ServerSummary {
+            memory_waits: budget.refusals(),
+            memory_peak: budget.peak() as u64,
             engine,
             elapsed,
             connections: get(&self.accepted),
@@ -460,6 +463,10 @@ pub struct ServerSummary {
     pub protocol_errors: u64,
     pub io_errors: u64,
     pub accept_errors: u64,
+    /// Frames that waited for the memory budget (refused reservations), and the most the
+    /// budget ever held.
+    pub memory_waits: u64,
+    pub memory_peak: u64,
 }
 
 impl fmt::Display for ServerSummary {
@@ -467,7 +474,7 @@ impl fmt::Display for ServerSummary {
         write!(
             f,
             "summary: engine={} uptime={:.1}s connections={} requests={} bytes_in={} bytes_out={} \
-             protocol_errors={} io_errors={} accept_errors={}",
+             protocol_errors={} io_errors={} accept_errors={} memory_waits={} memory_peak={}",
             self.engine,
             self.elapsed.as_secs_f64(),
             self.connections,
@@ -476,7 +483,9 @@ impl fmt::Display for ServerSummary {
             self.bytes_out,
             self.protocol_errors,
             self.io_errors,
-            self.accept_errors
+            self.accept_errors,
+            self.memory_waits,
+            crate::sansio::units::Size(self.memory_peak)
         )
     }
 }
@@ -556,6 +565,28 @@ pub struct EngineCtx {
 }
 
 impl EngineCtx {
+    /// A server's context; the memory budget's first refusal is logged from here (the core
+    /// only counts).
+    pub fn new(config: ServeConfig) -> anyhow::Result<Arc<Self>> {
+        let quiet = !config.log_errors;
+        config.session.budget.on_first_refusal(move |b| {
+            if !quiet {
+                eprintln!(
+                    "iolab: the memory budget ({}) is full: connections with large frames wait, \
+                     unread, until replies give memory back (--memory-budget; counted as \
+                     memory_waits)",
+                    crate::sansio::units::Size(b.limit() as u64)
+                );
+            }
+        });
+        Ok(Arc::new(EngineCtx {
+            config,
+            stats: ServerStats::default(),
+            shutdown: Shutdown::new().context("cannot create the shutdown eventfd")?,
+            announced: std::sync::Once::new(),
+        }))
+    }
+
     /// Says once per server (not once per loop) what an engine chose at start.
     pub fn announce(&self, line: &str) {
         self.announced.call_once(|| eprintln!("iolab: {line}"));
@@ -617,10 +648,11 @@ impl RunningServer {
                 Err(_) => anyhow::bail!("the {} engine panicked", self.ctx.config.kind()),
             }
         }
-        Ok(self
-            .ctx
-            .stats
-            .snapshot(self.ctx.config.kind(), self.started.elapsed()))
+        Ok(self.ctx.stats.snapshot(
+            self.ctx.config.kind(),
+            self.started.elapsed(),
+            &self.ctx.config.session.budget,
+        ))
     }
 
     /// Triggers the shutdown and waits: in-flight replies are finished first.
@@ -713,12 +745,7 @@ pub(crate) fn listen_and_run(config: ServeConfig, model: Model) -> anyhow::Resul
         listeners
             .push(bind_listener(addr, true).with_context(|| format!("cannot add a listener on {addr}"))?);
     }
-    let ctx = Arc::new(EngineCtx {
-        config,
-        stats: ServerStats::default(),
-        shutdown: Shutdown::new().context("cannot create the shutdown eventfd")?,
-        announced: std::sync::Once::new(),
-    });
+    let ctx = EngineCtx::new(config)?;
     let engine_ctx = ctx.clone();
     let thread = std::thread::Builder::new()
         .name(format!("iolab-{}", ctx.config.kind()))
@@ -885,6 +912,19 @@ pub(crate) fn last_write(fd: RawFd, session: &mut ServerSession) {
         }
     }
     session.last_write_tried();
+}
+
+/// How often a connection whose frame waits for the memory budget looks again for room: no
+/// event says that another connection gave memory back, and a wait this short is still far
+/// below what a frame large enough to wait takes to arrive.
+pub(crate) const MEMORY_RETRY: Duration = Duration::from_millis(5);
+
+/// Sleeps until the budget has room for `session`'s waiting frame, then goes on with it: for
+/// a thread that serves one connection and has nothing else to do meanwhile.
+pub(crate) fn wait_for_memory(session: &mut ServerSession) {
+    while session.awaiting_memory() && !session.retry_memory() {
+        std::thread::sleep(MEMORY_RETRY);
+    }
 }
 
 /// Bounds [`last_write`]'s calls: a socket that takes bytes as fast as they are offered still

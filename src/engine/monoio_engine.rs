@@ -107,7 +107,11 @@ async fn serve_connection(
             Next::LastWrite => super::last_write(stream.as_raw_fd(), session),
             Next::Serve | Next::Flush => {
                 flush(stream, session, &mut out).await?;
-                if session.reading() {
+                if session.awaiting_memory() {
+                    if !session.retry_memory() {
+                        monoio::time::sleep(super::MEMORY_RETRY).await;
+                    }
+                } else if session.reading() {
                     let (result, read) = stream.read(buf).await;
                     buf = read;
                     match result? {

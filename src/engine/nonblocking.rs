@@ -93,6 +93,13 @@ impl Conn {
     /// Writes and reads until the socket would block, the budget runs out, or the session
     /// says close.
     pub fn drive(&mut self, token: Token, buf: &mut [u8], dispatch: &mut Dispatch<'_>) -> Drive {
+        if self.session.memory_room() {
+            // A frame waited for the memory budget, and there is room now: feeding the
+            // session no bytes goes on with it, then the socket is read as ever.
+            if let Ok(handed_out) = dispatch(token, self, &[]) {
+                self.session.handed_out(handed_out);
+            }
+        }
         for _ in 0..DRIVE_BUDGET {
             match self.session.next() {
                 Next::Close(verdict) => return Drive::Close(verdict.into()),
@@ -168,6 +175,9 @@ pub struct LoopCore {
     pub conns: Conns,
     buf: Vec<u8>,
     more_work: Vec<Token>,
+    /// Connections whose frame waits for the memory budget: retried every
+    /// [`super::MEMORY_RETRY`] (no event says that another connection gave memory back).
+    awaiting_memory: Vec<Token>,
     drain: Option<Drain>,
     fd_reserve: FdReserve,
 }
@@ -188,6 +198,7 @@ impl LoopCore {
             conns: Conns::default(),
             buf: vec![0; READ_BUFFER],
             more_work: Vec::new(),
+            awaiting_memory: Vec::new(),
             drain: None,
             fd_reserve: FdReserve::default(),
         })
@@ -261,6 +272,10 @@ impl LoopCore {
             return Driven::Closed;
         };
         match conn.drive(token, &mut self.buf, dispatch) {
+            Drive::Blocked if conn.session.awaiting_memory() => {
+                self.awaiting_memory.push(token);
+                Driven::Open
+            }
             Drive::Blocked => Driven::Open,
             Drive::MoreWork => {
                 self.more_work.push(token);
@@ -280,18 +295,40 @@ impl LoopCore {
         }
     }
 
-    /// Connections whose budget ran out last turn: drive them before waiting again.
+    /// Connections whose budget ran out last turn, and those waiting for memory that now
+    /// have room: drive them before waiting again.
     pub fn take_more_work(&mut self) -> Vec<Token> {
-        std::mem::take(&mut self.more_work)
+        let mut work = std::mem::take(&mut self.more_work);
+        if !self.awaiting_memory.is_empty() {
+            let conns = &self.conns;
+            self.awaiting_memory.sort_unstable();
+            self.awaiting_memory.dedup();
+            self.awaiting_memory.retain(|&t| {
+                let Some(conn) = conns.get(t).filter(|c| c.session.awaiting_memory()) else {
+                    return false; // closed, or gone on already
+                };
+                if conn.session.memory_room() {
+                    work.push(t);
+                    return false;
+                }
+                true
+            });
+        }
+        work
     }
 
-    /// How long the engine may wait for readiness: not at all while work is pending, and no
-    /// longer than the drain deadline during shutdown.
+    /// How long the engine may wait for readiness: not at all while work is pending, no
+    /// longer than the memory retry while a connection waits for memory, and no longer than
+    /// the drain deadline during shutdown.
     pub fn timeout(&self) -> Option<Duration> {
         if !self.more_work.is_empty() {
             return Some(Duration::ZERO);
         }
-        self.drain.as_ref().map(Drain::remaining)
+        let drain = self.drain.as_ref().map(Drain::remaining);
+        if self.awaiting_memory.is_empty() {
+            return drain;
+        }
+        Some(drain.map_or(super::MEMORY_RETRY, |d| d.min(super::MEMORY_RETRY)))
     }
 
     /// Stops accepting and half-closes every connection for reading. Returns the tokens to

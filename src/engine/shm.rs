@@ -18,9 +18,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{
-    ConnError, Drain, EngineCtx, Next, RunningServer, ServeConfig, ServerStats, ShmOptions, Shutdown,
-};
+use super::{ConnError, Drain, EngineCtx, Next, RunningServer, ServeConfig, ServerStats, ShmOptions};
 use crate::sansio::session::ServerSession;
 use crate::shm::{Ring, Segment, CLAIMED, CLOSED, SERVER_CLOSED};
 
@@ -110,12 +108,7 @@ fn start(config: ServeConfig, options: ShmOptions) -> anyhow::Result<RunningServ
         anyhow::bail!("--shm-slots must be at least 1");
     }
     let segment = Segment::create(&name, options.slots, options.ring_bytes)?;
-    let ctx = Arc::new(EngineCtx {
-        config,
-        stats: ServerStats::default(),
-        shutdown: Shutdown::new().map_err(|e| anyhow::anyhow!("cannot create the shutdown eventfd: {e}"))?,
-        announced: std::sync::Once::new(),
-    });
+    let ctx = EngineCtx::new(config)?;
     let engine_ctx = ctx.clone();
     let thread = std::thread::Builder::new()
         .name("iolab-shm".into())
@@ -252,6 +245,8 @@ fn turn(conn: &mut Conn, buf: &mut [u8]) -> Result<bool, ConnError> {
     let corrupt =
         |e: crate::shm::Corrupt| ConnError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
     let mut moved = flush(conn).map_err(corrupt)?;
+    // A frame that waited for memory goes on once there is room (every pass looks).
+    moved |= conn.session.retry_memory();
     if conn.session.wants_read() {
         let n = conn.up.pop(buf).map_err(corrupt)?;
         if n > 0 {

@@ -35,7 +35,9 @@ pub fn serve_connection(stream: &mut TcpStream, session: &mut ServerSession) -> 
                     let written = retry(|| stream.write(chunk))?;
                     session.wrote(written);
                 }
-                if session.reading() {
+                if session.awaiting_memory() {
+                    super::wait_for_memory(session);
+                } else if session.reading() {
                     match retry(|| stream.read(&mut buf))? {
                         0 => session.peer_closed(),
                         // An error is the session's to remember: next() says what follows.

@@ -92,7 +92,11 @@ async fn serve_connection(
             Next::LastWrite => super::last_write(stream.as_raw_fd(), session),
             Next::Serve | Next::Flush => {
                 flush(stream, session).await?;
-                if session.reading() {
+                if session.awaiting_memory() {
+                    if !session.retry_memory() {
+                        tokio::time::sleep(super::MEMORY_RETRY).await;
+                    }
+                } else if session.reading() {
                     match stream.read(&mut buf).await? {
                         0 => session.peer_closed(),
                         // An error is the session's to remember: next() says what follows.

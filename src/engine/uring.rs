@@ -46,6 +46,7 @@ const DRAIN_TIMER: u64 = 4;
 const RECV: u64 = 5;
 const SEND: u64 = 6;
 const CANCEL: u64 = 7;
+const MEMORY_TIMER: u64 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sending {
@@ -103,6 +104,10 @@ struct Loop {
     dirty: Vec<Token>,
     drain: Option<Drain>,
     drain_timer: Box<types::Timespec>,
+    /// Connections whose frame waits for the memory budget, looked at again when the memory
+    /// timer fires (no completion says that another connection gave memory back).
+    awaiting_memory: Vec<Token>,
+    memory_timer: Option<Box<types::Timespec>>,
     /// After the cut-off, when the loop stops waiting for operations that still hang.
     give_up_at: Option<Instant>,
     enobufs: u64,
@@ -182,6 +187,8 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, opts: &UringOptions) ->
         dirty: Vec::new(),
         drain: None,
         drain_timer: Box::new(types::Timespec::new()),
+        awaiting_memory: Vec::new(),
+        memory_timer: None,
         give_up_at: None,
         enobufs: 0,
     };
@@ -286,6 +293,19 @@ impl Loop {
             SHUTDOWN => self.begin_shutdown(),
             DRAIN_TIMER => {
                 self.cut_off_stragglers();
+                Ok(())
+            }
+            MEMORY_TIMER => {
+                self.memory_timer = None;
+                let mut waiting = std::mem::take(&mut self.awaiting_memory);
+                waiting.sort_unstable();
+                waiting.dedup();
+                for t in waiting {
+                    if let Some(conn) = self.conns.get_mut(t) {
+                        conn.session.retry_memory();
+                        self.dirty.push(t); // settled again: re-armed, or waits on
+                    }
+                }
                 Ok(())
             }
             RECV => {
@@ -519,6 +539,19 @@ impl Loop {
         if idle && !nothing_queued {
             let entry = self.prepare_send(t);
             self.push(entry)?;
+        }
+        let Some(conn) = self.conns.get_mut(t) else {
+            return Ok(());
+        };
+        if conn.session.awaiting_memory() {
+            self.awaiting_memory.push(t);
+            if self.memory_timer.is_none() {
+                let timer = self.memory_timer.insert(Box::new(super::MEMORY_RETRY.into()));
+                let entry = opcode::Timeout::new(&**timer as *const types::Timespec)
+                    .build()
+                    .user_data(tag(MEMORY_TIMER, 0));
+                self.push(entry)?;
+            }
         }
         let Some(conn) = self.conns.get_mut(t) else {
             return Ok(());

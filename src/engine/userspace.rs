@@ -25,7 +25,7 @@ use anyhow::Context;
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 
-use super::{ConnError, Drain, EngineCtx, Next, RunningServer, ServeConfig, ServerStats, Shutdown};
+use super::{ConnError, Drain, EngineCtx, Next, RunningServer, ServeConfig, ServerStats};
 use crate::os::netns::Netns;
 use crate::os::tap::{self, ArpShare, LinkOptions, TapQueue};
 use crate::sansio::session::{ServerSession, Verdict};
@@ -75,12 +75,7 @@ fn start(config: ServeConfig, opts: UserspaceOptions) -> anyhow::Result<RunningS
         p => p,
     };
     let endpoint = SocketAddr::from((opts.link.ip, port));
-    let ctx = Arc::new(EngineCtx {
-        config,
-        stats: ServerStats::default(),
-        shutdown: Shutdown::new().context("cannot create the shutdown eventfd")?,
-        announced: std::sync::Once::new(),
-    });
+    let ctx = EngineCtx::new(config)?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let engine_ctx = ctx.clone();
     let thread = std::thread::Builder::new()
@@ -252,6 +247,12 @@ impl Stack {
                 .map(|d| Duration::from_micros(d.total_micros()))
                 .unwrap_or(MAX_WAIT)
                 .min(MAX_WAIT);
+            // Nothing on the link says that memory came back: a waiting frame looks again soon.
+            let delay = if self.conns.iter().any(|c| c.session.awaiting_memory()) {
+                delay.min(super::MEMORY_RETRY)
+            } else {
+                delay
+            };
             if !delay.is_zero() {
                 tap::wait(&self.device, Some(ctx.shutdown.fd()), delay).context("poll on the TAP queue")?;
             }
@@ -324,6 +325,8 @@ fn step(conn: &mut Conn, socket: &mut tcp::Socket, draining: bool) -> bool {
     }
     if conn.ending.is_none() {
         flush(conn, socket);
+        // A frame that waited for memory goes on once there is room (every turn looks).
+        conn.session.retry_memory();
         while conn.session.wants_read() && socket.can_recv() {
             let session = &mut conn.session;
             // An error is the session's to remember: next() says what follows it.

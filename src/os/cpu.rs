@@ -27,6 +27,14 @@ pub fn pin_current_thread(cpus: &[usize]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// This machine's memory in bytes (MemTotal of /proc/meminfo), if it can be read.
+pub fn total_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// How many CPUs this process may run on.
 pub fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

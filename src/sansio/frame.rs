@@ -267,6 +267,19 @@ impl<H: Header> FrameDecoder<H> {
         Ok((used, None))
     }
 
+    /// How many header bytes the next [`FrameDecoder::decode`] still needs before it knows the
+    /// frame's length, or `None` while a payload is being read: a caller that must decide on
+    /// the length before taking the payload (the memory budget) feeds no more than this.
+    pub fn header_missing(&self) -> Option<usize> {
+        self.body.is_none().then(|| H::LEN - self.head_have)
+    }
+
+    /// The announced length of the payload being read (0 between frames): what the frame
+    /// will hold once complete.
+    pub fn pending_payload(&self) -> usize {
+        self.body.as_ref().map_or(0, |(h, _)| h.payload_len())
+    }
+
     /// True when no frame is partly received: the peer may close here without losing data.
     pub fn is_idle(&self) -> bool {
         self.head_have == 0 && self.body.is_none()
@@ -352,6 +365,13 @@ impl Body {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Bytes this body alone keeps in memory (a pattern or a shared file keeps none).
+    pub fn owned_len(&self) -> usize {
+        match self {
+            Body::Owned(v) => v.len(),
+            Body::Pattern { .. } | Body::Shared(_) => 0,
+        }
+    }
     /// The slice of at most `max` bytes that starts at `offset`.
     fn slice_at(&self, offset: usize, max: usize) -> &[u8] {
         let max = max.min(self.len() - offset);
@@ -418,6 +438,11 @@ impl OutFrame {
         false
     }
 
+    /// Bytes of memory this frame alone holds (see [`Body::owned_len`]).
+    pub fn owned_len(&self) -> usize {
+        self.body.owned_len()
+    }
+
     /// The slice of at most `chunk` bytes at `offset` within the encoded frame. Header and
     /// body never share a slice, so a writev sends the header from here and the payload from
     /// wherever it lives.
@@ -447,6 +472,8 @@ pub struct OutQueue {
     /// Bytes of the front frame already written.
     offset: usize,
     queued_bytes: usize,
+    /// Bytes of memory the queued frames own (echoed payloads), released as each one leaves.
+    owned_bytes: usize,
     chunk_size: usize,
 }
 
@@ -458,12 +485,14 @@ impl OutQueue {
             held: false,
             offset: 0,
             queued_bytes: 0,
+            owned_bytes: 0,
             chunk_size: chunk_size.max(1),
         }
     }
 
     pub fn push(&mut self, frame: OutFrame) {
         self.queued_bytes += frame.len();
+        self.owned_bytes += frame.owned_len();
         if self.held {
             self.waiting.push(frame);
         } else {
@@ -489,6 +518,11 @@ impl OutQueue {
     /// Bytes not yet written.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes
+    }
+
+    /// Bytes of memory the frames not yet completely written own.
+    pub fn owned_bytes(&self) -> usize {
+        self.owned_bytes
     }
 
     /// Frames not yet completely written.
@@ -545,7 +579,9 @@ impl OutQueue {
             let left = front.len() - self.offset;
             if n >= left {
                 n -= left;
-                self.frames.pop_front();
+                if let Some(done) = self.frames.pop_front() {
+                    self.owned_bytes -= done.owned_len();
+                }
                 self.offset = 0;
                 completed += 1;
             } else {

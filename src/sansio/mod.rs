@@ -6,6 +6,7 @@
 //! May import: std and the pure crates (hdrhistogram, rand, serde, thiserror). Nothing else
 //! of this crate: every other layer stands on this one.
 
+pub mod budget;
 pub mod frame;
 pub mod http;
 pub mod session;

@@ -23,9 +23,17 @@
 //!   transport takes at once (an HTTP client is owed the response that refuses it), and the
 //!   connection closes: a peer that sent a bad frame is never waited for.
 //! - A connection cut off at shutdown (its peer never read its replies) closes at once.
+//!
+//! And it answers to the server's memory budget ([`crate::sansio::budget`]): a frame that
+//! would take the connection past its floor reserves its payload when its header arrives; if
+//! the budget refuses, the bytes already read wait in the session
+//! ([`ServerSession::awaiting_memory`]), the engine stops reading the socket, and feeding the
+//! session no bytes later tries again.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
+use crate::sansio::budget::{MemoryBudget, FLOOR};
 use crate::sansio::frame::{
     FrameDecoder, FrameError, OutFrame, OutQueue, ReplySize, RequestHeader, DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_FRAME,
@@ -50,6 +58,8 @@ pub struct SessionConfig {
     /// Serve HTTP/1.1 from these files instead of the frame protocol.
     pub http: Option<Arc<StaticFiles>>,
     pub http_limits: HttpLimits,
+    /// The bound on what every connection of the server together holds.
+    pub budget: Arc<MemoryBudget>,
 }
 
 impl Default for SessionConfig {
@@ -61,6 +71,7 @@ impl Default for SessionConfig {
             out_high_water: 4 << 20,
             http: None,
             http_limits: HttpLimits::default(),
+            budget: Arc::new(MemoryBudget::new(1 << 30)),
         }
     }
 }
@@ -141,6 +152,15 @@ pub struct ServerSession {
     /// Requests handed to other threads whose replies are not queued yet.
     outstanding: usize,
     cut_off: bool,
+    /// Bytes reserved from the budget: what this connection holds beyond [`FLOOR`].
+    charged: usize,
+    /// A frame's reservation was refused: these bytes, read already, wait for room.
+    awaiting_memory: bool,
+    stash: Vec<u8>,
+    /// Payload sizes of the requests handed out, oldest first, and their sum: the session
+    /// answers for them until their replies come back.
+    handed_bytes: VecDeque<usize>,
+    handed_total: usize,
 }
 
 #[derive(Debug)]
@@ -170,6 +190,11 @@ impl ServerSession {
             input: Input::Open,
             outstanding: 0,
             cut_off: false,
+            charged: 0,
+            awaiting_memory: false,
+            stash: Vec::new(),
+            handed_bytes: VecDeque::new(),
+            handed_total: 0,
         }
     }
 
@@ -243,7 +268,91 @@ impl ServerSession {
     /// Queues the reply to a request handed out earlier.
     pub fn queue_handed_back(&mut self, reply: OutFrame) {
         self.outstanding = self.outstanding.saturating_sub(1);
+        if let Some(n) = self.handed_bytes.pop_front() {
+            self.handed_total -= n;
+        }
         self.queue_reply(reply);
+        self.settle();
+    }
+
+    /// Whether a frame waits for the memory budget (the engine is not reading this socket).
+    pub fn awaiting_memory(&self) -> bool {
+        self.awaiting_memory
+    }
+
+    /// Whether the budget has room for the frame waiting now (then feed the session no bytes,
+    /// and it goes on).
+    pub fn memory_room(&self) -> bool {
+        let needed = self.holding(true).saturating_sub(FLOOR);
+        self.awaiting_memory && self.config.budget.has_room(needed.saturating_sub(self.charged))
+    }
+
+    /// Tries again a frame that waits for memory, if the budget has room now, its requests run
+    /// at once (as [`ServerSession::receive`]); returns whether it went on.
+    pub fn retry_memory(&mut self) -> bool {
+        if !self.memory_room() {
+            return false;
+        }
+        let _ = self.receive(&[]); // an error is the session's to remember, as ever
+        !self.awaiting_memory
+    }
+
+    /// Whether a request is partly received (its head or its body), the clock a request
+    /// timeout runs on. A frame waiting for memory does not count: the wait is the server's.
+    pub fn mid_request(&self) -> bool {
+        if self.awaiting_memory || !self.reading() {
+            return false;
+        }
+        match &self.decoder {
+            Decoder::Frame(d) => !d.is_idle(),
+            Decoder::Http { decoder, .. } => !decoder.is_idle(),
+        }
+    }
+
+    /// Bytes this connection holds: the payload being read (reserved whole, once granted),
+    /// the payloads handed out, the replies queued that own their bytes.
+    ///
+    /// The bytes waiting while a frame is refused are not charged: they are what the engine
+    /// had read when it learned of the refusal (one read, or the few buffers a multishot
+    /// receive fills before its cancel lands), and charging them would let the waiting
+    /// connections together fill the budget that they wait on.
+    fn holding(&self, granted: bool) -> usize {
+        let reading = match &self.decoder {
+            Decoder::Frame(d) if granted => d.pending_payload(),
+            Decoder::Frame(_) | Decoder::Http { .. } => 0, // an HTTP head is bounded by its limits
+        };
+        reading + self.handed_total + self.out.owned_bytes()
+    }
+
+    /// What the budget should hold for this connection now.
+    fn memory_needed(&self) -> usize {
+        self.holding(!self.awaiting_memory).saturating_sub(FLOOR)
+    }
+
+    /// Reserves what the connection needs beyond what it has, the payload being read
+    /// included; false if refused.
+    fn reserve(&mut self) -> bool {
+        let needed = self.holding(true).saturating_sub(FLOOR);
+        if needed <= self.charged {
+            return true;
+        }
+        if self.config.budget.try_reserve(needed - self.charged) {
+            self.charged = needed;
+            return true;
+        }
+        false
+    }
+
+    /// Brings the reservation to what the connection holds (after replies left, or a
+    /// worker's reply came back).
+    fn settle(&mut self) {
+        let needed = self.memory_needed();
+        if needed > self.charged {
+            self.config.budget.take(needed - self.charged);
+        } else if needed < self.charged {
+            self.config.budget.release(self.charged - needed);
+        }
+        self.charged = needed;
     }
 
     fn fail(&mut self, error: &SessionError) {
@@ -266,7 +375,8 @@ impl ServerSession {
     }
 
     /// Feeds received bytes. Each request they complete runs at once, its reply queued.
-    /// Returns how many requests completed.
+    /// Returns how many requests completed. Feeding no bytes retries a frame that waits for
+    /// memory.
     ///
     /// An error is also the session's state: [`ServerSession::next`] says what follows it.
     pub fn receive(&mut self, data: &[u8]) -> Result<usize, SessionError> {
@@ -303,7 +413,12 @@ impl ServerSession {
         let result = if matches!(self.decoder, Decoder::Http { .. }) {
             self.receive_http(data).map(|_| ())
         } else {
-            self.decode(data, |_, request| requests.push(request))
+            self.decode(data, |this, request| {
+                let n = request.payload.len();
+                this.handed_bytes.push_back(n);
+                this.handed_total += n;
+                requests.push(request);
+            })
         };
         if let Err(e) = &result {
             self.fail(e);
@@ -344,22 +459,50 @@ impl ServerSession {
 
     fn decode(
         &mut self,
+        data: &[u8],
+        on_request: impl FnMut(&mut Self, Request),
+    ) -> Result<(), SessionError> {
+        self.counters.bytes_in += data.len() as u64;
+        let result = if self.stash.is_empty() {
+            self.decode_bytes(data, on_request)
+        } else {
+            let mut waited = std::mem::take(&mut self.stash);
+            waited.extend_from_slice(data);
+            self.decode_bytes(&waited, on_request)
+        };
+        self.settle();
+        result
+    }
+
+    fn decode_bytes(
+        &mut self,
         mut data: &[u8],
         mut on_request: impl FnMut(&mut Self, Request),
     ) -> Result<(), SessionError> {
-        self.counters.bytes_in += data.len() as u64;
-        while !data.is_empty() {
+        loop {
+            // A header just read announced more than the floor allows: its payload is read
+            // only once reserved.
+            self.awaiting_memory = !self.reserve();
+            if self.awaiting_memory {
+                self.stash.extend_from_slice(data);
+                return Ok(());
+            }
             let Decoder::Frame(decoder) = &mut self.decoder else {
                 return Ok(());
             };
-            let (used, frame) = decoder.decode(data)?;
+            if data.is_empty() {
+                return Ok(());
+            }
+            // No further than the end of a header, so that its length is known before any of
+            // its payload is taken.
+            let take = decoder.header_missing().map_or(data.len(), |n| n.min(data.len()));
+            let (used, frame) = decoder.decode(&data[..take])?;
             data = &data[used..];
             if let Some(request) = frame {
                 self.check_limits(&request.header)?;
                 on_request(self, request);
             }
         }
-        Ok(())
     }
 
     fn check_limits(&self, h: &RequestHeader) -> Result<(), SessionError> {
@@ -407,12 +550,15 @@ impl ServerSession {
     pub fn wrote(&mut self, n: usize) {
         self.counters.bytes_out += n as u64;
         self.out.advance(n);
+        if self.charged > 0 {
+            self.settle();
+        }
     }
 
     /// Whether the engine should read more from this connection now: input still open, and
     /// not too many reply bytes waiting (back-pressure).
     pub fn wants_read(&self) -> bool {
-        self.reading() && self.out.queued_bytes() < self.config.out_high_water
+        self.reading() && !self.awaiting_memory && self.out.queued_bytes() < self.config.out_high_water
     }
 
     /// The peer closed its sending side. Fine between frames; an error inside one (the
@@ -430,6 +576,15 @@ impl ServerSession {
 
     pub fn counters(&self) -> SessionCounters {
         self.counters
+    }
+}
+
+impl Drop for ServerSession {
+    /// A closed connection gives back what it reserved, whatever state it ended in.
+    fn drop(&mut self) {
+        if self.charged > 0 {
+            self.config.budget.release(self.charged);
+        }
     }
 }
 
@@ -528,6 +683,120 @@ mod tests {
         assert_eq!(s.counters().bytes_out, out.len() as u64);
         s.peer_closed();
         assert_eq!(s.next(), Next::Close(Verdict::Done));
+    }
+
+    /// Replies' ids and payload lengths, from the bytes a session wrote.
+    fn replies(out: &[u8]) -> Vec<(u64, usize)> {
+        let mut dec = FrameDecoder::<ReplyHeader>::new(DEFAULT_MAX_FRAME);
+        let mut rest = out;
+        let mut got = Vec::new();
+        while !rest.is_empty() {
+            let (used, frame) = dec.decode(rest).unwrap();
+            rest = &rest[used..];
+            if let Some(f) = frame {
+                assert!(
+                    pattern_matches(f.header.id, 0, &f.payload),
+                    "reply {} corrupt",
+                    f.header.id
+                );
+                got.push((f.header.id, f.payload.len()));
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn a_frame_the_budget_cannot_hold_waits_and_then_completes() {
+        // Room for one 800 KiB frame beyond the floors, not two.
+        let budget = Arc::new(MemoryBudget::new(1 << 20));
+        let cfg = SessionConfig {
+            budget: budget.clone(),
+            ..SessionConfig::default()
+        };
+        let size = 800 << 10;
+        let (mut a, mut b) = (ServerSession::new(&cfg), ServerSession::new(&cfg));
+        let (fa, fb) = (
+            request_bytes(1, size, ReplySize::Echo, 0),
+            request_bytes(2, size, ReplySize::Echo, 0),
+        );
+        assert_eq!(a.receive(&fa[..1000]).unwrap(), 0);
+        assert_eq!(
+            budget.held(),
+            size - FLOOR,
+            "a reserves its whole payload at the header"
+        );
+        assert_eq!(b.receive(&fb[..1000]).unwrap(), 0);
+        assert!(b.awaiting_memory() && !b.wants_read() && !b.memory_room());
+        assert!(!b.mid_request(), "the wait is the server's, not the client's");
+        assert_eq!(budget.refusals(), 1);
+        // No more than a header's worth of b's payload was taken before the refusal.
+        assert_eq!(budget.held(), size - FLOOR);
+        // a completes; its reply (the echoed payload) still holds the memory until written.
+        assert_eq!(a.receive(&fa[1000..]).unwrap(), 1);
+        assert_eq!(b.receive(&[]).unwrap(), 0);
+        assert!(b.awaiting_memory());
+        let out_a = written(&mut a, 100_000);
+        assert_eq!(replies(&out_a), vec![(1, size)]);
+        assert_eq!(budget.held(), 0, "written replies give their memory back");
+        // Now b goes on, with the bytes it had waiting and the rest.
+        assert!(b.memory_room());
+        assert_eq!(b.receive(&[]).unwrap(), 0);
+        assert!(!b.awaiting_memory() && b.wants_read());
+        assert_eq!(b.receive(&fb[1000..]).unwrap(), 1);
+        assert_eq!(replies(&written(&mut b, 100_000)), vec![(2, size)]);
+        assert_eq!(b.counters().bytes_in, fb.len() as u64);
+        assert_eq!(budget.held(), 0);
+        assert!(budget.peak() <= budget.limit());
+    }
+
+    #[test]
+    fn small_requests_stay_within_the_floor_and_a_closed_connection_gives_back() {
+        let budget = Arc::new(MemoryBudget::new(1 << 20));
+        let cfg = SessionConfig {
+            budget: budget.clone(),
+            ..SessionConfig::default()
+        };
+        let mut s = ServerSession::new(&cfg);
+        for id in 0..500 {
+            s.receive(&request_bytes(id, 64, ReplySize::Echo, 0)).unwrap();
+        }
+        assert_eq!(
+            budget.peak(),
+            0,
+            "500 small replies queued never reach the budget"
+        );
+        let big = request_bytes(9, 500 << 10, ReplySize::Echo, 0);
+        s.receive(&big[..100_000]).unwrap();
+        assert!(budget.held() > 0);
+        drop(s);
+        assert_eq!(
+            budget.held(),
+            0,
+            "a connection closed mid-frame keeps nothing reserved"
+        );
+    }
+
+    #[test]
+    fn requests_handed_out_are_held_until_their_replies_come_back() {
+        let budget = Arc::new(MemoryBudget::new(1 << 20));
+        let cfg = SessionConfig {
+            budget: budget.clone(),
+            ..SessionConfig::default()
+        };
+        let mut s = ServerSession::new(&cfg);
+        let mut requests = Vec::new();
+        s.receive_requests(
+            &request_bytes(1, 300 << 10, ReplySize::Bytes(8), 0),
+            &mut requests,
+        )
+        .unwrap();
+        s.handed_out(requests.len());
+        assert_eq!(budget.held(), (300 << 10) - FLOOR);
+        for r in requests.drain(..) {
+            s.queue_handed_back(workload::execute(r));
+        }
+        assert_eq!(budget.held(), 0, "a pattern reply owns no memory");
+        assert_eq!(replies(&written(&mut s, 1000)), vec![(1, 8)]);
     }
 
     #[test]
