@@ -502,6 +502,61 @@ pub fn large_frames_past_the_memory_budget_wait_and_all_complete(engine: Setup) 
     assert_eq!(summary.memory_waits, budget.refusals(), "{summary}");
 }
 
+/// Requests that take longer than the request timeout to arrive close their connections: one
+/// client stalls half-way through a frame, one trickles a header a byte at a time. A client
+/// idle between requests for longer than the timeout is left alone, and served.
+pub fn slow_requests_are_timed_out_and_idle_clients_are_not(engine: Setup) {
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    let mut cfg = engine.config();
+    cfg.log_errors = std::env::var_os("IOLAB_TEST_LOG").is_some();
+    cfg.session.request_timeout = TIMEOUT;
+    let server = engine::start(cfg).expect("server starts");
+    let mut idle = connect_to(&server.endpoint);
+    idle.write_all(&request(1, 10, ReplySize::Echo)).unwrap();
+    check_echo(&read_replies(&mut idle, 1)[0], 1, 10);
+    let frame = request(2, 1000, ReplySize::Echo);
+    let mut stalled = connect_to(&server.endpoint);
+    stalled.write_all(&frame[..600]).unwrap();
+    let mut trickler = connect_to(&server.endpoint);
+    // Closed by the server: reading ends (end of file or reset), with no reply.
+    let closed = |c: &mut Client| {
+        let mut buf = [0u8; 64];
+        matches!(std::io::Read::read(c, &mut buf), Ok(0) | Err(_))
+    };
+    let began = std::time::Instant::now();
+    let mut trickled = 0;
+    while trickled < frame.len() && began.elapsed() < BOUND {
+        if trickler.write_all(&frame[trickled..trickled + 1]).is_err() {
+            break; // the server closed it
+        }
+        trickled += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        trickled < frame.len(),
+        "a {}-byte frame trickled in over {:?} was never timed out",
+        frame.len(),
+        began.elapsed()
+    );
+    assert!(
+        closed(&mut trickler),
+        "the trickling client's connection is still open"
+    );
+    assert!(
+        closed(&mut stalled),
+        "the stalled client's connection is still open"
+    );
+    // Idle for well over the timeout (what is under test is a span of time), then a
+    // request: answered.
+    std::thread::sleep((2 * TIMEOUT).saturating_sub(began.elapsed()));
+    idle.write_all(&request(3, 10, ReplySize::Echo)).unwrap();
+    check_echo(&read_replies(&mut idle, 1)[0], 3, 10);
+    drop(idle);
+    let summary = server.stop().unwrap();
+    assert_eq!(summary.request_timeouts, 2, "{summary}");
+    assert_eq!(summary.protocol_errors, 0, "{summary}");
+}
+
 /// The real binary: `listening on` first, SIGTERM answers what is in flight, a summary, exit 0.
 pub fn sigterm_answers_requests_in_flight(engine: Setup) {
     let (child, addr, stdout) = spawn_server(&engine.args());
@@ -608,6 +663,7 @@ macro_rules! conformance {
             #[test] fn a_bad_frame_is_not_waited_on() { super::a_bad_frame_is_not_waited_on_and_its_requests_reach_no_one_else($engine) }
             #[test] fn clients_gone_mid_request_free_their_connections() { super::clients_gone_mid_request_free_their_connections($engine) }
             #[test] fn large_frames_past_the_memory_budget_wait() { super::large_frames_past_the_memory_budget_wait_and_all_complete($engine) }
+            #[test] fn slow_requests_are_timed_out() { super::slow_requests_are_timed_out_and_idle_clients_are_not($engine) }
             #[test] fn sigterm_answers_requests_in_flight() { super::sigterm_answers_requests_in_flight($engine) }
             #[test] fn sigterm_delivers_large_replies_in_flight() { super::sigterm_delivers_large_replies_in_flight($engine) }
             #[test] fn the_drain_cuts_off_a_client_that_never_reads() { super::the_drain_cuts_off_a_client_that_never_reads($engine) }
@@ -615,10 +671,11 @@ macro_rules! conformance {
     )*};
 }
 
-/// `shm`, with the cases that apply. Two do not: `half_close_after_last_request` (a slot has
-/// no half-close: a client that closes is done, and the server drains and frees the slot) and
-/// `sigterm_answers_requests_in_flight`, which reads the TCP address the binary prints
-/// (tests/shm.rs runs the shm binary, SIGTERM included).
+/// `shm`, with the cases that apply. Three do not: `half_close_after_last_request` (a slot
+/// has no half-close: a client that closes is done, and the server drains and frees the
+/// slot), `sigterm_answers_requests_in_flight`, which reads the TCP address the binary prints
+/// (tests/shm.rs runs the shm binary, SIGTERM included), and `slow_requests_are_timed_out`
+/// (shm has no request timeout: its clients are local processes, watched for liveness).
 mod shm {
     use super::*;
     const SHM: Setup = setup(EngineKind::Shm);
@@ -686,6 +743,7 @@ macro_rules! conformance_in_netns {
             #[test] fn a_bad_frame_is_not_waited_on() { run(super::a_bad_frame_is_not_waited_on_and_its_requests_reach_no_one_else) }
             #[test] fn clients_gone_mid_request_free_their_connections() { run(super::clients_gone_mid_request_free_their_connections) }
             #[test] fn large_frames_past_the_memory_budget_wait() { run(super::large_frames_past_the_memory_budget_wait_and_all_complete) }
+            #[test] fn slow_requests_are_timed_out() { run(super::slow_requests_are_timed_out_and_idle_clients_are_not) }
             #[test] fn sigterm_answers_requests_in_flight() { run(super::sigterm_answers_requests_in_flight) }
             #[test] fn sigterm_delivers_large_replies_in_flight() { run(super::sigterm_delivers_large_replies_in_flight) }
             #[test] fn the_drain_cuts_off_a_client_that_never_reads() { run(super::the_drain_cuts_off_a_client_that_never_reads) }

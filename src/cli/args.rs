@@ -296,6 +296,12 @@ pub(super) struct ServeArgs {
     /// 1 GiB (printed at start).
     #[arg(long)]
     pub(super) memory_budget: Option<Size>,
+    /// Longest a request may take to arrive once its first byte has (a frame, or an HTTP
+    /// head): a client that trickles or stalls half-way is closed, and counted
+    /// (request_timeouts in the summary). Idle connections between requests are not touched.
+    /// Not applied to shm (its clients are local processes, watched for liveness).
+    #[arg(long, default_value = "30s")]
+    pub(super) request_timeout: Dur,
     /// Do not log one line per connection closed for a protocol error (still counted).
     #[arg(long)]
     pub(super) quiet: bool,

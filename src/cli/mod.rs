@@ -177,11 +177,18 @@ fn serve(a: ServeArgs, given: &dyn Fn(&str) -> bool) -> anyhow::Result<ExitCode>
         None => MemoryBudget::default_limit(iolab::os::cpu::total_memory()),
     };
     cfg.session.budget = std::sync::Arc::new(MemoryBudget::new(budget));
+    if a.request_timeout.0.is_zero() {
+        anyhow::bail!(
+            "--request-timeout must be more than 0 (a long one, such as 1h, leaves slow clients alone)"
+        );
+    }
+    cfg.session.request_timeout = a.request_timeout.0;
     eprintln!(
-        "memory budget: {} for unfinished requests and unsent replies, beyond {} a connection \
-         (--memory-budget)",
+        "limits: memory budget {} for unfinished requests and unsent replies, beyond {} a \
+         connection (--memory-budget); request timeout {} (--request-timeout)",
         Size(budget as u64),
-        Size(FLOOR as u64)
+        Size(FLOOR as u64),
+        a.request_timeout
     );
     // Signals are routed to a thread of their own before any engine thread exists.
     let mut signals =

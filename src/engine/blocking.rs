@@ -16,10 +16,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::conns::{out_of_fds, Registry};
-use super::{out_of_fds_message, wait_readable, ConnError, Drain, EngineCtx, ServerStats};
+use super::{out_of_fds_message, wait_readable, ConnError, Drain, EngineCtx, RequestClock, ServerStats};
 use crate::sansio::session::ServerSession;
 
 /// Serves one connection until the peer closes it or it fails.
@@ -120,12 +120,43 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, serve_conn: ConnFn) -> 
 
 fn run_connection(ctx: &EngineCtx, stream: &mut TcpStream, peer: SocketAddr, serve_conn: ConnFn) {
     let mut session = ServerSession::new(&ctx.config.session);
+    // A read blocks no longer than a request may take: a client that stops half-way through
+    // one is found when the read times out (an idle one simply reads again).
+    let timeout = Some(ctx.config.session.request_timeout).filter(|t| !t.is_zero());
     let result = stream
         .set_nonblocking(false)
         .and_then(|()| stream.set_nodelay(true))
+        .and_then(|()| stream.set_read_timeout(timeout))
         .map_err(ConnError::from)
         .and_then(|()| serve_conn(stream, &mut session));
     ctx.connection_closed(peer, result, session.counters());
+}
+
+/// A blocking `read` (with [`retry`]) under the request timeout: `None` once the session is
+/// timed out (its next() then says close), the read's byte count otherwise. The clock is
+/// brought up to date with what the caller fed the session since the last call.
+pub fn timed_read(
+    session: &mut ServerSession,
+    clock: &mut RequestClock,
+    mut read: impl FnMut() -> io::Result<usize>,
+) -> io::Result<Option<usize>> {
+    clock.update(session, Instant::now);
+    // A trickling client is never idle long enough for the read to time out.
+    if clock.enforce(session, Instant::now) {
+        return Ok(None);
+    }
+    loop {
+        match retry(&mut read) {
+            Ok(n) => return Ok(Some(n)),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                if clock.enforce(session, Instant::now) {
+                    return Ok(None);
+                }
+                // Idle between requests: that is the client's right.
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// `read` that retries when a signal interrupts it.

@@ -90,6 +90,14 @@ impl<T> Slab<T> {
             .filter_map(|(t, c)| c.as_ref().map(|(_, c)| (t, c)))
     }
 
+    /// Every value with its token, mutably.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (Token, &mut T)> {
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(t, c)| c.as_mut().map(|(_, c)| (t, c)))
+    }
+
     /// Every token in use.
     pub fn tokens(&self) -> Vec<Token> {
         self.iter().map(|(t, _)| t).collect()

@@ -9,8 +9,8 @@ use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 
-use super::blocking::retry;
-use super::ConnError;
+use super::blocking::{retry, timed_read};
+use super::{ConnError, RequestClock};
 use crate::sansio::session::{Next, ServerSession};
 
 /// Chunk-sized buffers filled by one readv.
@@ -31,6 +31,7 @@ impl super::Engine for IovecEngine {
 pub fn serve_connection(stream: &mut TcpStream, session: &mut ServerSession) -> Result<(), ConnError> {
     let chunk = session.chunk_size();
     let mut buffers = vec![vec![0u8; chunk]; READ_BUFFERS];
+    let mut clock = RequestClock::default();
     loop {
         match session.next() {
             Next::Close(verdict) => return verdict.into(),
@@ -60,7 +61,10 @@ pub fn serve_connection(stream: &mut TcpStream, session: &mut ServerSession) -> 
         }
         let n = {
             let mut iov: Vec<IoSliceMut<'_>> = buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-            retry(|| stream.read_vectored(&mut iov))?
+            match timed_read(session, &mut clock, || stream.read_vectored(&mut iov))? {
+                Some(n) => n,
+                None => continue, // timed out: next() says close
+            }
         };
         if n == 0 {
             session.peer_closed();

@@ -419,6 +419,7 @@ pub struct ServerStats {
     pub protocol_errors: AtomicU64,
     pub io_errors: AtomicU64,
     pub accept_errors: AtomicU64,
+    pub request_timeouts: AtomicU64,
 }
 
 impl ServerStats {
@@ -437,6 +438,7 @@ impl ServerStats {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ServerSummary {
             memory_waits: budget.refusals(),
+            request_timeouts: get(&self.request_timeouts),
             memory_peak: budget.peak() as u64,
             engine,
             elapsed,
@@ -467,6 +469,8 @@ pub struct ServerSummary {
     /// budget ever held.
     pub memory_waits: u64,
     pub memory_peak: u64,
+    /// Connections closed because a request took longer than the request timeout.
+    pub request_timeouts: u64,
 }
 
 impl fmt::Display for ServerSummary {
@@ -474,7 +478,8 @@ impl fmt::Display for ServerSummary {
         write!(
             f,
             "summary: engine={} uptime={:.1}s connections={} requests={} bytes_in={} bytes_out={} \
-             protocol_errors={} io_errors={} accept_errors={} memory_waits={} memory_peak={}",
+             protocol_errors={} io_errors={} accept_errors={} request_timeouts={} memory_waits={} \
+             memory_peak={}",
             self.engine,
             self.elapsed.as_secs_f64(),
             self.connections,
@@ -484,6 +489,7 @@ impl fmt::Display for ServerSummary {
             self.protocol_errors,
             self.io_errors,
             self.accept_errors,
+            self.request_timeouts,
             self.memory_waits,
             crate::sansio::units::Size(self.memory_peak)
         )
@@ -497,6 +503,8 @@ pub enum ConnError {
     Protocol(#[from] SessionError),
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
+    #[error("a request took longer than --request-timeout to arrive")]
+    RequestTimeout,
 }
 
 /// A one-shot, many-waiter shutdown signal. Blocking engines poll its eventfd beside their
@@ -607,6 +615,15 @@ impl EngineCtx {
                 self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                 if self.config.log_errors {
                     eprintln!("iolab: closing connection from {peer}: {e}");
+                }
+            }
+            Err(ConnError::RequestTimeout) => {
+                self.stats.request_timeouts.fetch_add(1, Ordering::Relaxed);
+                if self.config.log_errors {
+                    eprintln!(
+                        "iolab: closing connection from {peer}: {}",
+                        ConnError::RequestTimeout
+                    );
                 }
             }
             Err(ConnError::Io(e)) => {
@@ -844,6 +861,7 @@ impl From<Verdict> for Result<(), ConnError> {
                 io::ErrorKind::TimedOut,
                 "cut off at shutdown",
             ))),
+            Verdict::TimedOut => Err(ConnError::RequestTimeout),
         }
     }
 }
@@ -912,6 +930,58 @@ pub(crate) fn last_write(fd: RawFd, session: &mut ServerSession) {
         }
     }
     session.last_write_tried();
+}
+
+/// The clock of a request timeout, one per connection: it runs while a request is partly
+/// received, and restarts with each new request (a pipelining client whose every read ends
+/// inside a frame is never timed out while its requests complete).
+#[derive(Debug, Default)]
+pub(crate) struct RequestClock {
+    began: Option<Instant>,
+    seen: u64,
+}
+
+impl RequestClock {
+    /// After the session took input. `now` is asked only when the clock (re)starts.
+    pub(crate) fn update(&mut self, session: &ServerSession, now: impl FnOnce() -> Instant) {
+        let seen = session.requests_received();
+        if !session.mid_request() {
+            self.began = None;
+        } else if self.began.is_none() || seen != self.seen {
+            self.began = Some(now());
+        }
+        self.seen = seen;
+    }
+
+    /// Time left for the request being received (`None` while none is). `now` is asked only
+    /// while the clock runs.
+    pub(crate) fn remaining(
+        &self,
+        session: &ServerSession,
+        now: impl FnOnce() -> Instant,
+    ) -> Option<Duration> {
+        let began = self.began?;
+        Some(
+            session
+                .request_timeout()
+                .saturating_sub(now().saturating_duration_since(began)),
+        )
+    }
+
+    /// Times the session out if its request is past the timeout; returns whether it did.
+    pub(crate) fn enforce(&self, session: &mut ServerSession, now: impl FnOnce() -> Instant) -> bool {
+        let late = self.remaining(session, now).is_some_and(|left| left.is_zero());
+        if late {
+            session.time_out();
+        }
+        late
+    }
+}
+
+/// How often a loop looks for requests past their timeout: a tenth of it, within bounds, so
+/// a slow request is closed within about 10% of the timeout.
+pub(crate) fn timeout_sweep(timeout: Duration) -> Duration {
+    (timeout / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
 /// How often a connection whose frame waits for the memory budget looks again for room: no

@@ -11,6 +11,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Instant;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 
@@ -101,6 +102,7 @@ async fn serve_connection(
 ) -> Result<(), ConnError> {
     let mut buf = Vec::with_capacity(READ_BUFFER);
     let mut out = Vec::with_capacity(WRITE_BUFFER);
+    let mut clock = super::RequestClock::default();
     loop {
         match session.next() {
             Next::Close(verdict) => return verdict.into(),
@@ -112,13 +114,25 @@ async fn serve_connection(
                         monoio::time::sleep(super::MEMORY_RETRY).await;
                     }
                 } else if session.reading() {
-                    let (result, read) = stream.read(buf).await;
+                    let read = stream.read(std::mem::take(&mut buf));
+                    let (result, read) = match clock.remaining(session, Instant::now) {
+                        None => read.await,
+                        Some(left) => match monoio::time::timeout(left, read).await {
+                            Ok(done) => done,
+                            Err(_) => {
+                                // The buffer went with the cancelled read; the connection closes.
+                                session.time_out();
+                                continue;
+                            }
+                        },
+                    };
                     buf = read;
                     match result? {
                         0 => session.peer_closed(),
                         // An error is the session's to remember: next() says what follows.
                         n => drop(session.receive(&buf[..n])),
                     }
+                    clock.update(session, Instant::now);
                 }
             }
         }

@@ -14,11 +14,11 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use super::conns::Token;
 use super::conns::{out_of_fds, FdReserve, Slab};
-use super::{ConnError, Drain, EngineCtx, Next, ServerStats};
+use super::{ConnError, Drain, EngineCtx, Next, RequestClock, ServerStats};
 use crate::os::sys::{interest, Epoll};
 use crate::sansio::session::{ServerSession, SessionError};
 
@@ -60,6 +60,7 @@ pub struct Conn {
     pub generation: u64,
     /// What the engine last registered for this socket (engines that need to remember).
     pub registered: u32,
+    clock: RequestClock,
 }
 
 impl Conn {
@@ -72,6 +73,7 @@ impl Conn {
             session: ServerSession::new(&ctx.config.session),
             generation: 0,
             registered: 0,
+            clock: RequestClock::default(),
         })
     }
 
@@ -91,8 +93,20 @@ impl Conn {
     }
 
     /// Writes and reads until the socket would block, the budget runs out, or the session
-    /// says close.
-    pub fn drive(&mut self, token: Token, buf: &mut [u8], dispatch: &mut Dispatch<'_>) -> Drive {
+    /// says close. `now`: the loop's clock for this turn, for the request timeout.
+    pub fn drive(
+        &mut self,
+        token: Token,
+        buf: &mut [u8],
+        now: Instant,
+        dispatch: &mut Dispatch<'_>,
+    ) -> Drive {
+        let drive = self.drive_inner(token, buf, dispatch);
+        self.clock.update(&self.session, || now);
+        drive
+    }
+
+    fn drive_inner(&mut self, token: Token, buf: &mut [u8], dispatch: &mut Dispatch<'_>) -> Drive {
         if self.session.memory_room() {
             // A frame waited for the memory budget, and there is room now: feeding the
             // session no bytes goes on with it, then the socket is read as ever.
@@ -178,6 +192,11 @@ pub struct LoopCore {
     /// Connections whose frame waits for the memory budget: retried every
     /// [`super::MEMORY_RETRY`] (no event says that another connection gave memory back).
     awaiting_memory: Vec<Token>,
+    /// The loop's clock, read once per turn, and when it next looks for requests past
+    /// `--request-timeout`.
+    now: Instant,
+    next_sweep: Instant,
+    sweep_every: Duration,
     drain: Option<Drain>,
     fd_reserve: FdReserve,
 }
@@ -193,12 +212,15 @@ impl LoopCore {
     pub fn new(ctx: Arc<EngineCtx>, listener: TcpListener) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
         Ok(LoopCore {
+            sweep_every: super::timeout_sweep(ctx.config.session.request_timeout),
             ctx,
             listener: Some(listener),
             conns: Conns::default(),
             buf: vec![0; READ_BUFFER],
             more_work: Vec::new(),
             awaiting_memory: Vec::new(),
+            now: Instant::now(),
+            next_sweep: Instant::now(),
             drain: None,
             fd_reserve: FdReserve::default(),
         })
@@ -271,7 +293,7 @@ impl LoopCore {
         let Some(conn) = self.conns.get_mut(token) else {
             return Driven::Closed;
         };
-        match conn.drive(token, &mut self.buf, dispatch) {
+        match conn.drive(token, &mut self.buf, self.now, dispatch) {
             Drive::Blocked if conn.session.awaiting_memory() => {
                 self.awaiting_memory.push(token);
                 Driven::Open
@@ -297,8 +319,22 @@ impl LoopCore {
 
     /// Connections whose budget ran out last turn, and those waiting for memory that now
     /// have room: drive them before waiting again.
+    ///
+    /// Called once per turn, after the wait: it also reads the loop's clock, and now and then
+    /// times out the connections whose request is past `--request-timeout` (they are in the
+    /// work returned, and close when driven).
     pub fn take_more_work(&mut self) -> Vec<Token> {
         let mut work = std::mem::take(&mut self.more_work);
+        self.now = Instant::now();
+        if self.now >= self.next_sweep {
+            self.next_sweep = self.now + self.sweep_every;
+            let now = self.now;
+            for (t, conn) in self.conns.iter_mut() {
+                if conn.clock.enforce(&mut conn.session, || now) {
+                    work.push(t);
+                }
+            }
+        }
         if !self.awaiting_memory.is_empty() {
             let conns = &self.conns;
             self.awaiting_memory.sort_unstable();
@@ -324,11 +360,16 @@ impl LoopCore {
         if !self.more_work.is_empty() {
             return Some(Duration::ZERO);
         }
-        let drain = self.drain.as_ref().map(Drain::remaining);
-        if self.awaiting_memory.is_empty() {
-            return drain;
+        let mut wait = self.drain.as_ref().map(Drain::remaining);
+        let mut at_most = |d: Duration| wait = Some(wait.map_or(d, |w| w.min(d)));
+        if !self.awaiting_memory.is_empty() {
+            at_most(super::MEMORY_RETRY);
         }
-        Some(drain.map_or(super::MEMORY_RETRY, |d| d.min(super::MEMORY_RETRY)))
+        if !self.conns.is_empty() {
+            // A request timing out is announced by no event: wake for the next sweep.
+            at_most(self.next_sweep.saturating_duration_since(self.now));
+        }
+        wait
     }
 
     /// Stops accepting and half-closes every connection for reading. Returns the tokens to

@@ -10,8 +10,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 
-use super::blocking::retry;
+use super::blocking::{retry, timed_read};
 use super::ConnError;
+use super::RequestClock;
 use crate::sansio::session::{Next, ServerSession};
 
 /// This engine's face: the registry calls it for `--engine threads`.
@@ -26,6 +27,7 @@ impl super::Engine for ThreadsEngine {
 
 pub fn serve_connection(stream: &mut TcpStream, session: &mut ServerSession) -> Result<(), ConnError> {
     let mut buf = vec![0u8; session.chunk_size()];
+    let mut clock = RequestClock::default();
     loop {
         match session.next() {
             Next::Close(verdict) => return verdict.into(),
@@ -38,10 +40,11 @@ pub fn serve_connection(stream: &mut TcpStream, session: &mut ServerSession) -> 
                 if session.awaiting_memory() {
                     super::wait_for_memory(session);
                 } else if session.reading() {
-                    match retry(|| stream.read(&mut buf))? {
-                        0 => session.peer_closed(),
+                    match timed_read(session, &mut clock, || stream.read(&mut buf))? {
+                        None => {} // timed out: next() says close
+                        Some(0) => session.peer_closed(),
                         // An error is the session's to remember: next() says what follows.
-                        n => drop(session.receive(&buf[..n])),
+                        Some(n) => drop(session.receive(&buf[..n])),
                     }
                 }
             }

@@ -11,6 +11,7 @@ use std::io::IoSlice;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -86,6 +87,7 @@ async fn serve_connection(
     session: &mut ServerSession,
 ) -> Result<(), ConnError> {
     let mut buf = vec![0u8; READ_BUFFER];
+    let mut clock = super::RequestClock::default();
     loop {
         match session.next() {
             Next::Close(verdict) => return verdict.into(),
@@ -97,11 +99,23 @@ async fn serve_connection(
                         tokio::time::sleep(super::MEMORY_RETRY).await;
                     }
                 } else if session.reading() {
-                    match stream.read(&mut buf).await? {
+                    let read = stream.read(&mut buf);
+                    let n = match clock.remaining(session, Instant::now) {
+                        None => read.await?,
+                        Some(left) => match tokio::time::timeout(left, read).await {
+                            Ok(n) => n?,
+                            Err(_) => {
+                                session.time_out();
+                                continue;
+                            }
+                        },
+                    };
+                    match n {
                         0 => session.peer_closed(),
                         // An error is the session's to remember: next() says what follows.
                         n => drop(session.receive(&buf[..n])),
                     }
+                    clock.update(session, Instant::now);
                 }
             }
         }

@@ -35,7 +35,7 @@ use super::conns::{out_of_fds, FdReserve, Slab, Token};
 use super::{ConnError, Drain, EngineCtx, Next, RecvMode, ServerStats, UringOptions};
 use crate::os::uring::bufring::{self, BufRing};
 use crate::os::uring::{setup, tag, untag, Gather, Target};
-use crate::sansio::session::{ServerSession, Verdict};
+use crate::sansio::session::ServerSession;
 use crate::uring_op;
 
 // What a completion is about: the top byte of its user_data; the rest is the token.
@@ -47,6 +47,7 @@ const RECV: u64 = 5;
 const SEND: u64 = 6;
 const CANCEL: u64 = 7;
 const MEMORY_TIMER: u64 = 8;
+const SWEEP_TIMER: u64 = 9;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sending {
@@ -82,6 +83,7 @@ struct Conn {
     /// How it ends, once decided: the session's verdict, or an I/O error of the ring's.
     closing: Option<Result<(), ConnError>>,
     shut: bool,
+    clock: super::RequestClock,
 }
 
 struct Loop {
@@ -108,6 +110,8 @@ struct Loop {
     /// timer fires (no completion says that another connection gave memory back).
     awaiting_memory: Vec<Token>,
     memory_timer: Option<Box<types::Timespec>>,
+    /// Fires every sweep interval: requests past `--request-timeout` are timed out.
+    sweep_timer: Box<types::Timespec>,
     /// After the cut-off, when the loop stops waiting for operations that still hang.
     give_up_at: Option<Instant>,
     enobufs: u64,
@@ -172,6 +176,7 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, opts: &UringOptions) ->
     };
     ctx.announce(&describe(opts, bufs.as_ref(), fallback.as_deref()));
     listener.set_nonblocking(true)?;
+    let ctx_timeout = ctx.config.session.request_timeout;
     let mut lp = Loop {
         ring,
         bufs,
@@ -189,6 +194,7 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, opts: &UringOptions) ->
         drain_timer: Box::new(types::Timespec::new()),
         awaiting_memory: Vec::new(),
         memory_timer: None,
+        sweep_timer: Box::new(super::timeout_sweep(ctx_timeout).into()),
         give_up_at: None,
         enobufs: 0,
     };
@@ -240,6 +246,7 @@ fn describe(opts: &super::UringOptions, bufs: Option<&BufRing>, fallback: Option
 impl Loop {
     fn run(&mut self) -> anyhow::Result<()> {
         self.arm_accept()?;
+        self.arm_sweep_timer()?;
         let shutdown_fd = self.ctx.shutdown.fd();
         let poll = opcode::PollAdd::new(types::Fd(shutdown_fd), libc::POLLIN as u32)
             .build()
@@ -294,6 +301,15 @@ impl Loop {
             DRAIN_TIMER => {
                 self.cut_off_stragglers();
                 Ok(())
+            }
+            SWEEP_TIMER => {
+                let now = Instant::now();
+                for (t, conn) in self.conns.iter_mut() {
+                    if conn.closing.is_none() && conn.clock.enforce(&mut conn.session, || now) {
+                        self.dirty.push(t);
+                    }
+                }
+                self.arm_sweep_timer()
             }
             MEMORY_TIMER => {
                 self.memory_timer = None;
@@ -394,6 +410,7 @@ impl Loop {
             read_shut: false,
             closing: None,
             shut: false,
+            clock: super::RequestClock::default(),
         };
         let (token, _) = self.conns.insert(conn);
         if (token as u32) < self.registered_files {
@@ -434,6 +451,7 @@ impl Loop {
                         _ => conn.session.receive(&conn.recv_buf[..n.min(conn.recv_buf.len())]),
                     };
                 }
+                conn.clock.update(&conn.session, Instant::now);
                 if let (Some(bid), Some(bufs)) = (buffer, self.bufs.as_mut()) {
                     bufs.recycle(bid);
                 }
@@ -518,7 +536,7 @@ impl Loop {
                 super::last_write(conn.stream.as_raw_fd(), &mut conn.session);
             }
             match conn.session.next() {
-                Next::Close(verdict) if idle || verdict == Verdict::CutOff => {
+                Next::Close(verdict) if idle || verdict.is_abrupt() => {
                     conn.closing = Some(verdict.into());
                 }
                 _ => {}
@@ -635,6 +653,13 @@ impl Loop {
             }
         }
         self.arm_drain_timer(timeout)
+    }
+
+    fn arm_sweep_timer(&mut self) -> anyhow::Result<()> {
+        let timer = opcode::Timeout::new(&*self.sweep_timer as *const types::Timespec)
+            .build()
+            .user_data(tag(SWEEP_TIMER, 0));
+        self.push(timer)
     }
 
     fn arm_drain_timer(&mut self, after: Duration) -> anyhow::Result<()> {

@@ -171,6 +171,7 @@ struct Conn {
     /// FIN goes out then, after what the socket already holds.
     ending: Option<Result<(), ConnError>>,
     close_sent: bool,
+    clock: super::RequestClock,
 }
 
 /// One queue's stack: its interface, sockets, listeners and connections.
@@ -277,6 +278,7 @@ impl Stack {
                 peer,
                 ending: None,
                 close_sent: false,
+                clock: super::RequestClock::default(),
             });
             self.listeners[i] = self.listener()?;
         }
@@ -335,6 +337,8 @@ fn step(conn: &mut Conn, socket: &mut tcp::Socket, draining: bool) -> bool {
             }
             flush(conn, socket);
         }
+        conn.clock.update(&conn.session, Instant::now);
+        conn.clock.enforce(&mut conn.session, Instant::now);
         if conn.session.reading() && !socket.can_recv() {
             if !socket.may_recv() {
                 conn.session.peer_closed();
@@ -348,7 +352,7 @@ fn step(conn: &mut Conn, socket: &mut tcp::Socket, draining: bool) -> bool {
             conn.session.last_write_tried();
         }
         if let Next::Close(verdict) = conn.session.next() {
-            if verdict == Verdict::CutOff {
+            if verdict.is_abrupt() {
                 socket.abort();
                 conn.ending = Some(verdict.into());
                 return true;

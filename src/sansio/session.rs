@@ -43,6 +43,10 @@ use crate::sansio::static_files::StaticFiles;
 use crate::sansio::workload;
 use std::sync::Arc;
 
+/// The default of `serve --request-timeout`: far beyond any request of a working client on
+/// loopback, short enough that a thousand idle half-requests do not sit for good.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Limits and sizes shared by every connection of a server.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -60,6 +64,10 @@ pub struct SessionConfig {
     pub http_limits: HttpLimits,
     /// The bound on what every connection of the server together holds.
     pub budget: Arc<MemoryBudget>,
+    /// Longest a request (a frame, or an HTTP head) may take to arrive once begun; the
+    /// engines keep the clock ([`ServerSession::mid_request`] says when it runs) and call
+    /// [`ServerSession::time_out`].
+    pub request_timeout: Duration,
 }
 
 impl Default for SessionConfig {
@@ -72,6 +80,7 @@ impl Default for SessionConfig {
             http: None,
             http_limits: HttpLimits::default(),
             budget: Arc::new(MemoryBudget::new(1 << 30)),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -125,6 +134,15 @@ pub enum Verdict {
     Protocol(SessionError),
     /// Cut off at shutdown with replies still unwritten (its peer was not reading).
     CutOff,
+    /// A request took longer than the request timeout to arrive (a slow or stalled client).
+    TimedOut,
+}
+
+impl Verdict {
+    /// Whether the connection closes at once, without waiting for a write in flight.
+    pub fn is_abrupt(&self) -> bool {
+        matches!(self, Verdict::CutOff | Verdict::TimedOut)
+    }
 }
 
 /// Where a connection's input stands.
@@ -152,6 +170,9 @@ pub struct ServerSession {
     /// Requests handed to other threads whose replies are not queued yet.
     outstanding: usize,
     cut_off: bool,
+    timed_out: bool,
+    /// Requests decoded so far (a request timeout's clock restarts at each).
+    received: u64,
     /// Bytes reserved from the budget: what this connection holds beyond [`FLOOR`].
     charged: usize,
     /// A frame's reservation was refused: these bytes, read already, wait for room.
@@ -190,6 +211,8 @@ impl ServerSession {
             input: Input::Open,
             outstanding: 0,
             cut_off: false,
+            timed_out: false,
+            received: 0,
             charged: 0,
             awaiting_memory: false,
             stash: Vec::new(),
@@ -202,6 +225,9 @@ impl ServerSession {
     pub fn next(&self) -> Next {
         if self.cut_off {
             return Next::Close(Verdict::CutOff);
+        }
+        if self.timed_out {
+            return Next::Close(Verdict::TimedOut);
         }
         let drained = self.out.is_empty();
         match &self.input {
@@ -253,6 +279,21 @@ impl ServerSession {
     /// Shutdown's drain timeout passed with this connection still writing: it closes now.
     pub fn cut_off(&mut self) {
         self.cut_off = true;
+    }
+
+    /// The request being received took longer than the request timeout: the connection
+    /// closes now.
+    pub fn time_out(&mut self) {
+        self.timed_out = true;
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        self.config.request_timeout
+    }
+
+    /// Requests decoded so far, answered or not.
+    pub fn requests_received(&self) -> u64 {
+        self.received
     }
 
     /// `n` more requests were handed to other threads ([`ServerSession::receive_requests`]).
@@ -439,6 +480,7 @@ impl ServerSession {
         while let Some(parsed) = decoder.next_request() {
             match parsed {
                 Ok(request) => {
+                    self.received += 1;
                     self.out.push(files.respond(&request));
                     self.counters.requests += 1;
                     done += 1;
@@ -499,6 +541,7 @@ impl ServerSession {
             let (used, frame) = decoder.decode(&data[..take])?;
             data = &data[used..];
             if let Some(request) = frame {
+                self.received += 1;
                 self.check_limits(&request.header)?;
                 on_request(self, request);
             }
