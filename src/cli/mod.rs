@@ -183,7 +183,8 @@ fn serve(a: ServeArgs, given: &dyn Fn(&str) -> bool) -> anyhow::Result<ExitCode>
         );
     }
     cfg.session.request_timeout = a.request_timeout.0;
-    eprintln!(
+    // Said once the server stands (a server that cannot start says only why).
+    let limits = format!(
         "limits: memory budget {} for unfinished requests and unsent replies, beyond {} a \
          connection (--memory-budget); request timeout {} (--request-timeout)",
         Size(budget as u64),
@@ -194,6 +195,7 @@ fn serve(a: ServeArgs, given: &dyn Fn(&str) -> bool) -> anyhow::Result<ExitCode>
     let mut signals =
         signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
     let server = engine::start(cfg)?;
+    eprintln!("{limits}");
     println!("listening on {}", server.endpoint);
     // Whoever reads stdout may be gone already; the server serves on regardless.
     let _ = std::io::stdout().flush();

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Slow clients at scale: the normal load's p99 with and without 1,000 slowloris connections.
+#
+#   scripts/slow_clients.sh [engines...]      (default: select poll epoll pool uring tokio monoio threads iovec)
+#   RATE=20000 DURATION=10s REPEAT=3 SLOW=1000 TIMEOUT=5s SERVER_CPU=0 LOAD_CPU=1 scripts/slow_clients.sh epoll
+#
+# For each engine and each protocol (frame: trickled frame headers; http: trickled HTTP
+# heads), REPEAT rounds of the same load (64 B echo, or GET of a 1 KiB file, over 64
+# connections at RATE) without and with SLOW trickling connections, interleaved
+# (without, with, without, with, ...) so that a moment of machine noise falls on both. The
+# server runs with --request-timeout $TIMEOUT, so trickled requests are closed (and the
+# trickler reconnects) during the run; the table says how many. select holds at most 1,024
+# descriptors (FD_SETSIZE), so it gets 900 slow connections.
+#
+# The ratio is median p99 with / median p99 without. Raw output stays in $OUT.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RATE=${RATE:-20000}; DURATION=${DURATION:-10s}; REPEAT=${REPEAT:-3}; SLOW=${SLOW:-1000}
+TIMEOUT=${TIMEOUT:-5s}; SERVER_CPU=${SERVER_CPU:-0}; LOAD_CPU=${LOAD_CPU:-1}
+OUT=${OUT:-$(mktemp -d /tmp/iolab-slow.XXXX)}; mkdir -p "$OUT/root"
+engines=("$@"); [ ${#engines[@]} -gt 0 ] || engines=(select poll epoll pool uring tokio monoio threads iovec)
+command -v python3 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null; }
+cargo build --release -q
+BIN=target/release/iolab
+head -c 1024 /dev/zero | tr '\0' 'x' > "$OUT/root/index.html"
+ulimit -n 65536 2>/dev/null || true
+echo "results in $OUT; load $RATE rps for $DURATION over 64 connections; $SLOW slow clients;" \
+  "--request-timeout $TIMEOUT; server on CPU $SERVER_CPU, load and slow clients on CPU $LOAD_CPU"
+
+run_one() { # engine protocol slow_count round -> appends "engine proto cond round p99 timeouts closes" to results
+  local engine=$1 proto=$2 slow=$3 round=$4 cond
+  cond=$([ "$slow" -gt 0 ] && echo with || echo without)
+  local tag="$engine-$proto-$cond-$round"
+  local args=(--engine "$engine" --addr 127.0.0.1:0 --quiet --request-timeout "$TIMEOUT")
+  [ "$proto" = http ] && args+=(--protocol http --root "$OUT/root")
+  taskset -c "$SERVER_CPU" "$BIN" serve "${args[@]}" > "$OUT/$tag.server.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 200); do grep -q '^listening on' "$OUT/$tag.server.log" && break; sleep 0.05; done
+  local addr; addr=$(awk '/^listening on/ {print $3}' "$OUT/$tag.server.log")
+  [ -n "$addr" ] || { echo "slow_clients.sh: $engine did not start" >&2; cat "$OUT/$tag.server.log" >&2; exit 1; }
+  local trickler=""
+  if [ "$slow" -gt 0 ]; then
+    rm -f "$OUT/ready"
+    taskset -c "$LOAD_CPU" python3 scripts/slow_clients.py --port "${addr##*:}" --kind "$proto" \
+      --connections "$slow" --seconds 3600 --ready-file "$OUT/ready" > "$OUT/$tag.slow.json" 2>&1 &
+    trickler=$!
+    for _ in $(seq 600); do [ -f "$OUT/ready" ] && break; sleep 0.05; done
+    sleep 1
+  fi
+  local load=(--addr "$addr" --rate "$RATE" --duration "$DURATION" --warmup 1s --connections 64 --json "$OUT/$tag.json")
+  [ "$proto" = http ] && load+=(--protocol http --path /index.html) || load+=(--request-size 64 --reply echo)
+  taskset -c "$LOAD_CPU" "$BIN" load "${load[@]}" > "$OUT/$tag.load.log" 2>&1 || true
+  [ -n "$trickler" ] && { kill -INT "$trickler" 2>/dev/null || true; wait "$trickler" 2>/dev/null || true; }
+  kill -TERM "$pid"; wait "$pid" || true
+  python3 - "$OUT/$tag.json" "$OUT/$tag.server.log" "$engine $proto $cond $round" >> "$OUT/results.txt" <<'PY'
+import json, re, sys
+d = json.load(open(sys.argv[1]))
+summary = open(sys.argv[2]).read()
+m = re.search(r"request_timeouts=(\d+)", summary)
+bad = "" if d["error"] is None and d["errors"] == 0 else " BAD"
+print(f'{sys.argv[3]} {d["latency_us"]["p99"]:.1f} {m.group(1) if m else "?"} {d["machine_stalls"]["total_ms"] if isinstance(d.get("machine_stalls"), dict) and "total_ms" in d["machine_stalls"] else "?"}{bad}')
+PY
+}
+
+: > "$OUT/results.txt"
+for engine in "${engines[@]}"; do
+  slow=$SLOW; [ "$engine" = select ] && slow=$(( SLOW < 900 ? SLOW : 900 ))
+  for proto in frame http; do
+    for round in $(seq "$REPEAT"); do
+      run_one "$engine" "$proto" 0 "$round"
+      run_one "$engine" "$proto" "$slow" "$round"
+    done
+    python3 - "$OUT/results.txt" "$engine" "$proto" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.split()[:2] == sys.argv[2:4]]
+def med(cond): return statistics.median(float(r[4]) for r in rows if r[2] == cond)
+def spread(cond):
+    v = [float(r[4]) for r in rows if r[2] == cond]; return f"{min(v):.0f}-{max(v):.0f}"
+timeouts = [r[5] for r in rows if r[2] == "with"]
+bad = " (errors in some runs)" if any(r[-1] == "BAD" for r in rows) else ""
+print(f"{sys.argv[2]:<8} {sys.argv[3]:<5} p99 without {med('without'):8.1f} us [{spread('without')}]  "
+      f"with {med('with'):8.1f} us [{spread('with')}]  ratio {med('with') / med('without'):5.2f}  "
+      f"timeouts/run {','.join(timeouts)}{bad}")
+PY
+  done
+done
