@@ -12,6 +12,7 @@ closes by the server, connections refused.
 """
 import argparse
 import json
+import signal
 import socket
 import struct
 import time
@@ -42,7 +43,12 @@ def main():
 
     conns, offsets = [], []
     refused = 0
-    for _ in range(a.connections):
+    # Connections arrive over one second, as an attacker's would, not all at once.
+    opened = time.monotonic()
+    for i in range(a.connections):
+        delay = opened + i / a.connections - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
         try:
             conns.append(open_one())
         except OSError:
@@ -52,10 +58,13 @@ def main():
     if a.ready_file:
         open(a.ready_file, "w").close()
     closed_by_server = sent = 0
+    stop = []
+    # SIGTERM ends the run early (a script's background job cannot be stopped with SIGINT).
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     began = time.monotonic()
     n = len(conns)
     tick = 0
-    while time.monotonic() - began < a.seconds:
+    while time.monotonic() - began < a.seconds and not stop:
         # Connection i sends at i/n of every second.
         i = tick % n
         due = began + tick / n

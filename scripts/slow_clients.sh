@@ -12,11 +12,14 @@
 # trickler reconnects) during the run; the table says how many. select holds at most 1,024
 # descriptors (FD_SETSIZE), so it gets 900 slow connections.
 #
-# The ratio is median p99 with / median p99 without. Raw output stays in $OUT.
+# The ratio is median p99 with / median p99 without. A run in which the generator's canaries
+# saw more than STALL_MS of machine stalls (this VM stalls for milliseconds now and then, and
+# one such stall decides a p99) is run again, up to 3 times; the table counts the reruns.
+# Raw output stays in $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${RATE:-20000}; DURATION=${DURATION:-10s}; REPEAT=${REPEAT:-3}; SLOW=${SLOW:-1000}
-TIMEOUT=${TIMEOUT:-5s}; SERVER_CPU=${SERVER_CPU:-0}; LOAD_CPU=${LOAD_CPU:-1}
+TIMEOUT=${TIMEOUT:-5s}; STALL_MS=${STALL_MS:-5}; SERVER_CPU=${SERVER_CPU:-0}; LOAD_CPU=${LOAD_CPU:-1}
 OUT=${OUT:-$(mktemp -d /tmp/iolab-slow.XXXX)}; mkdir -p "$OUT/root"
 engines=("$@"); [ ${#engines[@]} -gt 0 ] || engines=(select poll epoll pool uring tokio monoio threads iovec)
 command -v python3 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null; }
@@ -27,10 +30,24 @@ ulimit -n 65536 2>/dev/null || true
 echo "results in $OUT; load $RATE rps for $DURATION over 64 connections; $SLOW slow clients;" \
   "--request-timeout $TIMEOUT; server on CPU $SERVER_CPU, load and slow clients on CPU $LOAD_CPU"
 
-run_one() { # engine protocol slow_count round -> appends "engine proto cond round p99 timeouts closes" to results
-  local engine=$1 proto=$2 slow=$3 round=$4 cond
+run_one() { # engine protocol slow_count round: measured until the machine was quiet (3 tries at most)
+  local try
+  for try in 1 2 3; do
+    measure "$@" "$try"
+    local stall; stall=$(tail -1 "$OUT/results.txt" | awk '{print $7}')
+    if python3 -c "import sys; sys.exit(0 if float('$stall') <= $STALL_MS else 1)"; then return; fi
+    if [ "$try" -lt 3 ]; then
+      sed -i '$ d' "$OUT/results.txt"
+      echo "  rerun $1 $2 round $4: $stall ms of machine stalls" >&2
+    fi
+  done
+  return 0 # kept, and counted as still noisy
+}
+
+measure() { # engine protocol slow_count round try -> appends "engine proto cond round p99 timeouts stall_ms try" to results
+  local engine=$1 proto=$2 slow=$3 round=$4 try=$5 cond
   cond=$([ "$slow" -gt 0 ] && echo with || echo without)
-  local tag="$engine-$proto-$cond-$round"
+  local tag="$engine-$proto-$cond-$round-$try"
   local args=(--engine "$engine" --addr 127.0.0.1:0 --quiet --request-timeout "$TIMEOUT")
   [ "$proto" = http ] && args+=(--protocol http --root "$OUT/root")
   taskset -c "$SERVER_CPU" "$BIN" serve "${args[@]}" > "$OUT/$tag.server.log" 2>&1 &
@@ -41,7 +58,9 @@ run_one() { # engine protocol slow_count round -> appends "engine proto cond rou
   local trickler=""
   if [ "$slow" -gt 0 ]; then
     rm -f "$OUT/ready"
-    taskset -c "$LOAD_CPU" python3 scripts/slow_clients.py --port "${addr##*:}" --kind "$proto" \
+    # At nice 19: the attacker is on the generator's CPU (two cores), and must not delay its sends;
+    # one byte a second does not mind waiting.
+    taskset -c "$LOAD_CPU" nice -n 19 python3 scripts/slow_clients.py --port "${addr##*:}" --kind "$proto" \
       --connections "$slow" --seconds 3600 --ready-file "$OUT/ready" > "$OUT/$tag.slow.json" 2>&1 &
     trickler=$!
     for _ in $(seq 600); do [ -f "$OUT/ready" ] && break; sleep 0.05; done
@@ -50,15 +69,16 @@ run_one() { # engine protocol slow_count round -> appends "engine proto cond rou
   local load=(--addr "$addr" --rate "$RATE" --duration "$DURATION" --warmup 1s --connections 64 --json "$OUT/$tag.json")
   [ "$proto" = http ] && load+=(--protocol http --path /index.html) || load+=(--request-size 64 --reply echo)
   taskset -c "$LOAD_CPU" "$BIN" load "${load[@]}" > "$OUT/$tag.load.log" 2>&1 || true
-  [ -n "$trickler" ] && { kill -INT "$trickler" 2>/dev/null || true; wait "$trickler" 2>/dev/null || true; }
+  if [ -n "$trickler" ]; then kill -TERM "$trickler" 2>/dev/null || true; wait "$trickler" 2>/dev/null || true; fi
   kill -TERM "$pid"; wait "$pid" || true
-  python3 - "$OUT/$tag.json" "$OUT/$tag.server.log" "$engine $proto $cond $round" >> "$OUT/results.txt" <<'PY'
+  python3 - "$OUT/$tag.json" "$OUT/$tag.server.log" "$engine $proto $cond $round" "$try" >> "$OUT/results.txt" <<'PY'
 import json, re, sys
 d = json.load(open(sys.argv[1]))
 summary = open(sys.argv[2]).read()
 m = re.search(r"request_timeouts=(\d+)", summary)
 bad = "" if d["error"] is None and d["errors"] == 0 else " BAD"
-print(f'{sys.argv[3]} {d["latency_us"]["p99"]:.1f} {m.group(1) if m else "?"} {d["machine_stalls"]["total_ms"] if isinstance(d.get("machine_stalls"), dict) and "total_ms" in d["machine_stalls"] else "?"}{bad}')
+stalls = d.get("machine_stalls") or {}
+print(f'{sys.argv[3]} {d["latency_us"]["p99"]:.1f} {m.group(1) if m else "?"} {stalls.get("total_us", 0) / 1e3:.1f} {sys.argv[4]}{bad}')
 PY
 }
 
@@ -70,14 +90,18 @@ for engine in "${engines[@]}"; do
       run_one "$engine" "$proto" 0 "$round"
       run_one "$engine" "$proto" "$slow" "$round"
     done
-    python3 - "$OUT/results.txt" "$engine" "$proto" <<'PY'
+    python3 - "$OUT/results.txt" "$engine" "$proto" "$STALL_MS" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.split()[:2] == sys.argv[2:4]]
+rows = [r for r in rows if len(r) >= 8]
 def med(cond): return statistics.median(float(r[4]) for r in rows if r[2] == cond)
 def spread(cond):
     v = [float(r[4]) for r in rows if r[2] == cond]; return f"{min(v):.0f}-{max(v):.0f}"
 timeouts = [r[5] for r in rows if r[2] == "with"]
+reruns = sum(int(r[7]) - 1 for r in rows)
+noisy = sum(1 for r in rows if float(r[6]) > float(sys.argv[4]))
 bad = " (errors in some runs)" if any(r[-1] == "BAD" for r in rows) else ""
+bad += f" reruns {reruns}" + (f", {noisy} still noisy" if noisy else "")
 print(f"{sys.argv[2]:<8} {sys.argv[3]:<5} p99 without {med('without'):8.1f} us [{spread('without')}]  "
       f"with {med('with'):8.1f} us [{spread('with')}]  ratio {med('with') / med('without'):5.2f}  "
       f"timeouts/run {','.join(timeouts)}{bad}")

@@ -978,10 +978,12 @@ impl RequestClock {
     }
 }
 
-/// How often a loop looks for requests past their timeout: a tenth of it, within bounds, so
-/// a slow request is closed within about 10% of the timeout.
+/// How often a loop looks for requests past their timeout: a fiftieth of it, within bounds.
+/// A slow request is closed within 2% of the timeout, and slow clients that arrived over a
+/// stretch of time are closed over the same stretch, a few per sweep, rather than all in one
+/// burst that would stall the loop for everyone else.
 pub(crate) fn timeout_sweep(timeout: Duration) -> Duration {
-    (timeout / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    (timeout / 50).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
 /// How often a connection whose frame waits for the memory budget looks again for room: no
