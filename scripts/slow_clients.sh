@@ -2,7 +2,7 @@
 # Slow clients at scale: the normal load's p99 with and without 1,000 slowloris connections.
 #
 #   scripts/slow_clients.sh [engines...]      (default: select poll epoll pool uring tokio monoio threads iovec)
-#   RATE=20000 DURATION=10s REPEAT=3 SLOW=1000 TIMEOUT=5s SERVER_CPU=0 LOAD_CPU=1 scripts/slow_clients.sh epoll
+#   RATE=20000 DURATION=10s REPEAT=3 SLOW=1000 TIMEOUT=5s SERVER_CPU=0 LOAD_CPU=1 SLOW_CPU=1 scripts/slow_clients.sh epoll
 #
 # For each engine and each protocol (frame: trickled frame headers; http: trickled HTTP
 # heads), REPEAT rounds of the same load (64 B echo, or GET of a 1 KiB file, over 64
@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${RATE:-20000}; DURATION=${DURATION:-10s}; REPEAT=${REPEAT:-3}; SLOW=${SLOW:-1000}
-TIMEOUT=${TIMEOUT:-5s}; STALL_MS=${STALL_MS:-5}; SERVER_CPU=${SERVER_CPU:-0}; LOAD_CPU=${LOAD_CPU:-1}
+TIMEOUT=${TIMEOUT:-5s}; SLOW_CPU=${SLOW_CPU:-$LOAD_CPU}; STALL_MS=${STALL_MS:-5}; SERVER_CPU=${SERVER_CPU:-0}; LOAD_CPU=${LOAD_CPU:-1}
 OUT=${OUT:-$(mktemp -d /tmp/iolab-slow.XXXX)}; mkdir -p "$OUT/root"
 engines=("$@"); [ ${#engines[@]} -gt 0 ] || engines=(select poll epoll pool uring tokio monoio threads iovec)
 command -v python3 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null; }
@@ -60,7 +60,7 @@ measure() { # engine protocol slow_count round try -> appends "engine proto cond
     rm -f "$OUT/ready"
     # At nice 19: the attacker is on the generator's CPU (two cores), and must not delay its sends;
     # one byte a second does not mind waiting.
-    taskset -c "$LOAD_CPU" nice -n 19 python3 scripts/slow_clients.py --port "${addr##*:}" --kind "$proto" \
+    taskset -c "${SLOW_CPU:-$LOAD_CPU}" nice -n 19 python3 scripts/slow_clients.py --port "${addr##*:}" --kind "$proto" \
       --connections "$slow" --seconds 3600 --ready-file "$OUT/ready" > "$OUT/$tag.slow.json" 2>&1 &
     trickler=$!
     for _ in $(seq 600); do [ -f "$OUT/ready" ] && break; sleep 0.05; done

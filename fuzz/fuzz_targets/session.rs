@@ -2,21 +2,35 @@
 //! that takes a few bytes at a time would: no panic; a reply only for a complete request, in
 //! order (checked against a reference decode of the same bytes); nothing read after a
 //! protocol error; output bounded while the engine respects back-pressure.
+//!
+//! And the memory budget: frames may announce more than a connection's floor, against a
+//! budget that another (phantom) connection holds full for the first half of the input, so
+//! reservations are refused, wait, and go on once it lets go. Nothing is lost by the wait
+//! (the replies are still the reference's prefix), the budget never holds more than its
+//! limit beyond the phantom, and a dropped session gives back all it reserved.
 #![no_main]
 
 use std::io::IoSlice;
+use std::sync::Arc;
 
+use iolab::sansio::budget::MemoryBudget;
 use iolab::sansio::frame::{FrameDecoder, ReplyHeader, RequestHeader};
 use iolab::sansio::session::{Next, ServerSession, SessionConfig};
 use libfuzzer_sys::fuzz_target;
 
-const MAX_FRAME: usize = 16 << 10;
+const MAX_FRAME: usize = 256 << 10;
+const BUDGET: usize = 300 << 10;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&step, data)) = data.split_first() else {
         return;
     };
+    let budget = Arc::new(MemoryBudget::new(BUDGET));
+    // The phantom: another connection holding the whole budget until half the input is fed.
+    budget.take(BUDGET);
+    let mut phantom = true;
     let config = SessionConfig {
+        budget: budget.clone(),
         max_frame: MAX_FRAME,
         out_high_water: 64 << 10,
         // A request may ask the server to spin; a fuzzer would ask for the limit every time.
@@ -40,12 +54,19 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut fed = 0usize;
     for piece in data.chunks((step as usize).max(1)) {
+        if phantom && fed >= data.len() / 2 {
+            budget.release(BUDGET);
+            phantom = false;
+            let _ = s.receive(&[]); // what an engine does when the budget has room again
+        }
         if s.next() != Next::Serve {
             break;
         }
         if !s.wants_read() {
             drain(&mut s, &mut written);
         }
+        // An engine does not read a connection whose frame waits for memory; this one feeds
+        // on regardless, to check that the session keeps the bytes in order.
         let _ = s.receive(piece);
         fed += piece.len();
         // What one piece can make the session hold: the high-water mark, plus the replies
@@ -53,7 +74,12 @@ fuzz_target!(|data: &[u8]| {
         let bound = (64 << 10) + (piece.len() / RequestHeader_LEN + 1) * (MAX_FRAME + 64);
         assert!(s.out().queued_bytes() <= bound, "{} queued", s.out().queued_bytes());
     }
+    if phantom {
+        budget.release(BUDGET);
+        let _ = s.receive(&[]);
+    }
     drain(&mut s, &mut written);
+    assert!(budget.peak() <= 2 * BUDGET, "the budget held {} B", budget.peak());
     // Reference: the requests the same bytes hold, in order, up to the first bad one.
     let mut reference = FrameDecoder::<RequestHeader>::new(MAX_FRAME);
     let mut ids = Vec::new();
@@ -83,6 +109,8 @@ fuzz_target!(|data: &[u8]| {
     // prefix of the requests, in order.
     assert!(got.len() <= ids.len() && got[..] == ids[..got.len()], "{got:?} for {ids:?}");
     assert_eq!(s.counters().requests as usize, got.len());
+    drop(s);
+    assert_eq!(budget.held(), 0, "a dropped session keeps {} B reserved", budget.held());
 });
 
 #[allow(non_upper_case_globals)]
