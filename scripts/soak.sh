@@ -9,14 +9,14 @@
 # connections, one run of DURATION seconds; every SAMPLE seconds the server's resident memory
 # (VmRSS) and open descriptors are read from /proc. It passes when
 #   - no reply is lost: the generator reports no error, every request sent was answered;
-#   - resident memory and descriptors stay flat: every sample after the first minute within
-#     ±5% of their median.
+#   - resident memory and descriptors stay flat: every sample from the first minute to the end
+#     of the load's run within ±5% of their median.
 # Exit 0 on pass, 1 on a failed check; the samples and both sides' output stay in $OUT.
 # Not in CI: it takes its DURATION.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENGINE=${1:?usage: scripts/soak.sh ENGINE KNEE_RPS}
-KNEE=${2:?usage: scripts/soak.sh ENGINE KNEE_RPS (the engine's knee, from iolab knee DIR)}
+KNEE=${2:?usage: scripts/soak.sh ENGINE KNEE_RPS (the knee of the engine, from iolab knee DIR)}
 DURATION=${DURATION:-600}; SHARE=${SHARE:-0.7}; SAMPLE=${SAMPLE:-10}
 SERVER_CPU=${SERVER_CPU:-0}; LOAD_CPU=${LOAD_CPU:-1}
 OUT=${OUT:-$(mktemp -d /tmp/iolab-soak.XXXX)}; mkdir -p "$OUT"
@@ -50,9 +50,9 @@ kill -TERM "$pid"; wait "$pid" || true
 trap - EXIT
 grep '^summary:' "$OUT/server.log" || true
 
-python3 - "$OUT" "$load_rc" <<'PY'
+python3 - "$OUT" "$load_rc" "$DURATION" <<'PY'
 import json, statistics, sys
-out, load_rc = sys.argv[1], int(sys.argv[2])
+out, load_rc, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 rows = [list(map(int, l.split())) for l in open(f"{out}/samples.txt").read().splitlines()[1:]]
 d = json.load(open(f"{out}/load.json"))
 ok = True
@@ -61,13 +61,14 @@ print(f'load: sent {d["sent"]}, completed {d["completed"]}, errors {d["errors"]}
       f'achieved {d["achieved_rps"]:.0f} rps, p99 {d["latency_us"]["p99"]:.0f} us, exit {load_rc}')
 if load_rc != 0 or d["error"] is not None or d["errors"] != 0 or lost != 0:
     print(f"FAIL: replies lost or errors ({lost} unanswered)"); ok = False
-steady = [r for r in rows if r[0] >= 60] or rows
+# From the first minute to the end of the measured run (a last sample may find the load gone).
+steady = [r for r in rows if 60 <= r[0] <= duration] or rows
 for col, name in ((1, "resident memory (KiB)"), (2, "open descriptors")):
     vals = [r[col] for r in steady]
     med = statistics.median(vals)
     worst = max(abs(v - med) / med for v in vals) if med else 0.0
     verdict = "flat" if worst <= 0.05 else "FAIL: drifts"
-    print(f"{name}: {len(vals)} samples after 60 s, median {med:.0f}, min {min(vals)}, max {max(vals)}, "
+    print(f"{name}: {len(vals)} samples from 60 s to {duration:.0f} s, median {med:.0f}, min {min(vals)}, max {max(vals)}, "
           f"worst deviation {worst * 100:.1f}% ({verdict})")
     ok &= worst <= 0.05
 print("soak: PASS" if ok else "soak: FAIL")
