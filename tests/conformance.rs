@@ -444,10 +444,16 @@ pub fn clients_gone_mid_request_free_their_connections(engine: Setup) {
     while open() > 0 && began.elapsed() < BOUND {
         std::thread::sleep(Duration::from_millis(2));
     }
+    let st = &server.ctx.stats;
     assert_eq!(
         open(),
         0,
-        "connections of vanished clients still open after {BOUND:?}"
+        "connections of vanished clients still open after {BOUND:?} \
+         (accepted {}, closed {}, accept errors {}, I/O errors {})",
+        st.accepted.load(std::sync::atomic::Ordering::Relaxed),
+        st.closed.load(std::sync::atomic::Ordering::Relaxed),
+        st.accept_errors.load(std::sync::atomic::Ordering::Relaxed),
+        st.io_errors.load(std::sync::atomic::Ordering::Relaxed),
     );
     let mut s = connect_to(&server.endpoint);
     s.write_all(&request(7, 10, ReplySize::Echo)).unwrap();

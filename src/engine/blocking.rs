@@ -65,7 +65,7 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, serve_conn: ConnFn) -> 
                         Err(e) => {
                             // The closure (and the stream) is dropped: the connection closes.
                             registry.remove(id);
-                            ServerStats::bump(&ctx.stats.accept_errors);
+                            ctx.stats.refused();
                             eprintln!("iolab: cannot start a thread for {peer}: {e}");
                         }
                     }

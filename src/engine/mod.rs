@@ -428,6 +428,14 @@ impl ServerStats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A connection accepted and then dropped before it was served (reset before it could be
+    /// set up, or past a limit): an accept error, and closed at once. Every accepted
+    /// connection is counted closed exactly once, so accepted − closed is what is open.
+    pub fn refused(&self) {
+        Self::bump(&self.accept_errors);
+        Self::bump(&self.closed);
+    }
+
     fn absorb(&self, c: SessionCounters) {
         self.requests.fetch_add(c.requests, Ordering::Relaxed);
         self.bytes_in.fetch_add(c.bytes_in, Ordering::Relaxed);

@@ -250,7 +250,7 @@ impl LoopCore {
                 Ok((stream, peer)) => {
                     ServerStats::bump(&self.ctx.stats.accepted);
                     if let Err(why) = admit(stream.as_raw_fd()) {
-                        ServerStats::bump(&self.ctx.stats.accept_errors);
+                        self.ctx.stats.refused();
                         eprintln!("iolab: refusing connection from {peer}: {why}");
                         continue;
                     }
@@ -262,7 +262,10 @@ impl LoopCore {
                             }
                             added.push(token);
                         }
-                        Err(e) => eprintln!("iolab: cannot set up connection from {peer}: {e}"),
+                        Err(e) => {
+                            self.ctx.stats.refused();
+                            eprintln!("iolab: cannot set up connection from {peer}: {e}");
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

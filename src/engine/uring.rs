@@ -388,7 +388,7 @@ impl Loop {
             Ok(p) => p,
             Err(e) => {
                 // Reset before we looked at it: nothing to serve.
-                ServerStats::bump(&self.ctx.stats.accept_errors);
+                self.ctx.stats.refused();
                 if e.kind() != io::ErrorKind::NotConnected {
                     eprintln!("iolab: cannot set up an accepted connection: {e}");
                 }
