@@ -344,13 +344,10 @@ fn sweep_writes_a_results_folder_that_knee_reads() {
         );
         assert_eq!(summary["mode"], "open");
     }
-    let knee_json = std::process::Command::new(env!("CARGO_BIN_EXE_iolab"))
-        .args(["knee", "--json", "--slo", "60s"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(knee_json.status.success());
-    let k: serde_json::Value = serde_json::from_slice(&knee_json.stdout).expect("knee --json is JSON");
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let (ok, knee_json, err) = iolab(&["knee", "--json", "--slo", "60s", &dir_arg]);
+    assert!(ok, "{err}");
+    let k: serde_json::Value = serde_json::from_str(&knee_json).expect("knee --json is JSON");
     assert_eq!(k["engines"].as_array().map(Vec::len), Some(2), "{k}");
     for row in k["engines"].as_array().unwrap() {
         // Within a 60 s SLO everything is good: the knee is the top of the ladder, and that
@@ -364,13 +361,8 @@ fn sweep_writes_a_results_folder_that_knee_reads() {
             "{row}"
         );
     }
-    let knee = std::process::Command::new(env!("CARGO_BIN_EXE_iolab"))
-        .arg("knee")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&knee.stdout);
-    assert!(knee.status.success());
+    let (ok, text, err) = iolab(&["knee", &dir_arg]);
+    assert!(ok, "{err}");
     assert!(
         text.contains("epoll") && text.contains("uring --register-files"),
         "{text}"
@@ -537,12 +529,9 @@ fn points_made_invalid_or_saturated_on_purpose_give_lower_bounds_and_no_knee() {
         args.extend(["--out", &dir_arg]);
         let (ok, out, err) = iolab(&args);
         assert!(ok, "{err}\n{out}");
-        let knee = Command::new(env!("CARGO_BIN_EXE_iolab"))
-            .args(["knee", "--json"])
-            .arg(&dir)
-            .output()
-            .unwrap();
-        let k: serde_json::Value = serde_json::from_slice(&knee.stdout).unwrap();
+        let (ok, knee, err) = iolab(&["knee", "--json", &dir_arg]);
+        assert!(ok, "{err}");
+        let k: serde_json::Value = serde_json::from_str(&knee).expect("knee --json is JSON");
         let rows = iolab::lab::results::read_points(&dir).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         (rows, k["engines"][0].clone(), out)

@@ -748,14 +748,20 @@ mod tests {
         got
     }
 
-    #[test]
-    fn a_frame_the_budget_cannot_hold_waits_and_then_completes() {
-        // Room for one 800 KiB frame beyond the floors, not two.
-        let budget = Arc::new(MemoryBudget::new(1 << 20));
+    /// A session configuration whose memory budget (returned beside it) holds `limit` bytes.
+    fn budgeted(limit: usize) -> (Arc<MemoryBudget>, SessionConfig) {
+        let budget = Arc::new(MemoryBudget::new(limit));
         let cfg = SessionConfig {
             budget: budget.clone(),
             ..SessionConfig::default()
         };
+        (budget, cfg)
+    }
+
+    #[test]
+    fn a_frame_the_budget_cannot_hold_waits_and_then_completes() {
+        // Room for one 800 KiB frame beyond the floors, not two.
+        let (budget, cfg) = budgeted(1 << 20);
         let size = 800 << 10;
         let (mut a, mut b) = (ServerSession::new(&cfg), ServerSession::new(&cfg));
         let (fa, fb) = (
@@ -794,11 +800,7 @@ mod tests {
 
     #[test]
     fn small_requests_stay_within_the_floor_and_a_closed_connection_gives_back() {
-        let budget = Arc::new(MemoryBudget::new(1 << 20));
-        let cfg = SessionConfig {
-            budget: budget.clone(),
-            ..SessionConfig::default()
-        };
+        let (budget, cfg) = budgeted(1 << 20);
         let mut s = ServerSession::new(&cfg);
         for id in 0..500 {
             s.receive(&request_bytes(id, 64, ReplySize::Echo, 0)).unwrap();
@@ -821,11 +823,7 @@ mod tests {
 
     #[test]
     fn requests_handed_out_are_held_until_their_replies_come_back() {
-        let budget = Arc::new(MemoryBudget::new(1 << 20));
-        let cfg = SessionConfig {
-            budget: budget.clone(),
-            ..SessionConfig::default()
-        };
+        let (budget, cfg) = budgeted(1 << 20);
         let mut s = ServerSession::new(&cfg);
         let mut requests = Vec::new();
         s.receive_requests(
