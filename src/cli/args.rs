@@ -44,6 +44,10 @@ pub(super) enum Command {
     Knee(KneeArgs),
     /// A results folder in, a self-contained HTML page and a Jupyter notebook out.
     Report(ReportArgs),
+    /// Agents' runs (`load --agent NAME --start-at TIME --json F`) in, one run out: counts
+    /// summed, percentiles from the merged histograms (never averaged), arrivals checked on
+    /// the merged sends.
+    Merge(MergeArgs),
     /// Write a reproducible corpus of web pages (sizes as real pages' HTML) and its paths file.
     Corpus(CorpusArgs),
 }
@@ -211,6 +215,24 @@ pub(super) struct SweepArgs {
     /// Length of each of a profile's two loads (one for CPU, one under perf).
     #[arg(long, default_value = "1s")]
     pub(super) profile_duration: Dur,
+    /// Run every point's load on these machines instead of here: a file of one
+    /// `[user@]host[:cpus]` per line (cpus: the agent's driver threads, pinned). Each point's
+    /// rate and connections are split between them, all start at one instant, and their
+    /// histograms are merged exactly (`iolab merge`). Reached with `ssh -o BatchMode=yes`:
+    /// your own keys, agent and ~/.ssh/config, never a password prompt. Each needs iolab
+    /// (--agent-iolab) and tar. Give --server-addr an address the agents can reach.
+    #[arg(long)]
+    pub(super) agents: Option<PathBuf>,
+    /// With --agents: the iolab the agents run (a name on their PATH, or a path there).
+    #[arg(long, default_value = "iolab", requires = "agents")]
+    pub(super) agent_iolab: String,
+    /// With --agents: an ssh configuration file to use instead of ~/.ssh/config (ssh -F).
+    #[arg(long, requires = "agents")]
+    pub(super) ssh_config: Option<PathBuf>,
+    /// Where each engine's server listens (port 0: a free one). With --agents, an address
+    /// of this machine (or of the engine's --netns) that the agents reach.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub(super) server_addr: SocketAddr,
     /// Results folder (default: results/sweep-<unix time>).
     #[arg(long)]
     pub(super) out: Option<PathBuf>,
@@ -236,6 +258,27 @@ impl ArrivalsCheckArgs {
         cfg.ks_timescale = self.ks_timescale.0;
         cfg.ks_resolution = self.ks_resolution.0;
     }
+}
+
+#[derive(Args, Debug)]
+pub(super) struct MergeArgs {
+    /// The agents' JSON summaries; each names its HdrHistogram log and sends file, looked for
+    /// beside it first.
+    #[arg(required = true)]
+    pub(super) inputs: Vec<PathBuf>,
+    /// Write the merged summary here, with the same keys as `load --json` (plus `agents`, each
+    /// agent's own figures, and `merge_warnings`).
+    #[arg(long)]
+    pub(super) json: Option<PathBuf>,
+    /// Write the merged per-interval and whole-window histograms as an HdrHistogram log.
+    #[arg(long)]
+    pub(super) hdr_log: Option<PathBuf>,
+    /// Write the merged interarrival times, in microseconds, one per line.
+    #[arg(long)]
+    pub(super) interarrivals: Option<PathBuf>,
+    /// Warn when agents' window starts or measured durations differ by more than this.
+    #[arg(long, default_value = "10ms")]
+    pub(super) max_skew: Dur,
 }
 
 #[derive(Args, Debug)]
@@ -618,6 +661,26 @@ pub(super) struct LoadArgs {
     /// Write one CSV row per request: id, scheduled, sent, done (ns), sizes, ok.
     #[arg(long)]
     pub(super) requests_log: Option<PathBuf>,
+    /// Start the measured window at this wall-clock instant, the warm-up before it: Unix
+    /// seconds (1767225600.5), RFC 3339 (2026-12-01T22:00:00Z) or +DURATION from now (+5s).
+    /// Agents on several machines given the same instant measure the same window; their
+    /// clocks must agree (NTP, PTP) to well under the window's length.
+    #[arg(long, value_parser = start_at)]
+    pub(super) start_at: Option<std::time::SystemTime>,
+    /// Run as one agent of several, labelled NAME: the seed is mixed with the name (agents
+    /// given one --seed draw independent arrivals), and with --json the HdrHistogram log
+    /// (--hdr-log, default: the JSON's name with .hlog) and the send times (.sends) are
+    /// written beside it for `iolab merge`.
+    #[arg(long, value_name = "NAME")]
+    pub(super) agent: Option<String>,
+    /// This host's clock minus the reference clock, in seconds, if measured: recorded in the
+    /// JSON and used by `iolab merge` to line up the agents' sends.
+    #[arg(long, requires = "agent", allow_negative_numbers = true)]
+    pub(super) clock_offset: Option<f64>,
+}
+
+fn start_at(s: &str) -> Result<std::time::SystemTime, String> {
+    iolab::loadgen::merge::parse_start_at(s)
 }
 
 #[derive(Args, Debug)]

@@ -40,6 +40,7 @@ pub fn main() -> ExitCode {
         Command::Demo(a) => run_demo(a),
         Command::Sweep(a) => sweep(*a),
         Command::Knee(a) => knee(a),
+        Command::Merge(a) => merge(a),
         Command::Report(a) => report(a),
         Command::Corpus(a) => corpus(a),
     };
@@ -294,12 +295,29 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     }
     (cfg.chunk_size, cfg.max_frame) = a.frame.sizes()?;
     cfg.requests_log = a.requests_log.is_some();
+    cfg.start_at = a.start_at;
+    cfg.agent = a.agent.clone();
+    cfg.clock_offset = a.clock_offset;
+    if let Some(name) = &a.agent {
+        if name.is_empty() || name.chars().any(|c| c.is_control()) {
+            anyhow::bail!("--agent NAME must be a non-empty name without control characters");
+        }
+    }
+    // An agent's files for `iolab merge`: beside its JSON unless named.
+    let agent_files = match (&a.agent, &a.json) {
+        (Some(_), Some(json)) => Some((
+            a.hdr_log.clone().unwrap_or_else(|| json.with_extension("hlog")),
+            json.with_extension("sends"),
+        )),
+        _ => None,
+    };
+    let hdr_log = agent_files.as_ref().map(|f| f.0.clone()).or(a.hdr_log.clone());
     a.arrivals_check.apply(&mut cfg);
     let print_intervals = a.log_interval.is_some();
     cfg.log_interval = a
         .log_interval
         .map(|d| d.0)
-        .or(a.hdr_log.as_ref().map(|_| Duration::from_secs(1)));
+        .or(hdr_log.as_ref().map(|_| Duration::from_secs(1)));
     cfg.validate().map_err(anyhow::Error::msg)?;
     if cfg.log_interval.is_some_and(|d| d < Duration::from_millis(1)) {
         anyhow::bail!("--log-interval must be at least 1ms");
@@ -315,7 +333,7 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
         let _ = write!(out, "{CLEAR_LINE}{}", p.describe());
         let _ = out.flush();
     };
-    let report = loadgen::run_watched(
+    let mut report = loadgen::run_watched(
         cfg,
         &mut |line| {
             if print_intervals {
@@ -332,13 +350,26 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     }
     print!("{}", report.table());
     // Partial results are written even when the run failed: they are what was measured.
+    if let Some((hlog, sends)) = &agent_files {
+        report.write_sends(sends)?;
+        // Named as the JSON's folder sees them, so that fetched results stay together.
+        let named = |p: &std::path::Path, json: &std::path::Path| {
+            let same_dir = p.parent() == json.parent();
+            match p.file_name() {
+                Some(f) if same_dir => f.to_string_lossy().into_owned(),
+                _ => p.display().to_string(),
+            }
+        };
+        let json = a.json.as_deref().unwrap_or(std::path::Path::new("."));
+        report.agent_files = Some((named(hlog, json), named(sends, json)));
+    }
     if let Some(p) = &a.json {
         report.write_json(p)?;
     }
     if let Some(p) = &a.interarrivals {
         report.write_interarrivals(p, usize::MAX)?;
     }
-    if let Some(p) = &a.hdr_log {
+    if let Some(p) = &hdr_log {
         report.write_hdr_log(p)?;
     }
     if let Some(p) = &a.requests_log {
@@ -580,6 +611,28 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
     cfg.server_cpus = server_cpus;
     cfg.load_cpus = load_cpus;
     cfg.seed = a.seed;
+    cfg.server_addr = a.server_addr.to_string();
+    if let Some(file) = &a.agents {
+        if a.server_addr.ip().is_loopback() {
+            anyhow::bail!(
+                "--agents load from other machines, which cannot reach a server on {}: give --server-addr an address they reach",
+                a.server_addr.ip()
+            );
+        }
+        let text =
+            std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("--agents {}: {e}", file.display()))?;
+        let hosts = iolab::lab::agents::parse_agents(&text)
+            .map_err(|e| anyhow::anyhow!("--agents {}: {e}", file.display()))?;
+        let agents = iolab::lab::agents::Agents::connect(hosts, a.ssh_config.clone(), a.agent_iolab.clone())?;
+        for (h, off) in agents.hosts.iter().zip(&agents.offsets) {
+            eprintln!(
+                "iolab: agent {} reached, its clock {:+.1} ms from ours",
+                h.dest,
+                off * 1e3
+            );
+        }
+        cfg.agents = Some(agents);
+    }
     if let Some(spec) = &a.compare_loops {
         let spec: Vec<String> = spec.split_whitespace().map(String::from).collect();
         match spec.first() {
@@ -636,6 +689,47 @@ fn corpus(a: CorpusArgs) -> anyhow::Result<ExitCode> {
         a.out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn merge(a: MergeArgs) -> anyhow::Result<ExitCode> {
+    let runs = a
+        .inputs
+        .iter()
+        .map(|p| loadgen::merge::AgentRun::read(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let report = loadgen::merge::merge(&runs, a.max_skew.0)?;
+    print!("{}", report.table());
+    let s = report.summary();
+    println!("  agents        {} merged:", runs.len());
+    for r in s.agents.iter().flatten() {
+        println!(
+            "    {:<16} offered {:>10.1} rps  completed {:>9}  p99 {:>9.1}us  send lag p99 {:>7.1}us  K-S p={:.3}{}",
+            r.name,
+            r.offered_rps,
+            r.completed,
+            r.p99_us,
+            r.send_lag_p99_us,
+            r.ks_p_value,
+            r.error.as_ref().map_or(String::new(), |e| format!("  error: {e}"))
+        );
+    }
+    for w in s.merge_warnings.iter().flatten() {
+        eprintln!("iolab: warning: {w}");
+    }
+    if let Some(p) = &a.json {
+        report.write_json(p)?;
+    }
+    if let Some(p) = &a.hdr_log {
+        report.write_hdr_log(p)?;
+    }
+    if let Some(p) = &a.interarrivals {
+        report.write_interarrivals(p, usize::MAX)?;
+    }
+    Ok(if report.error.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn knee(a: KneeArgs) -> anyhow::Result<ExitCode> {

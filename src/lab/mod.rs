@@ -5,6 +5,7 @@
 //! `sansio`). `report` reads files only: it imports `results` and `sansio::stats`, never a
 //! process-running module.
 
+pub mod agents;
 pub mod corpus;
 pub mod demo;
 pub mod profile;

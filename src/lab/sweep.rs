@@ -94,6 +94,12 @@ pub struct SweepConfig {
     pub compare_loops: Option<Vec<String>>,
     /// `--profile`: after the sweep, where each engine's time goes ([`profile_cells`]).
     pub profile: Option<ProfilePlan>,
+    /// `--agents`: every point's load runs on these machines over ssh, merged exactly
+    /// ([`super::agents`]); `None`: the local generator.
+    pub agents: Option<super::agents::Agents>,
+    /// Where each server listens (`--server-addr`): agents on other machines need an address
+    /// they can reach.
+    pub server_addr: String,
 }
 
 /// Which cells to profile, and how long each of a profile's two loads lasts.
@@ -166,6 +172,8 @@ impl SweepConfig {
             command_line: std::env::args().collect(),
             compare_loops: None,
             profile: None,
+            agents: None,
+            server_addr: "127.0.0.1:0".to_string(),
         })
     }
 
@@ -206,6 +214,10 @@ struct Meta<'a> {
     stall_grace_us: f64,
     quiet: QuietCheck,
     budget_s: Option<f64>,
+    /// `--agents`: the machines that ran the load (`[user@]host`), and each one's clock
+    /// minus this one's (s) as measured at the start; empty: the local generator.
+    agents: Vec<String>,
+    agent_clock_offsets_s: Vec<f64>,
     started_unix_s: u64,
     /// Filled in when the sweep ends.
     finished: Option<Finished>,
@@ -619,7 +631,7 @@ pub fn compare_loops(cfg: &SweepConfig, spec: &[String]) -> anyhow::Result<[Load
             load.duration = LOOPS_DURATION;
             load.closed_loop = closed.then_some(1);
         };
-        let (report, _, _) = measure(cfg, spec, &log, serial, cfg.rates[0], shape, true)?;
+        let (report, _, _) = measure(cfg, spec, &log, serial, cfg.rates[0], shape, true, false)?;
         let name = if closed { "closed" } else { "open" };
         report.write_json(&dir.join(format!("{name}.json")))?;
         report.write_hdr_log(&dir.join(format!("{name}.hlog")))?;
@@ -785,7 +797,7 @@ fn measure_point(
     points_dir: &Path,
     stem: &str,
 ) -> anyhow::Result<(LoadReport, f64, Quiet)> {
-    let (report, server_cpu, quiet) = measure(cfg, spec, log, serial, rate, |_| {}, false)?;
+    let (report, server_cpu, quiet) = measure(cfg, spec, log, serial, rate, |_| {}, false, true)?;
     report.write_json(&points_dir.join(format!("{stem}.json")))?;
     report.write_hdr_log(&points_dir.join(format!("{stem}.hlog")))?;
     report.write_interarrivals(&points_dir.join(format!("{stem}.gaps")), GAPS_KEPT)?;
@@ -793,9 +805,11 @@ fn measure_point(
 }
 
 /// One load on a fresh server, once the machine is quiet: `shape` adjusts the sweep's load
-/// configuration, and with `stalled` a [`Staller`] stops the server now and then. Returns the
+/// configuration, and with `stalled` a [`Staller`] stops the server now and then; with
+/// `remote`, the sweep's agents (if any) run the load, else this process does. Returns the
 /// report, the server's CPU seconds over the load, and the quiet check. The server is stopped
 /// before the load's own error, if any, is returned.
+#[allow(clippy::too_many_arguments)]
 fn measure(
     cfg: &SweepConfig,
     spec: &[String],
@@ -804,6 +818,7 @@ fn measure(
     rate: f64,
     shape: impl FnOnce(&mut LoadConfig),
     stalled: bool,
+    remote: bool,
 ) -> anyhow::Result<(LoadReport, f64, Quiet)> {
     let quiet = wait_quiet(cfg);
     let server = Server::start(cfg, spec, log, serial)?;
@@ -811,7 +826,10 @@ fn measure(
     let mut load = load_config(cfg, &server.endpoint, server.netns.as_deref(), rate);
     shape(&mut load);
     let stalls = stalled.then(|| Staller::start(server.child.id()));
-    let report = loadgen::run(load, &mut |_| {});
+    let report = match cfg.agents.as_ref().filter(|_| remote) {
+        Some(agents) => agents.run(&load, &cfg.out.join("agents").join(format!("point-{serial}"))),
+        None => loadgen::run(load, &mut |_| {}),
+    };
     if let Some(stalls) = stalls {
         stalls.finish();
     }
@@ -1112,6 +1130,12 @@ fn write_meta(cfg: &SweepConfig, started_unix_s: u64, finished: Option<Finished>
         stall_grace_us: cfg.grace_us(),
         quiet: cfg.quiet,
         budget_s: cfg.budget.map(|b| b.as_secs_f64()),
+        agents: cfg
+            .agents
+            .iter()
+            .flat_map(|a| a.hosts.iter().map(|h| h.dest.clone()))
+            .collect(),
+        agent_clock_offsets_s: cfg.agents.iter().flat_map(|a| a.offsets.clone()).collect(),
         started_unix_s,
         finished,
     };
@@ -1157,7 +1181,7 @@ impl Server {
             anyhow::bail!("an empty engine spec");
         };
         let mut cmd = Command::new(&cfg.server_binary);
-        cmd.args(["serve", "--quiet", "--addr", "127.0.0.1:0", "--engine", engine])
+        cmd.args(["serve", "--quiet", "--addr", &cfg.server_addr, "--engine", engine])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

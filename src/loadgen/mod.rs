@@ -15,6 +15,7 @@ pub mod canary;
 pub mod client;
 mod driver;
 pub mod error;
+pub mod merge;
 pub mod spec;
 
 use std::collections::BTreeMap;
@@ -155,6 +156,15 @@ pub struct LoadConfig {
     pub closed_loop: Option<usize>,
     /// Stop after this many measured requests have been sent and answered (`--requests`).
     pub requests: Option<u64>,
+    /// Start the measured window at this wall-clock instant (the warm-up before it), so that
+    /// agents on several machines measure the same window (`--start-at`).
+    pub start_at: Option<std::time::SystemTime>,
+    /// This run is one agent of several (`--agent NAME`): its name labels the output, and
+    /// its seed is derived from `seed` and the name, so agents' arrivals are independent.
+    pub agent: Option<String>,
+    /// This host's clock minus the reference clock, in seconds, where the caller measured it
+    /// (`--clock-offset`): recorded, and used by `iolab merge` to line up agents' sends.
+    pub clock_offset: Option<f64>,
 }
 
 impl LoadConfig {
@@ -191,6 +201,9 @@ impl LoadConfig {
             stall_grace: Duration::from_micros(500),
             closed_loop: None,
             requests: None,
+            start_at: None,
+            agent: None,
+            clock_offset: None,
         }
     }
 
@@ -397,6 +410,16 @@ pub struct LoadReport {
     /// The measured window, `[start, end)` on [`crate::os::clock::now_ns`]'s clock (zero when
     /// nothing ran).
     pub window_ns: (u64, u64),
+    /// Actual and scheduled send times of the measured requests, each sorted (ns, same clock).
+    pub send_times_ns: Vec<u64>,
+    pub scheduled_times_ns: Vec<u64>,
+    /// One reading of the monotonic clock and the wall clock together: `(now_ns, unix ns)`.
+    pub wall_anchor: (u64, u64),
+    /// Where this run's agent files went (`--agent` with `--json`): the HdrHistogram log and
+    /// the sends, as the JSON names them.
+    pub agent_files: Option<(String, String)>,
+    /// A run merged from agents' (`iolab merge`): what their summaries add to this one.
+    pub merged: Option<Box<merge::MergedParts>>,
 }
 
 /// The `--json` summary. Keys are part of the command-line contract: add, never rename.
@@ -442,6 +465,14 @@ pub struct Summary {
     pub mode: &'static str,
     /// Closed loop: requests each connection keeps outstanding (`null` when open).
     pub depth: Option<usize>,
+    /// `--agent`: who this run was, when its window started, and its files for `iolab merge`
+    /// (`null` for a plain run).
+    pub agent: Option<merge::AgentSummary>,
+    /// A merged summary (`iolab merge`): each agent's own figures (`null` otherwise).
+    pub agents: Option<Vec<merge::AgentRow>>,
+    /// A merged summary: where the agents disagreed (start times, durations) beyond the
+    /// bound, or anything else that makes the merge doubtful (`null` otherwise).
+    pub merge_warnings: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -608,6 +639,18 @@ impl LoadReport {
     }
 
     pub fn summary(&self) -> Summary {
+        let mut s = self.own_summary();
+        if let Some(parts) = &self.merged {
+            s.config.addr = parts.addr.clone();
+            s.config.protocol = parts.protocol;
+            s.config.pages = parts.pages;
+            s.agents = Some(parts.agents.clone());
+            s.merge_warnings = Some(parts.warnings.clone());
+        }
+        s
+    }
+
+    fn own_summary(&self) -> Summary {
         let c = &self.config;
         let gaps_us: Vec<f64> = self.interarrivals_ns.iter().map(|g| g / 1e3).collect();
         let (mean_us, cv) = mean_cv(&gaps_us);
@@ -684,6 +727,42 @@ impl LoadReport {
             machine_stalls: self.machine_stalls(),
             mode: if self.closed() { "closed" } else { "open" },
             depth: c.closed_loop,
+            agent: c.agent.as_ref().map(|name| self.agent_summary(name)),
+            agents: None,
+            merge_warnings: None,
+        }
+    }
+
+    /// Turns a reading of the monotonic clock into Unix ns (this host's wall clock).
+    pub fn unix_ns(&self, mono_ns: u64) -> u64 {
+        let (mono, unix) = self.wall_anchor;
+        (unix as i128 + mono_ns as i128 - mono as i128).max(0) as u64
+    }
+
+    /// As [`Self::unix_ns`], in seconds.
+    pub fn unix_s(&self, mono_ns: u64) -> f64 {
+        self.unix_ns(mono_ns) as f64 / 1e9
+    }
+
+    fn agent_summary(&self, name: &str) -> merge::AgentSummary {
+        let (hdr_log, sends) = match &self.agent_files {
+            Some((h, s)) => (Some(h.clone()), Some(s.clone())),
+            None => (None, None),
+        };
+        let window_start = self.window_ns.0;
+        merge::AgentSummary {
+            name: name.to_string(),
+            host: merge::hostname(),
+            start_at_unix_s: match self.config.start_at {
+                Some(at) => merge::unix_ns(at) as f64 / 1e9,
+                None => self.unix_s(window_start),
+            },
+            window_start_unix_s: (window_start > 0).then(|| self.unix_s(window_start)),
+            first_scheduled_unix_s: self.scheduled_times_ns.first().map(|&t| self.unix_s(t)),
+            first_send_unix_s: self.send_times_ns.first().map(|&t| self.unix_s(t)),
+            clock_offset_s: self.config.clock_offset,
+            hdr_log,
+            sends,
         }
     }
 
@@ -696,6 +775,9 @@ impl LoadReport {
 
     /// The canaries' stalls within the measured window.
     pub fn machine_stalls(&self) -> canary::StallSummary {
+        if let Some(parts) = &self.merged {
+            return parts.stalls.clone();
+        }
         let (from, to) = self.window_ns;
         self.stalls
             .summary(from, to, self.config.stall_grace.as_secs_f64() * 1e6)
@@ -874,6 +956,25 @@ impl LoadReport {
         std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
     }
 
+    /// The measured requests' send times for `iolab merge`: a header giving the measured
+    /// window's start in Unix ns on this host's clock, then per request the scheduled and the
+    /// actual send, in ns after that start, sorted each.
+    pub fn write_sends(&self, path: &Path) -> anyhow::Result<()> {
+        let from = self.window_ns.0;
+        let start_unix_ns = self.unix_ns(from);
+        let mut out = String::with_capacity(self.send_times_ns.len() * 22 + 100);
+        let _ = writeln!(out, "{} {start_unix_ns}", merge::SENDS_HEADER);
+        for (sched, sent) in self.scheduled_times_ns.iter().zip(&self.send_times_ns) {
+            let _ = writeln!(
+                out,
+                "{} {}",
+                *sched as i64 - from as i64,
+                *sent as i64 - from as i64
+            );
+        }
+        std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))
+    }
+
     /// Interarrival times in microseconds, one per line: the first `limit` consecutive gaps.
     pub fn write_interarrivals(&self, path: &Path, limit: usize) -> anyhow::Result<()> {
         let gaps = &self.interarrivals_ns[..self.interarrivals_ns.len().min(limit)];
@@ -896,9 +997,12 @@ impl LoadReport {
         Ok(())
     }
 
-    /// The per-interval latency histograms as an HdrHistogram interval log (values in ns).
+    /// The per-interval latency histograms as an HdrHistogram interval log (values in ns),
+    /// untagged; then the whole measured window's latency, uncorrected latency and send lag,
+    /// tagged [`merge::TAG_LATENCY`] and so on, which `iolab merge` adds up exactly.
     pub fn write_hdr_log(&self, path: &Path) -> anyhow::Result<()> {
-        use hdrhistogram::serialization::{interval_log::IntervalLogWriterBuilder, V2DeflateSerializer};
+        use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+        use hdrhistogram::serialization::V2DeflateSerializer;
         let file = std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
         let mut file = std::io::BufWriter::new(file);
         let mut serializer = V2DeflateSerializer::new();
@@ -909,6 +1013,15 @@ impl LoadReport {
         for line in &self.intervals {
             let start = self.config.warmup + line.length * line.index as u32;
             log.write_histogram(&line.latency, start, line.length, None)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        }
+        let whole = [
+            (merge::TAG_LATENCY, &self.m.latency),
+            (merge::TAG_UNCORRECTED, &self.m.uncorrected),
+            (merge::TAG_SEND_LAG, &self.m.send_lag),
+        ];
+        for (tag, h) in whole {
+            log.write_histogram(h, self.config.warmup, self.measured_duration(), Tag::new(tag))
                 .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
         }
         drop(log);
@@ -994,6 +1107,11 @@ pub fn run_watched(
     mut on_progress: Option<&mut dyn FnMut(&Progress)>,
 ) -> anyhow::Result<LoadReport> {
     config.validate().map_err(anyhow::Error::msg)?;
+    // Agents given the same --seed must still draw independent arrivals: their sum is then
+    // a Poisson stream at the total rate. The summary records the seed actually used.
+    if let Some(name) = &config.agent {
+        config.seed = merge::agent_seed(config.seed, name);
+    }
     // Every thread of the load is born inside the namespace; this one returns when done.
     let _visit = match &config.netns {
         Some(name) => Some(crate::os::netns::Visit::enter(name)?),
@@ -1061,8 +1179,27 @@ pub fn run_watched(
             }
         }
     }
-    // Every thread starts its schedule at the same instant, a moment from now.
-    let start = crate::os::clock::now_ns() + 2_000_000;
+    // Every thread starts its schedule at the same instant: a moment from now, or the
+    // warm-up's length before --start-at.
+    let start = match config.start_at {
+        None => crate::os::clock::now_ns() + 2_000_000,
+        Some(at) => {
+            let (mono, unix) = wall_anchor();
+            let at = merge::unix_ns(at).saturating_sub(config.warmup.as_nanos() as u64);
+            if at < unix + 1_000_000 && setup_error.is_none() {
+                setup_error = Some(format!(
+                    "--start-at passed {:.3} s before the load was ready to start{}",
+                    (unix - at.min(unix)) as f64 / 1e9,
+                    if config.warmup.is_zero() {
+                        ""
+                    } else {
+                        " (the warm-up comes before it)"
+                    }
+                ));
+            }
+            mono + at.saturating_sub(unix)
+        }
+    };
     let watch = canary::StallWatch::start(&config.watch_cpus);
     gate.open(setup_error.is_none().then_some(start));
     let window_ns = if setup_error.is_none() {
@@ -1213,41 +1350,17 @@ fn merge(
             }
         }
     }
-    let gaps = |mut times: Vec<u64>| -> Vec<f64> {
-        times.sort_unstable();
-        times.windows(2).map(|w| (w[1] - w[0]) as f64).collect()
-    };
-    let offered_gap_ns = 1e9 / config.rate;
-    let interarrivals_ns = gaps(send_times);
-    let resolution_ns = config.ks_resolution.as_nanos() as f64;
-    let ks_gaps_per_sample = gaps_per_sample(config.rate, config.ks_timescale);
-    let ks_actual = ks_erlang(
-        &interarrivals_ns,
-        offered_gap_ns,
-        ks_gaps_per_sample,
-        resolution_ns,
-    );
-    let ks_strict = ks_exponential(&interarrivals_ns, offered_gap_ns, 0.0);
-    let ks_scheduled = ks_exponential(&gaps(scheduled_times), offered_gap_ns, 0.0);
-    // A closed loop has no arrival process to check: its sends follow the replies.
-    let (ks_actual, ks_strict, ks_scheduled) = if config.closed_loop.is_some() {
-        let none = KsResult {
-            d: f64::NAN,
-            p_value: f64::NAN,
-            n: 0,
-        };
-        (none, none, none)
-    } else {
-        (ks_actual, ks_strict, ks_scheduled)
-    };
+    send_times.sort_unstable();
+    scheduled_times.sort_unstable();
+    let checks = ArrivalChecks::of(&config, &send_times, &scheduled_times);
     LoadReport {
         config,
         m,
-        interarrivals_ns,
-        ks_actual,
-        ks_gaps_per_sample,
-        ks_strict,
-        ks_scheduled,
+        interarrivals_ns: checks.gaps_ns,
+        ks_actual: checks.actual,
+        ks_gaps_per_sample: checks.gaps_per_sample,
+        ks_strict: checks.strict,
+        ks_scheduled: checks.scheduled,
         records,
         intervals,
         wall,
@@ -1260,6 +1373,64 @@ fn merge(
         error,
         stalls: canary::StallLog::default(),
         window_ns: (0, 0),
+        send_times_ns: send_times,
+        scheduled_times_ns: scheduled_times,
+        wall_anchor: wall_anchor(),
+        agent_files: None,
+        merged: None,
+    }
+}
+
+/// The monotonic clock and the wall clock read together, to turn one into the other.
+fn wall_anchor() -> (u64, u64) {
+    let mono = crate::os::clock::now_ns();
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (mono, unix)
+}
+
+/// The arrivals checks of a run (or of several agents' merged sends): the gaps between
+/// consecutive actual sends, and the K-S tests of the actual sends (at the configured
+/// timescale, and gap by gap) and of the schedule.
+pub struct ArrivalChecks {
+    pub gaps_ns: Vec<f64>,
+    pub actual: KsResult,
+    pub gaps_per_sample: usize,
+    pub strict: KsResult,
+    pub scheduled: KsResult,
+}
+
+impl ArrivalChecks {
+    /// `sends` and `scheduled` sorted, in ns; `config` gives the rate and the check's scales.
+    pub fn of(config: &LoadConfig, sends: &[u64], scheduled: &[u64]) -> ArrivalChecks {
+        let gaps = |times: &[u64]| -> Vec<f64> { times.windows(2).map(|w| (w[1] - w[0]) as f64).collect() };
+        let offered_gap_ns = 1e9 / config.rate;
+        let gaps_ns = gaps(sends);
+        let resolution_ns = config.ks_resolution.as_nanos() as f64;
+        let gaps_per_sample = gaps_per_sample(config.rate, config.ks_timescale);
+        // A closed loop has no arrival process to check: its sends follow the replies.
+        if config.closed_loop.is_some() {
+            let none = KsResult {
+                d: f64::NAN,
+                p_value: f64::NAN,
+                n: 0,
+            };
+            return ArrivalChecks {
+                gaps_ns,
+                actual: none,
+                gaps_per_sample,
+                strict: none,
+                scheduled: none,
+            };
+        }
+        ArrivalChecks {
+            actual: ks_erlang(&gaps_ns, offered_gap_ns, gaps_per_sample, resolution_ns),
+            strict: ks_exponential(&gaps_ns, offered_gap_ns, 0.0),
+            scheduled: ks_exponential(&gaps(scheduled), offered_gap_ns, 0.0),
+            gaps_ns,
+            gaps_per_sample,
+        }
     }
 }
 
@@ -1306,6 +1477,11 @@ impl LoadReport {
                 stalls: Vec::new(),
             },
             window_ns,
+            send_times_ns: Vec::new(),
+            scheduled_times_ns: Vec::new(),
+            wall_anchor: (0, 0),
+            agent_files: None,
+            merged: None,
         }
     }
 

@@ -316,6 +316,39 @@ pub fn fmt_p(p: f64) -> String {
     }
 }
 
+/// One histogram of an HdrHistogram interval log: its start (after the log's start), its
+/// length, and its counts.
+pub type HlogEntry = (std::time::Duration, std::time::Duration, Histogram<u64>);
+
+/// Parses an HdrHistogram interval log and adds up its histograms with this tag (`None`: the
+/// untagged ones). Returns the sum and the entries one by one.
+pub fn parse_hlog(bytes: &[u8], tag: Option<&str>) -> Result<(Histogram<u64>, Vec<HlogEntry>), String> {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    use hdrhistogram::serialization::Deserializer;
+    let mut total = new_histogram();
+    let mut entries = Vec::new();
+    let mut deserializer = Deserializer::new();
+    for entry in IntervalLogIterator::new(bytes) {
+        let entry = entry.map_err(|e| format!("not an interval log ({e:?})"))?;
+        let LogEntry::Interval(interval) = entry else {
+            continue;
+        };
+        if interval.tag().map(|t| t.as_str()) != tag {
+            continue;
+        }
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(interval.encoded_histogram())
+            .map_err(|_| "a histogram is not base64".to_string())?;
+        let h: Histogram<u64> = deserializer
+            .deserialize(&mut raw.as_slice())
+            .map_err(|e| format!("a bad histogram ({e:?})"))?;
+        total.add(&h).map_err(|e| format!("{e:?}"))?;
+        entries.push((interval.start_timestamp(), interval.duration(), h));
+    }
+    Ok((total, entries))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

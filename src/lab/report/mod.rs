@@ -842,27 +842,11 @@ fn arrivals_section(
 }
 
 /// All intervals of an HdrHistogram interval log (as `load --hdr-log` writes it), added up.
+/// The sum of a load's per-interval latency histograms (the untagged entries of its log).
 pub fn read_hlog(path: &Path) -> anyhow::Result<Histogram<u64>> {
-    use base64::Engine as _;
-    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
-    use hdrhistogram::serialization::Deserializer;
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut total = new_histogram();
-    let mut deserializer = Deserializer::new();
-    for entry in IntervalLogIterator::new(&bytes) {
-        let entry = entry.map_err(|e| anyhow::anyhow!("{}: not an interval log ({e:?})", path.display()))?;
-        if let LogEntry::Interval(interval) = entry {
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(interval.encoded_histogram())
-                .with_context(|| format!("{}: a histogram is not base64", path.display()))?;
-            let h: Histogram<u64> = deserializer
-                .deserialize(&mut raw.as_slice())
-                .map_err(|e| anyhow::anyhow!("{}: a bad histogram ({e:?})", path.display()))?;
-            total
-                .add(&h)
-                .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
-        }
-    }
+    let (total, _) = crate::sansio::stats::parse_hlog(&bytes, None)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(total)
 }
 
