@@ -894,9 +894,33 @@ fn describe(meta: &serde_json::Value) -> String {
             })
             .unwrap_or_default()
     };
+    let agents = list("agents");
+    let offsets: Vec<f64> = meta
+        .get("agent_clock_offsets_s")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
+        .unwrap_or_default();
+    let generator = if agents.is_empty() {
+        format!("generator on CPU {}", list("load_cpus").join(","))
+    } else {
+        let each: Vec<String> = agents
+            .iter()
+            .enumerate()
+            .map(|(i, a)| match offsets.get(i) {
+                Some(o) => format!("{a} (clock {:+.1} ms)", o * 1e3),
+                None => a.clone(),
+            })
+            .collect();
+        format!(
+            "load from {} agents over ssh, each point's rate split between them and their \
+             histograms merged exactly (never averaged): {}",
+            agents.len(),
+            each.join(", ")
+        )
+    };
     format!(
         "Workload: {}; {} connections; {} s per point after {} s of warm-up; seed {}. \
-         Machine: {} ({} CPUs, {}), kernel {}; server on CPU {}, generator on CPU {}. \
+         Machine: {} ({} CPUs, {}), kernel {}; server on CPU {}, {}. \
          A point is invalid when the generator's send-lag p99 exceeds {:.0} µs, it was busy \
          more than {:.0}% of the time, or its arrivals' K-S p fell below {} at the {:.0} µs \
          timescale. iolab {}, run as: {}.",
@@ -910,7 +934,7 @@ fn describe(meta: &serde_json::Value) -> String {
         get("cpu_model"),
         get("kernel"),
         list("server_cpus").join(","),
-        list("load_cpus").join(","),
+        generator,
         num("max_send_lag_us"),
         num("max_generator_busy") * 100.0,
         get("min_ks_p"),

@@ -402,6 +402,10 @@ impl Driver {
             return Ok(()); // another thread failed to connect; it reports why
         };
         let mut interval = IntervalClock::new(cfg.log_interval, start + cfg.warmup.as_nanos() as u64, start);
+        // A start far ahead (--start-at) is waited out first: that wait is not the schedule's,
+        // and counted as idle it would make the generator look never busy.
+        self.wait_until(start, &mut interval)?;
+        self.tally.out.idle_ns = 0;
         let schedule_result = match cfg.closed_loop {
             Some(depth) => self.closed_loop(&cfg, start, depth, &mut interval),
             None => self.schedule(&cfg, start, &mut interval),
