@@ -528,3 +528,98 @@ fn agent_mistakes_are_explained() {
     assert!(err.contains("not an agent's run"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two agents' raw requests (their --requests-log) against the merged summary: the merged p99
+/// is the p99 of all their requests together, to the histograms' precision (0.1%).
+#[test]
+fn merged_percentiles_are_those_of_all_requests() {
+    let (server, addr, stdout) = common::spawn_server(&["--engine".into(), "epoll".into()]);
+    let dir = std::env::temp_dir().join(format!("iolab-merge-raw-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let addr = addr.to_string();
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let agents: Vec<_> = ["x", "y"]
+        .iter()
+        .map(|name| {
+            Command::new(BIN)
+                .args([
+                    "load",
+                    "--addr",
+                    &addr,
+                    "--rate",
+                    "400",
+                    "--duration",
+                    "1s",
+                    "--warmup",
+                    "200ms",
+                ])
+                .args([
+                    "--connections",
+                    "4",
+                    "--watch-cpus",
+                    "none",
+                    "--start-at",
+                    "+1s",
+                    "--agent",
+                    name,
+                ])
+                .args(["--json", &path(&format!("{name}.json"))])
+                .args(["--requests-log", &path(&format!("{name}.csv"))])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for a in agents {
+        let out = a.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let _ = common::terminate(server, stdout);
+    let merged = Command::new(BIN)
+        .args([
+            "merge",
+            "--json",
+            &path("merged.json"),
+            &path("x.json"),
+            &path("y.json"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        merged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&merged.stderr)
+    );
+    let mut latencies: Vec<u64> = Vec::new();
+    for name in ["x", "y"] {
+        let text = std::fs::read_to_string(dir.join(format!("{name}.csv"))).unwrap();
+        let mut lines = text.lines();
+        let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let col = |k: &str| head.iter().position(|h| *h == k).unwrap();
+        let (sched, done, ok) = (col("scheduled_ns"), col("done_ns"), col("ok"));
+        for line in lines {
+            let f: Vec<&str> = line.split(',').collect();
+            if f[ok] == "true" {
+                latencies.push(f[done].parse::<u64>().unwrap() - f[sched].parse::<u64>().unwrap());
+            }
+        }
+    }
+    latencies.sort_unstable();
+    let m = json(&dir.join("merged.json"));
+    assert_eq!(
+        m["latency_us"]["count"].as_u64().unwrap(),
+        latencies.len() as u64,
+        "{m}"
+    );
+    let n = latencies.len();
+    let rank = (0.99 * n as f64).ceil() as usize;
+    let (low, high) = (latencies[rank.saturating_sub(2)], latencies[(rank).min(n - 1)]);
+    let p99_ns = m["latency_us"]["p99"].as_f64().unwrap() * 1e3;
+    assert!(
+        p99_ns >= low as f64 * 0.999 && p99_ns <= high as f64 * 1.001 + 1e3,
+        "merged p99 {p99_ns} ns, all requests' p99 between {low} and {high} ns"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -647,6 +647,118 @@ mod tests {
         }
     }
 
+    /// An agent's run as its files would give it: `n` requests at `latency_us` each, at
+    /// `rate` over 1 s, its window starting at `start_ns`, sends evenly spread.
+    fn run(name: &str, n: u64, latency_us: u64, start_ns: u64, offset_s: Option<f64>) -> AgentRun {
+        let mut latency = new_histogram();
+        latency.record_n(latency_us * 1000, n).unwrap();
+        let mut send_lag = new_histogram();
+        send_lag.record_n(5_000, n).unwrap();
+        let gap = 1_000_000_000 / n as i64;
+        let sends = (0..n as i64).map(|i| (i * gap, i * gap + 5_000)).collect();
+        AgentRun {
+            json_path: PathBuf::from(format!("{name}.json")),
+            summary: serde_json::json!({
+                "offered_rps": n as f64, "achieved_rps": n as f64, "sent": n, "completed": n,
+                "errors": 0, "error_kinds": {"bad_replies": 0, "overflow": 0, "lost": 0, "http_status": {"503": 2}},
+                "bytes_sent": 64 * n, "bytes_received": 64 * n, "backlog_at_end": 0,
+                "duration_s": 1.0, "warmup_s": 0.5, "client_cpu_s": 0.25, "generator_busy": 0.3,
+                "mode": "open", "error": null,
+                "latency_us": {"p99": latency_us as f64, "count": n},
+                "send_lag_us": {"p99": 5.0},
+                "interarrival": {"ks_p_value": 0.5, "ks_resolution_us": 20.0, "ks_timescale_us": 200.0},
+                "config": {"addr": "10.0.0.1:7000", "connections": 8, "threads": 1, "seed": 1,
+                           "request_size": "64", "reply": "echo", "work": "none", "protocol": "frame"},
+                "machine_stalls": {"cpus": [0], "realtime": true, "count": 1, "total_us": 700.0,
+                                   "max_us": 700.0, "excess_us": 200.0, "grace_us": 500.0,
+                                   "longest": [700.0], "mean_late_us": 3.0},
+                "agent": {"name": name, "host": name, "start_at_unix_s": start_ns as f64 / 1e9,
+                          "clock_offset_s": offset_s},
+            }),
+            name: name.to_string(),
+            uncorrected: latency.clone(),
+            latency,
+            send_lag,
+            intervals: Vec::new(),
+            window_start_unix_ns: start_ns,
+            sends,
+        }
+    }
+
+    #[test]
+    fn merged_counts_add_and_percentiles_come_from_all_samples() {
+        const T: u64 = 1_800_000_000_000_000_000;
+        // 990 fast requests on one agent, 20 slow on the other: p99 of all of them is slow,
+        // while the average of the agents' p99s (100 and 5,000 µs) would say 2,550 µs.
+        let runs = [
+            run("a", 990, 100, T, Some(0.0)),
+            run("b", 20, 5_000, T, Some(0.0)),
+        ];
+        let merged = merge(&runs, DEFAULT_MAX_SKEW).unwrap();
+        let s = merged.summary();
+        assert_eq!((s.sent, s.completed), (1010, 1010));
+        assert_eq!(s.offered_rps, Some(1010.0));
+        assert_eq!(s.config.connections, 16);
+        assert_eq!(s.config.addr, "10.0.0.1:7000");
+        assert_eq!(s.error_kinds.http_status.get("503"), Some(&4));
+        assert_eq!(s.latency_us.count, 1010);
+        let p99 = s.latency_us.p99;
+        assert!((4_990.0..=5_010.0).contains(&p99), "p99 {p99} µs");
+        assert_eq!(s.machine_stalls.count, 2);
+        assert_eq!(
+            s.machine_stalls.excess_us, 200.0,
+            "the worst agent's excess, not their sum"
+        );
+        assert!((s.client_cpu_s - 0.5).abs() < 1e-9);
+        assert_eq!(s.agents.as_ref().map(Vec::len), Some(2));
+        assert_eq!(s.merge_warnings, Some(Vec::new()));
+        // The merged sends are the union of both agents' sends in the common window.
+        assert_eq!(merged.send_times_ns.len(), 1010);
+    }
+
+    #[test]
+    fn disagreeing_agents_are_named_in_warnings() {
+        const T: u64 = 1_800_000_000_000_000_000;
+        let late = 50_000_000; // 50 ms
+        let runs = [run("a", 100, 100, T, None), run("b", 100, 100, T + late, None)];
+        let warnings = merge(&runs, DEFAULT_MAX_SKEW)
+            .unwrap()
+            .summary()
+            .merge_warnings
+            .unwrap();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("window starts disagree by 50.0 ms (a vs b)")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings.iter().any(|w| w.contains("clock offsets are unknown")),
+            "{warnings:?}"
+        );
+        // The same lateness, explained by b's measured clock offset: no warning.
+        let runs = [
+            run("a", 100, 100, T, Some(0.0)),
+            run("b", 100, 100, T + late, Some(0.05)),
+        ];
+        let warnings = merge(&runs, DEFAULT_MAX_SKEW)
+            .unwrap()
+            .summary()
+            .merge_warnings
+            .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let runs = [run("a", 100, 100, T, Some(0.0)), run("a", 100, 100, T, Some(0.0))];
+        let warnings = merge(&runs, DEFAULT_MAX_SKEW)
+            .unwrap()
+            .summary()
+            .merge_warnings
+            .unwrap();
+        assert!(
+            warnings.iter().any(|w| w.contains("appears twice")),
+            "{warnings:?}"
+        );
+    }
+
     #[test]
     fn agents_seeds_differ_by_name_and_repeat_by_name() {
         assert_ne!(agent_seed(1, "a"), agent_seed(1, "b"));
