@@ -221,6 +221,7 @@ pub(super) struct SweepArgs {
     /// histograms are merged exactly (`iolab merge`). Reached with `ssh -o BatchMode=yes`:
     /// your own keys, agent and ~/.ssh/config, never a password prompt. Each needs iolab
     /// (--agent-iolab) and tar. Give --server-addr an address the agents can reach.
+    /// --load-cpus is then unused; --compare-loops and --profile still load from here.
     #[arg(long)]
     pub(super) agents: Option<PathBuf>,
     /// With --agents: the iolab the agents run (a name on their PATH, or a path there).
