@@ -305,17 +305,23 @@ fn the_hdr_log_reads_back_as_the_summary() {
         us(&run.summary["latency_us"]["max"]).max(0.0)
     );
 
-    // A reader no one here wrote must see the same buckets.
+    // A reader no one here wrote must see the same buckets: in the untagged intervals added
+    // up, and in the whole window's histogram tagged "latency" (what `iolab merge` reads).
     let script = "import sys\n\
                   from hdrh.histogram import HdrHistogram\n\
                   from hdrh.log import HistogramLogReader\n\
                   new = lambda: HdrHistogram(1, 3600 * 10**9, 3)\n\
-                  reader, total, n = HistogramLogReader(sys.argv[1], new()), new(), 0\n\
+                  reader, total, whole, n = HistogramLogReader(sys.argv[1], new()), new(), new(), 0\n\
                   while True:\n\
                   \x20   h = reader.get_next_interval_histogram()\n\
                   \x20   if h is None: break\n\
-                  \x20   total.add(h); n += 1\n\
+                  \x20   tag = h.get_tag()\n\
+                  \x20   if tag == 'latency': whole.add(h)\n\
+                  \x20   if not tag: total.add(h); n += 1\n\
                   print('intervals', n)\n\
+                  same = [(v.value_iterated_to, v.count_at_value_iterated_to) for v in total.get_recorded_iterator()] \\\n\
+                  \x20   == [(v.value_iterated_to, v.count_at_value_iterated_to) for v in whole.get_recorded_iterator()]\n\
+                  print('whole', 'same' if same else 'differs')\n\
                   for v in total.get_recorded_iterator():\n\
                   \x20   print(v.value_iterated_to, v.count_at_value_iterated_to)\n";
     let out = match Command::new("python3")
@@ -340,6 +346,11 @@ fn the_hdr_log_reads_back_as_the_summary() {
         .parse()
         .unwrap();
     assert!(intervals >= 20, "2 s in 100 ms intervals: {intervals}");
+    assert_eq!(
+        lines.next(),
+        Some("whole same"),
+        "the tagged whole-window histogram is the intervals' sum"
+    );
     let theirs: Vec<(u64, u64)> = lines
         .map(|l| {
             let (v, c) = l.split_once(' ').unwrap();

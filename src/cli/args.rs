@@ -656,7 +656,9 @@ pub(super) struct LoadArgs {
     /// Write the actual interarrival times, in microseconds, one per line.
     #[arg(long)]
     pub(super) interarrivals: Option<PathBuf>,
-    /// Write per-interval latency histograms as an HdrHistogram interval log.
+    /// Write per-interval latency histograms as an HdrHistogram interval log (untagged),
+    /// then the whole measured window's latency, uncorrected latency and send lag, tagged
+    /// `latency`, `uncorrected` and `send_lag` (what `iolab merge` adds up).
     #[arg(long)]
     pub(super) hdr_log: Option<PathBuf>,
     /// Write one CSV row per request: id, scheduled, sent, done (ns), sizes, ok.
