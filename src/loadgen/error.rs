@@ -14,6 +14,10 @@ pub enum LoadError {
     /// The server ended a connection that still owed replies.
     #[error("the server closed connection {slot} with {in_flight} request(s) in flight")]
     ServerClosed { slot: usize, in_flight: usize },
+    /// The server reset a connection (a killed server whose socket held unread requests
+    /// resets rather than closes).
+    #[error("the server reset connection {slot} with {in_flight} request(s) in flight")]
+    ServerReset { slot: usize, in_flight: usize },
     /// The reply stream of a connection cannot be trusted any more.
     #[error("connection {slot}: {source}")]
     Reply {
@@ -89,6 +93,14 @@ mod tests {
         assert_eq!(
             closed.to_string(),
             "the server closed connection 3 with 2 request(s) in flight"
+        );
+        assert_eq!(
+            LoadError::ServerReset {
+                slot: 15,
+                in_flight: 4
+            }
+            .to_string(),
+            "the server reset connection 15 with 4 request(s) in flight"
         );
         assert_eq!(
             LoadError::Stopped.to_string(),

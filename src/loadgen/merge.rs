@@ -354,7 +354,7 @@ pub fn merge(runs: &[AgentRun], max_skew: Duration) -> anyhow::Result<LoadReport
     for r in runs {
         if text(&r.summary, "mode").unwrap_or("open") != mode {
             anyhow::bail!(
-                "{} ran a {} loop and {} an {mode} one: they do not merge",
+                "{} ran in {} loop and {} in {mode} loop: they do not merge",
                 r.json_path.display(),
                 text(&r.summary, "mode").unwrap_or("?"),
                 first.json_path.display()
@@ -472,6 +472,8 @@ pub fn merge(runs: &[AgentRun], max_skew: Duration) -> anyhow::Result<LoadReport
     let mut busy = f64::NAN;
     let mut error = None;
     let mut stalls = StallSummary::default();
+    // Every agent's canaries ran at real-time priority, or the stalls are an upper bound.
+    let mut all_realtime = true;
     for r in runs {
         let s = &r.summary;
         let add = |a: &mut Histogram<u64>, b: &Histogram<u64>| {
@@ -517,7 +519,7 @@ pub fn merge(runs: &[AgentRun], max_skew: Duration) -> anyhow::Result<LoadReport
             stalls.max_us = stalls.max_us.max(st.max_us);
             stalls.excess_us = stalls.excess_us.max(st.excess_us);
             stalls.grace_us = st.grace_us;
-            stalls.realtime = st.realtime || stalls.cpus.is_empty() && stalls.realtime;
+            all_realtime &= st.realtime;
             stalls.mean_late_us = stalls.mean_late_us.max(st.mean_late_us);
             stalls.longest.extend(st.longest);
             for c in st.cpus {
@@ -527,6 +529,7 @@ pub fn merge(runs: &[AgentRun], max_skew: Duration) -> anyhow::Result<LoadReport
             }
         }
     }
+    stalls.realtime = all_realtime;
     stalls.longest.sort_by(|a, b| b.total_cmp(a));
     stalls.longest.truncate(8);
 

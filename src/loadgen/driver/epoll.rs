@@ -87,7 +87,7 @@ impl EpollIo {
                 Ok(n) => super::received(conn, tally, slot, &self.read_buf[..n], now_ns())?,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(LoadError::failed(slot, e)),
+                Err(e) => return Err(super::socket_failed(slot, conn, e)),
             }
         }
     }
@@ -118,7 +118,7 @@ impl EpollIo {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(LoadError::failed(slot, e)),
+                Err(e) => return Err(super::socket_failed(slot, conn, e)),
             }
         }
     }

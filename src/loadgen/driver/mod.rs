@@ -769,6 +769,18 @@ fn server_closed(slot: usize, conn: &Conn) -> LoadError {
     }
 }
 
+/// A connection's socket failed: a reset (or the broken pipe a write meets after one) is the
+/// server's doing and says so; anything else is the socket's error as it is.
+fn socket_failed(slot: usize, conn: &Conn, e: std::io::Error) -> LoadError {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => LoadError::ServerReset {
+            slot,
+            in_flight: conn.client.in_flight(),
+        },
+        _ => LoadError::failed(slot, e),
+    }
+}
+
 fn connect_blocking(addr: SocketAddr) -> Result<TcpStream, LoadError> {
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|e| LoadError::connect(addr, &e))?;

@@ -183,7 +183,7 @@ impl UringIo {
             e if e == -libc::ENOBUFS => self.enobufs += 1,
             e => {
                 let e = std::io::Error::from_raw_os_error(-e);
-                return Err(LoadError::failed(slot, e));
+                return Err(super::socket_failed(slot, conn, e));
             }
         }
         if !self.recv_armed[slot] {
@@ -204,7 +204,7 @@ impl UringIo {
         if result <= 0 {
             conn.client.wrote(0);
             let e = std::io::Error::from_raw_os_error(-result);
-            return Err(LoadError::failed(slot, e));
+            return Err(super::socket_failed(slot, conn, e));
         }
         tally.out.m.bytes_sent += result as u64;
         conn.client.wrote(result as usize);
