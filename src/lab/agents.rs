@@ -23,6 +23,10 @@ use crate::loadgen::{LoadConfig, LoadReport};
 /// ssh to connect and for every agent to open its connections.
 pub const LEAD: Duration = Duration::from_secs(2);
 
+/// Beyond its start, measured window and drain, how long an agent may take (ssh, its
+/// connections, writing and sending its files) before it is taken for hung.
+pub const AGENT_SLACK: Duration = Duration::from_secs(30);
+
 /// One line of the agents file: `[user@]host[:cpus]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentHost {
@@ -218,7 +222,7 @@ impl Agents {
         let n = self.hosts.len();
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let start_at = unix_now_s() + (LEAD + load.warmup).as_secs_f64();
-        let mut children = Vec::with_capacity(n);
+        let mut children: Vec<std::process::Child> = Vec::with_capacity(n);
         for (i, h) in self.hosts.iter().enumerate() {
             let connections = load.connections / n + usize::from(i < load.connections % n);
             // The start on the agent's own clock.
@@ -239,19 +243,67 @@ impl Agents {
                 .context("cannot run ssh")?;
             children.push(child);
         }
+        // Each agent's output is read on threads of its own (a full stderr pipe must not stall
+        // its stdout), and no agent may take longer than its run could: a hung ssh is killed.
+        let readers: Vec<_> = children
+            .iter_mut()
+            .map(|child| {
+                let out = child.stdout.take();
+                let err = child.stderr.take();
+                (
+                    std::thread::spawn(move || {
+                        let mut tar = Vec::new();
+                        if let Some(mut out) = out {
+                            let _ = out.read_to_end(&mut tar);
+                        }
+                        tar
+                    }),
+                    std::thread::spawn(move || {
+                        let mut text = String::new();
+                        if let Some(mut err) = err {
+                            let _ = err.read_to_string(&mut text);
+                        }
+                        text
+                    }),
+                )
+            })
+            .collect();
+        let allowed = (start_at - unix_now_s()).max(0.0)
+            + (load.duration + load.drain_timeout + AGENT_SLACK).as_secs_f64();
+        let deadline = std::time::Instant::now() + Duration::from_secs_f64(allowed);
+        let mut statuses = Vec::with_capacity(n);
+        for (i, child) in children.iter_mut().enumerate() {
+            let status = loop {
+                if let Some(status) = child.try_wait()? {
+                    break Some(status);
+                }
+                if std::time::Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            match status {
+                Some(s) => statuses.push(s),
+                None => {
+                    for c in children.iter_mut() {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                    anyhow::bail!(
+                        "agent {} did not finish within {allowed:.0} s of being started (its ssh was killed)",
+                        self.hosts[i].dest
+                    );
+                }
+            }
+        }
         let mut runs = Vec::with_capacity(n);
         let mut failure = None;
-        for (i, mut child) in children.into_iter().enumerate() {
+        for (i, ((out, err), status)) in readers.into_iter().zip(statuses).enumerate() {
             let name = self.name(i);
-            let mut tar = Vec::new();
-            let mut stderr = String::new();
-            if let Some(mut out) = child.stdout.take() {
-                let _ = out.read_to_end(&mut tar);
-            }
-            if let Some(mut err) = child.stderr.take() {
-                let _ = err.read_to_string(&mut stderr);
-            }
-            let status = child.wait()?;
+            let tar = out.join().unwrap_or_default();
+            let stderr = err.join().unwrap_or_default();
             let got = (|| -> anyhow::Result<AgentRun> {
                 if status.code() == Some(255) {
                     anyhow::bail!("ssh failed: {}", stderr.lines().last().unwrap_or("").trim());
