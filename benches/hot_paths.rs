@@ -94,6 +94,18 @@ fn http_parse(c: &mut Criterion) {
             )
         })
     });
+    // A slow client: the same head arriving one byte per read, as a trickling peer sends it.
+    g.bench_function("parse a wrk GET pushed one byte at a time", |b| {
+        let mut decoder = HttpDecoder::new(HttpLimits::default());
+        b.iter(|| {
+            for byte in request.chunks(1) {
+                decoder.push(byte);
+                if let Some(parsed) = decoder.next_request() {
+                    black_box(parsed.expect("a valid request"));
+                }
+            }
+        })
+    });
     g.finish();
 }
 

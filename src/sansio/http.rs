@@ -118,6 +118,14 @@ pub struct HttpDecoder {
     start: usize,
     /// Body bytes of the last request still to drop.
     skip: usize,
+    /// How many pending bytes the last unfinished parse saw. Only whole lines are parsed,
+    /// and only once a new line has ended: a head trickled a byte at a time is parsed once
+    /// per line instead of once per byte (which is quadratic in the head), and what is
+    /// parsed does not depend on how the stream was split.
+    seen: usize,
+    /// Calls to the grammar, for the test that a trickled head is not parsed per byte.
+    #[cfg(test)]
+    parses: usize,
 }
 
 impl HttpDecoder {
@@ -127,6 +135,9 @@ impl HttpDecoder {
             buf: Vec::new(),
             start: 0,
             skip: 0,
+            seen: 0,
+            #[cfg(test)]
+            parses: 0,
         }
     }
 
@@ -158,24 +169,23 @@ impl HttpDecoder {
         if pending.is_empty() {
             return None;
         }
+        let Some(last_newline) = memchr::memrchr(b'\n', &pending[self.seen..]) else {
+            return self.unfinished_head();
+        };
+        let lines = self.seen + last_newline + 1;
+        let pending = &self.buf[self.start..self.start + lines];
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADER_FIELDS];
         let max_fields = self.limits.max_headers.min(MAX_HEADER_FIELDS);
         let mut req = httparse::Request::new(&mut fields[..max_fields]);
+        #[cfg(test)]
+        {
+            self.parses += 1;
+        }
         let head_len = match req.parse(pending) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => {
-                if pending.len() > self.limits.max_head {
-                    return Some(Err(HttpError::new(
-                        Status::HeaderFieldsTooLarge,
-                        format!("request head over {} bytes", self.limits.max_head),
-                    )));
-                }
-                // Compact now and then so a long keep-alive connection does not grow `buf`.
-                if self.start > 0 {
-                    self.buf.drain(..self.start);
-                    self.start = 0;
-                }
-                return None;
+                self.seen = lines;
+                return self.unfinished_head();
             }
             Err(httparse::Error::TooManyHeaders) => {
                 return Some(Err(HttpError::new(
@@ -198,6 +208,7 @@ impl HttpDecoder {
         }
         let parsed = interpret(&req, &self.limits);
         self.start += head_len;
+        self.seen = 0;
         match parsed {
             Ok((request, body)) => {
                 self.skip = body;
@@ -205,6 +216,22 @@ impl HttpDecoder {
             }
             Err(e) => Some(Err(e)),
         }
+    }
+
+    /// No complete head yet: refuse one that has outgrown its limit, else wait for more.
+    fn unfinished_head(&mut self) -> Option<Result<HttpRequest, HttpError>> {
+        if self.buf.len() - self.start > self.limits.max_head {
+            return Some(Err(HttpError::new(
+                Status::HeaderFieldsTooLarge,
+                format!("request head over {} bytes", self.limits.max_head),
+            )));
+        }
+        // Compact now and then so a long keep-alive connection does not grow `buf`.
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        None
     }
 }
 
@@ -564,6 +591,43 @@ mod tests {
         let small = HttpLimits { max_head: 64, ..l };
         let long = format!("GET / HTTP/1.1\r\nX: {}\r\n", "y".repeat(100));
         assert_eq!(status(long.as_bytes(), small), Status::HeaderFieldsTooLarge);
+    }
+
+    #[test]
+    fn a_trickled_head_is_parsed_once_per_line_not_once_per_byte() {
+        let head = b"GET /a HTTP/1.1\r\nHost: x\r\nUser-Agent: a slow client\r\nAccept: */*\r\n\r\n";
+        let mut d = HttpDecoder::new(HttpLimits::default());
+        let mut got = None;
+        for byte in head.chunks(1) {
+            d.push(byte);
+            if let Some(r) = d.next_request() {
+                got = Some(r);
+            }
+        }
+        assert_eq!(got, Some(Ok(get("/a"))));
+        let lines = head.iter().filter(|&&b| b == b'\n').count();
+        assert_eq!(d.parses, lines, "one parse per line ended, {} bytes", head.len());
+    }
+
+    #[test]
+    fn an_error_in_an_unfinished_line_is_found_when_the_line_ends() {
+        let mut d = HttpDecoder::new(HttpLimits::default());
+        d.push(b"GET / HTTP/1.1\r\nBad\x01Name: x");
+        assert_eq!(d.next_request(), None, "the line has not ended");
+        d.push(b"\r\n");
+        let e = d
+            .next_request()
+            .expect("a verdict")
+            .expect_err("a bad field name");
+        assert_eq!(e.status, Status::BadRequest);
+        // A head that never ends a line is still bounded.
+        let mut d = HttpDecoder::new(HttpLimits {
+            max_head: 64,
+            ..HttpLimits::default()
+        });
+        d.push(&[b'G'; 65]);
+        let e = d.next_request().expect("a verdict").expect_err("too long");
+        assert_eq!(e.status, Status::HeaderFieldsTooLarge);
     }
 
     #[test]
