@@ -42,7 +42,7 @@ fn concurrent_connects_with(driver: DriverKind) {
     assert_eq!(printed, r.intervals.len());
     assert!(r.intervals.len() >= 4, "{} intervals", r.intervals.len());
     // The schedule itself is Poisson at the offered rate (deterministic for a seed).
-    assert!(r.ks_scheduled.p_value > 0.01, "{:?}", r.ks_scheduled);
+    assert!(r.arrivals.scheduled.p_value > 0.01, "{:?}", r.arrivals.scheduled);
     let summary = server.stop().unwrap();
     assert_eq!(summary.connections, 32);
 }
@@ -73,7 +73,7 @@ fn constant_arrivals_are_evenly_spaced() {
     assert_eq!(r.error, None);
     assert!((199..=201).contains(&r.m.sent), "sent {}", r.m.sent);
     assert!(
-        r.ks_scheduled.p_value < 1e-6,
+        r.arrivals.scheduled.p_value < 1e-6,
         "constant gaps must fail the exponential test"
     );
     // What was sent follows the schedule: most gaps sit near the 5 ms mean. A machine stall
@@ -82,14 +82,15 @@ fn constant_arrivals_are_evenly_spaced() {
     // 20% of the mean, an even one on a quiet machine all of them.
     let mean_gap_ns = 1e9 / 200.0;
     let near = r
-        .interarrivals_ns
+        .arrivals
+        .gaps_ns
         .iter()
         .filter(|&&g| (g - mean_gap_ns).abs() <= 0.2 * mean_gap_ns)
         .count();
     assert!(
-        near * 2 >= r.interarrivals_ns.len(),
+        near * 2 >= r.arrivals.gaps_ns.len(),
         "only {near} of {} gaps within 20% of the mean",
-        r.interarrivals_ns.len()
+        r.arrivals.gaps_ns.len()
     );
     server.stop().unwrap();
 }

@@ -561,7 +561,7 @@ pub fn merge(runs: &[AgentRun], max_skew: Duration) -> anyhow::Result<LoadReport
     }
     sends.sort_unstable();
     scheduled.sort_unstable();
-    let checks = ArrivalChecks::of(&config, &sends, &scheduled);
+    let arrivals = ArrivalChecks::of(&config, &sends, &scheduled);
 
     // Intervals: the agents' per-interval histograms, by index, added.
     let mut intervals: std::collections::BTreeMap<u64, IntervalLine> = Default::default();
@@ -601,11 +601,7 @@ pub fn merge(runs: &[AgentRun], max_skew: Duration) -> anyhow::Result<LoadReport
     Ok(LoadReport {
         config,
         m,
-        interarrivals_ns: checks.gaps_ns,
-        ks_actual: checks.actual,
-        ks_gaps_per_sample: checks.gaps_per_sample,
-        ks_strict: checks.strict,
-        ks_scheduled: checks.scheduled,
+        arrivals,
         records: Vec::new(),
         intervals: intervals.into_values().collect(),
         wall: Duration::from_secs_f64(duration + warmup.max(0.0)),

@@ -386,15 +386,8 @@ impl Default for Measured {
 pub struct LoadReport {
     pub config: LoadConfig,
     pub m: Measured,
-    /// Gaps between consecutive actual sends, in ns, in send order.
-    pub interarrivals_ns: Vec<f64>,
-    /// Actual sends against the Poisson process at the configured timescale and resolution.
-    pub ks_actual: KsResult,
-    /// Consecutive gaps summed into each sample of `ks_actual`.
-    pub ks_gaps_per_sample: usize,
-    /// Actual sends against the exponential, at every gap.
-    pub ks_strict: KsResult,
-    pub ks_scheduled: KsResult,
+    /// The gaps between actual sends and the checks that they are Poisson.
+    pub arrivals: ArrivalChecks,
     pub records: Vec<RequestRecord>,
     pub intervals: Vec<IntervalLine>,
     pub wall: Duration,
@@ -652,7 +645,7 @@ impl LoadReport {
 
     fn own_summary(&self) -> Summary {
         let c = &self.config;
-        let gaps_us: Vec<f64> = self.interarrivals_ns.iter().map(|g| g / 1e3).collect();
+        let gaps_us: Vec<f64> = self.arrivals.gaps_ns.iter().map(|g| g / 1e3).collect();
         let (mean_us, cv) = mean_cv(&gaps_us);
         Summary {
             offered_rps: self.offered_rps(),
@@ -686,20 +679,21 @@ impl LoadReport {
                     None => f64::NAN,
                 },
                 cv,
-                ks_p_value: self.ks_actual.p_value,
-                ks_d: self.ks_actual.d,
-                ks_n: self.ks_actual.n,
+                ks_p_value: self.arrivals.actual.p_value,
+                ks_d: self.arrivals.actual.d,
+                ks_n: self.arrivals.actual.n,
                 ks_resolution_us: c.ks_resolution.as_secs_f64() * 1e6,
                 ks_timescale_us: c.ks_timescale.as_secs_f64() * 1e6,
-                ks_gaps_per_sample: self.ks_gaps_per_sample,
-                ks_strict_p_value: self.ks_strict.p_value,
+                ks_gaps_per_sample: self.arrivals.gaps_per_sample,
+                ks_strict_p_value: self.arrivals.strict.p_value,
                 min_gap_us: self
-                    .interarrivals_ns
+                    .arrivals
+                    .gaps_ns
                     .iter()
                     .copied()
                     .fold(f64::INFINITY, f64::min)
                     / 1e3,
-                scheduled_ks_p_value: self.ks_scheduled.p_value,
+                scheduled_ks_p_value: self.arrivals.scheduled.p_value,
             },
             bytes_sent: self.m.bytes_sent,
             bytes_received: self.m.bytes_received,
@@ -898,7 +892,7 @@ impl LoadReport {
                 t,
                 "  arrivals      none to check: in a closed loop the sends follow the replies"
             );
-        } else if self.interarrivals_ns.is_empty() {
+        } else if self.arrivals.gaps_ns.is_empty() {
             let _ = writeln!(t, "  arrivals      (none measured)");
         } else {
             let _ = writeln!(
@@ -977,7 +971,7 @@ impl LoadReport {
 
     /// Interarrival times in microseconds, one per line: the first `limit` consecutive gaps.
     pub fn write_interarrivals(&self, path: &Path, limit: usize) -> anyhow::Result<()> {
-        let gaps = &self.interarrivals_ns[..self.interarrivals_ns.len().min(limit)];
+        let gaps = &self.arrivals.gaps_ns[..self.arrivals.gaps_ns.len().min(limit)];
         let mut out = String::with_capacity(gaps.len() * 8);
         for g in gaps {
             let _ = writeln!(out, "{:.3}", g / 1e3);
@@ -1352,15 +1346,11 @@ fn merge(
     }
     send_times.sort_unstable();
     scheduled_times.sort_unstable();
-    let checks = ArrivalChecks::of(&config, &send_times, &scheduled_times);
+    let arrivals = ArrivalChecks::of(&config, &send_times, &scheduled_times);
     LoadReport {
         config,
         m,
-        interarrivals_ns: checks.gaps_ns,
-        ks_actual: checks.actual,
-        ks_gaps_per_sample: checks.gaps_per_sample,
-        ks_strict: checks.strict,
-        ks_scheduled: checks.scheduled,
+        arrivals,
         records,
         intervals,
         wall,
@@ -1393,11 +1383,17 @@ fn wall_anchor() -> (u64, u64) {
 /// The arrivals checks of a run (or of several agents' merged sends): the gaps between
 /// consecutive actual sends, and the K-S tests of the actual sends (at the configured
 /// timescale, and gap by gap) and of the schedule.
+#[derive(Debug)]
 pub struct ArrivalChecks {
+    /// Gaps between consecutive actual sends, in ns, in send order.
     pub gaps_ns: Vec<f64>,
+    /// Actual sends against the Poisson process at the configured timescale and resolution.
     pub actual: KsResult,
+    /// Consecutive gaps summed into each sample of `actual`.
     pub gaps_per_sample: usize,
+    /// Actual sends against the exponential, at every gap.
     pub strict: KsResult,
+    /// The schedule itself against the exponential.
     pub scheduled: KsResult,
 }
 
@@ -1458,11 +1454,13 @@ impl LoadReport {
         LoadReport {
             config,
             m,
-            interarrivals_ns: Vec::new(),
-            ks_actual: nan,
-            ks_gaps_per_sample: 1,
-            ks_strict: nan,
-            ks_scheduled: nan,
+            arrivals: ArrivalChecks {
+                gaps_ns: Vec::new(),
+                actual: nan,
+                gaps_per_sample: 1,
+                strict: nan,
+                scheduled: nan,
+            },
             records: Vec::new(),
             intervals: Vec::new(),
             wall: Duration::from_secs(1),
