@@ -51,9 +51,7 @@ impl Hosts {
     /// `tag` keeps two tests' hosts apart (the subnet repeats, inside each one's namespaces).
     fn make(tag: &str) -> Hosts {
         let pid = std::process::id();
-        let dir = std::env::temp_dir().join(format!("iolab-agents-{pid}-{tag}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = common::scratch_dir(&format!("agents-{tag}"));
         let server_ns = format!("iolab-as{pid}-{tag}");
         let agent_ns: Vec<String> = (0..2).map(|k| format!("iolab-a{k}-{pid}-{tag}")).collect();
         let mut hosts = Hosts {
@@ -196,6 +194,15 @@ impl Drop for Hosts {
     }
 }
 
+/// `iolab load` against `addr` with these options, its canaries off (the tests check what it
+/// writes, not the machine's stalls).
+fn load_command(addr: &str, args: &[&str]) -> Command {
+    let mut load = Command::new(BIN);
+    load.args(["load", "--addr", addr, "--watch-cpus", "none"])
+        .args(args);
+    load
+}
+
 /// The histograms of a load's HdrHistogram log with this tag, added up: read here with the
 /// hdrhistogram crate alone, not with iolab's merge.
 fn tagged(path: &Path, tag: &str) -> Histogram<u64> {
@@ -236,30 +243,26 @@ fn a_sweep_over_ssh_agents_merges_their_runs_exactly() {
         &agents,
         &out,
         &[
-            "--rates",
-            "400,800",
-            "--duration",
-            "1s",
-            "--warmup",
-            "300ms",
-            "--connections",
-            "8",
-            "--repeat",
-            "1",
-            "--server-cpus",
-            "0",
-            // Checks no noise can fail: the test checks the merge, not the machine's mood.
-            "--slo",
-            "60s",
-            "--max-stall",
-            "0.9",
-            "--max-send-lag",
-            "10s",
-            "--min-ks-p",
-            "0",
-            "--max-generator-busy",
-            "1",
-        ],
+            &common::CHECKS_NOISE_CANNOT_FAIL[..],
+            &[
+                "--rates",
+                "400,800",
+                "--duration",
+                "1s",
+                "--warmup",
+                "300ms",
+                "--connections",
+                "8",
+                "--repeat",
+                "1",
+                "--server-cpus",
+                "0",
+                // An SLO no run misses: the test checks the merge, not the machine's mood.
+                "--slo",
+                "60s",
+            ],
+        ]
+        .concat(),
     );
     let said = format!(
         "{}{}",
@@ -407,9 +410,7 @@ fn the_kubernetes_job_runs_agents_that_merge() {
 
     // Run two agents as the Job would, faster and against a server here.
     let (server, addr, stdout) = common::spawn_server(&["--engine".into(), "epoll".into()]);
-    let out = std::env::temp_dir().join(format!("iolab-k8s-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out).unwrap();
+    let out = common::scratch_dir("k8s");
     let start = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -483,24 +484,11 @@ fn the_kubernetes_job_runs_agents_that_merge() {
 #[test]
 fn agent_mistakes_are_explained() {
     let (server, addr, stdout) = common::spawn_server(&["--engine".into(), "epoll".into()]);
-    let dir = std::env::temp_dir().join(format!("iolab-agent-mistakes-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("agent-mistakes");
     let plain = dir.join("plain.json");
     let addr = addr.to_string();
     let load = |extra: &[&str]| {
-        Command::new(BIN)
-            .args([
-                "load",
-                "--addr",
-                &addr,
-                "--rate",
-                "100",
-                "--duration",
-                "200ms",
-                "--watch-cpus",
-                "none",
-            ])
+        load_command(&addr, &["--rate", "100", "--duration", "200ms"])
             .args(extra)
             .output()
             .unwrap()
@@ -534,36 +522,14 @@ fn agent_mistakes_are_explained() {
 #[test]
 fn merged_percentiles_are_those_of_all_requests() {
     let (server, addr, stdout) = common::spawn_server(&["--engine".into(), "epoll".into()]);
-    let dir = std::env::temp_dir().join(format!("iolab-merge-raw-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("merge-raw");
     let addr = addr.to_string();
     let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
     let agents: Vec<_> = ["x", "y"]
         .iter()
         .map(|name| {
-            Command::new(BIN)
-                .args([
-                    "load",
-                    "--addr",
-                    &addr,
-                    "--rate",
-                    "400",
-                    "--duration",
-                    "1s",
-                    "--warmup",
-                    "200ms",
-                ])
-                .args([
-                    "--connections",
-                    "4",
-                    "--watch-cpus",
-                    "none",
-                    "--start-at",
-                    "+1s",
-                    "--agent",
-                    name,
-                ])
+            load_command(&addr, &["--rate", "400", "--duration", "1s", "--warmup", "200ms"])
+                .args(["--connections", "4", "--start-at", "+1s", "--agent", name])
                 .args(["--json", &path(&format!("{name}.json"))])
                 .args(["--requests-log", &path(&format!("{name}.csv"))])
                 .stdout(Stdio::piped())

@@ -243,22 +243,12 @@ fn sweep_writes_a_results_folder_that_knee_reads() {
             "0.1s",
             "--connections",
             "4",
-            // An SLO no run misses and checks no noise can fail: the test checks the folder
-            // and the schedule, not the machine's speed or mood.
+            // An SLO no run misses: the test checks the folder and the schedule.
             "--slo",
             "60s",
-            "--max-stall",
-            "0.9",
-            "--max-send-lag",
-            "10s",
-            "--min-ks-p",
-            "0",
-            "--max-generator-busy",
-            "1",
-            "--repeat",
-            "2",
-            "--out",
         ])
+        .args(common::CHECKS_NOISE_CANNOT_FAIL)
+        .args(["--repeat", "2", "--out"])
         .arg(&dir)
         .output()
         .expect("run iolab sweep");
@@ -390,7 +380,7 @@ fn a_point_over_the_slo_is_measured_again_before_the_walk_stops() {
     let dir = std::env::temp_dir().join(format!("iolab-retry-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let dir_arg = dir.to_string_lossy().into_owned();
-    let (ok, out, err) = iolab(&[
+    let mut args = vec![
         "sweep",
         "--engines",
         "epoll",
@@ -404,16 +394,11 @@ fn a_point_over_the_slo_is_measured_again_before_the_walk_stops() {
         "2",
         "--slo",
         "1ns",
-        // Nothing but a stall longer than most of the run could invalidate a point here.
-        "--max-stall",
-        "0.9",
-        "--max-send-lag",
-        "10s",
-        "--min-ks-p",
-        "0",
-        "--out",
-        &dir_arg,
-    ]);
+    ];
+    // Nothing but a stall longer than most of the run could invalidate a point here.
+    args.extend(common::CHECKS_NOISE_CANNOT_FAIL);
+    args.extend(["--out", &dir_arg]);
+    let (ok, out, err) = iolab(&args);
     assert!(ok, "{err}");
     let rows = iolab::lab::results::read_points(&dir).unwrap();
     let tries: Vec<(f64, u32, u32, bool, bool)> = rows
@@ -572,21 +557,10 @@ fn points_made_invalid_or_saturated_on_purpose_give_lower_bounds_and_no_knee() {
     let (rows, knee, out) = sweep(
         "saturated",
         &[
-            "--rates",
-            "400",
-            "--connections",
-            "1",
-            "--work",
-            "fixed:5ms",
-            "--max-stall",
-            "0.9",
-            "--max-send-lag",
-            "10s",
-            "--min-ks-p",
-            "0",
-            "--max-generator-busy",
-            "1",
-        ],
+            &common::CHECKS_NOISE_CANNOT_FAIL[..],
+            &["--rates", "400", "--connections", "1", "--work", "fixed:5ms"],
+        ]
+        .concat(),
     );
     assert_eq!(rows.len(), 2, "two saturated repeats settle it: {rows:?}");
     for r in &rows {

@@ -81,9 +81,7 @@ fn run_with(freeze: Freeze) -> Frozen {
         Freeze::ServerClosedLoop => &["--closed-loop", "--depth", "1", "--connections", "8"],
         _ => &["--rate", &rate, "--connections", "4"],
     };
-    let dir = std::env::temp_dir().join(format!("iolab-frozen-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir(&format!("frozen-{tag}"));
     let (server, addr, server_out) = common::spawn_server(&["--engine".into(), "epoll".into()]);
     let mut load = Command::new(env!("CARGO_BIN_EXE_iolab"))
         .arg("load")

@@ -14,6 +14,28 @@ use iolab::sansio::frame::{
 /// The longest any single wait may take: a bound on a broken engine, never a way to wait.
 pub const BOUND: Duration = Duration::from_secs(20);
 
+/// Sweep validity checks no machine noise can fail, for tests that check a results folder, a
+/// schedule or a merge rather than the machine's speed or mood. Only a stall over most of a
+/// point still makes it invalid.
+pub const CHECKS_NOISE_CANNOT_FAIL: [&str; 8] = [
+    "--max-stall",
+    "0.9",
+    "--max-send-lag",
+    "10s",
+    "--min-ks-p",
+    "0",
+    "--max-generator-busy",
+    "1",
+];
+
+/// A fresh, empty folder under the temporary directory, named for the test and this process.
+pub fn scratch_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("iolab-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("make a scratch folder");
+    dir
+}
+
 pub fn request(id: u64, len: usize, reply: ReplySize) -> Vec<u8> {
     request_with_spin(id, len, reply, 0)
 }
