@@ -2,7 +2,8 @@
 # Slow clients at scale: the normal load's p99 with and without 1,000 slowloris connections.
 #
 #   scripts/slow_clients.sh [engines...]      (default: select poll epoll pool uring tokio monoio threads iovec)
-#   RATE=20000 DURATION=10s REPEAT=3 SLOW=1000 TIMEOUT=5s SERVER_CPU=0 LOAD_CPU=1 SLOW_CPU=1 scripts/slow_clients.sh epoll
+#   RATE=20000 DURATION=10s REPEAT=3 SLOW=1000 TIMEOUT=5s SERVER_CPU=0 LOAD_CPU=1 SLOW_CPU=1 \
+#     SLOW_SCHED=nice PROTOS="frame http" scripts/slow_clients.sh epoll
 #
 # For each engine and each protocol (frame: trickled frame headers; http: trickled HTTP
 # heads), REPEAT rounds of the same load (64 B echo, or GET of a 1 KiB file, over 64
@@ -12,6 +13,12 @@
 # trickler reconnects) during the run; the table says how many. select holds at most 1,024
 # descriptors (FD_SETSIZE), so it gets 900 slow connections.
 #
+# Where the slow clients run matters on a 2-core machine: they must share a core with the
+# server or with the generator. SLOW_SCHED says how they are scheduled there: `nice` (nice 19)
+# or `idle` (SCHED_IDLE: only the core's idle time, and any wakeup of the server or the
+# generator preempts them at once). The table gives the generator's own send-lag p99 beside
+# each p99, so a slow client that delays the generator, not the server, shows as such.
+#
 # The ratio is median p99 with / median p99 without. A run in which the generator's canaries
 # saw more than STALL_MS of machine stalls (this VM stalls for milliseconds now and then, and
 # one such stall decides a p99) is run again, up to 3 times; the table counts the reruns.
@@ -19,7 +26,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${RATE:-20000}; DURATION=${DURATION:-10s}; REPEAT=${REPEAT:-3}; SLOW=${SLOW:-1000}
-TIMEOUT=${TIMEOUT:-5s}; SLOW_CPU=${SLOW_CPU:-$LOAD_CPU}; STALL_MS=${STALL_MS:-5}; SERVER_CPU=${SERVER_CPU:-0}; LOAD_CPU=${LOAD_CPU:-1}
+TIMEOUT=${TIMEOUT:-5s}; STALL_MS=${STALL_MS:-5}; SERVER_CPU=${SERVER_CPU:-0}; LOAD_CPU=${LOAD_CPU:-1}
+SLOW_CPU=${SLOW_CPU:-$LOAD_CPU}; SLOW_SCHED=${SLOW_SCHED:-nice}; PROTOS=${PROTOS:-frame http}
+case $SLOW_SCHED in
+  nice) slow_sched=(nice -n 19) ;;
+  idle) slow_sched=(chrt --idle 0) ;;
+  *) echo "slow_clients.sh: SLOW_SCHED is nice or idle, not '$SLOW_SCHED'" >&2; exit 2 ;;
+esac
 OUT=${OUT:-$(mktemp -d /tmp/iolab-slow.XXXX)}; mkdir -p "$OUT/root"
 engines=("$@"); [ ${#engines[@]} -gt 0 ] || engines=(select poll epoll pool uring tokio monoio threads iovec)
 command -v python3 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null; }
@@ -28,7 +41,8 @@ BIN=target/release/iolab
 head -c 1024 /dev/zero | tr '\0' 'x' > "$OUT/root/index.html"
 ulimit -n 65536 2>/dev/null || true
 echo "results in $OUT; load $RATE rps for $DURATION over 64 connections; $SLOW slow clients;" \
-  "--request-timeout $TIMEOUT; server on CPU $SERVER_CPU, load and slow clients on CPU $LOAD_CPU"
+  "--request-timeout $TIMEOUT; server on CPU $SERVER_CPU, load on CPU $LOAD_CPU," \
+  "slow clients on CPU $SLOW_CPU ($SLOW_SCHED)"
 
 run_one() { # engine protocol slow_count round: measured until the machine was quiet (3 tries at most)
   local try
@@ -44,7 +58,7 @@ run_one() { # engine protocol slow_count round: measured until the machine was q
   return 0 # kept, and counted as still noisy
 }
 
-measure() { # engine protocol slow_count round try -> appends "engine proto cond round p99 timeouts stall_ms try" to results
+measure() { # engine protocol slow_count round try -> appends "engine proto cond round p99 timeouts stall_ms try send_lag_p99 uncorrected_p99" to results
   local engine=$1 proto=$2 slow=$3 round=$4 try=$5 cond
   cond=$([ "$slow" -gt 0 ] && echo with || echo without)
   local tag="$engine-$proto-$cond-$round-$try"
@@ -58,9 +72,9 @@ measure() { # engine protocol slow_count round try -> appends "engine proto cond
   local trickler=""
   if [ "$slow" -gt 0 ]; then
     rm -f "$OUT/ready"
-    # At nice 19: the attacker is on the generator's CPU (two cores), and must not delay its sends;
-    # one byte a second does not mind waiting.
-    taskset -c "${SLOW_CPU:-$LOAD_CPU}" nice -n 19 python3 scripts/slow_clients.py --port "${addr##*:}" --kind "$proto" \
+    # At nice 19 or SCHED_IDLE: the attacker shares a core (two cores) and must not delay the
+    # process it shares it with; one byte a second does not mind waiting.
+    taskset -c "$SLOW_CPU" "${slow_sched[@]}" python3 scripts/slow_clients.py --port "${addr##*:}" --kind "$proto" \
       --connections "$slow" --seconds 3600 --ready-file "$OUT/ready" > "$OUT/$tag.slow.json" 2>&1 &
     trickler=$!
     for _ in $(seq 600); do [ -f "$OUT/ready" ] && break; sleep 0.05; done
@@ -78,14 +92,15 @@ summary = open(sys.argv[2]).read()
 m = re.search(r"request_timeouts=(\d+)", summary)
 bad = "" if d["error"] is None and d["errors"] == 0 else " BAD"
 stalls = d.get("machine_stalls") or {}
-print(f'{sys.argv[3]} {d["latency_us"]["p99"]:.1f} {m.group(1) if m else "?"} {stalls.get("total_us", 0) / 1e3:.1f} {sys.argv[4]}{bad}')
+print(f'{sys.argv[3]} {d["latency_us"]["p99"]:.1f} {m.group(1) if m else "?"} {stalls.get("total_us", 0) / 1e3:.1f} {sys.argv[4]}'
+      f' {d["send_lag_us"]["p99"]:.1f} {d["latency_uncorrected_us"]["p99"]:.1f}{bad}')
 PY
 }
 
 : > "$OUT/results.txt"
 for engine in "${engines[@]}"; do
   slow=$SLOW; [ "$engine" = select ] && slow=$(( SLOW < 900 ? SLOW : 900 ))
-  for proto in frame http; do
+  for proto in $PROTOS; do
     for round in $(seq "$REPEAT"); do
       run_one "$engine" "$proto" 0 "$round"
       run_one "$engine" "$proto" "$slow" "$round"
@@ -93,8 +108,8 @@ for engine in "${engines[@]}"; do
     python3 - "$OUT/results.txt" "$engine" "$proto" "$STALL_MS" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.split()[:2] == sys.argv[2:4]]
-rows = [r for r in rows if len(r) >= 8]
-def med(cond): return statistics.median(float(r[4]) for r in rows if r[2] == cond)
+rows = [r for r in rows if len(r) >= 10]
+def med(cond, col=4): return statistics.median(float(r[col]) for r in rows if r[2] == cond)
 def spread(cond):
     v = [float(r[4]) for r in rows if r[2] == cond]; return f"{min(v):.0f}-{max(v):.0f}"
 timeouts = [r[5] for r in rows if r[2] == "with"]
@@ -104,6 +119,7 @@ bad = " (errors in some runs)" if any(r[-1] == "BAD" for r in rows) else ""
 bad += f" reruns {reruns}" + (f", {noisy} still noisy" if noisy else "")
 print(f"{sys.argv[2]:<8} {sys.argv[3]:<5} p99 without {med('without'):8.1f} us [{spread('without')}]  "
       f"with {med('with'):8.1f} us [{spread('with')}]  ratio {med('with') / med('without'):5.2f}  "
+      f"send-lag p99 {med('without', 8):.0f} -> {med('with', 8):.0f} us  "
       f"timeouts/run {','.join(timeouts)}{bad}")
 PY
   done

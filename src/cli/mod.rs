@@ -597,6 +597,7 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
     cfg.slo = a.slo.0;
     cfg.max_send_lag = a.max_send_lag.0;
     cfg.min_ks_p = a.min_ks_p;
+    cfg.max_ks_d = a.max_ks_d;
     cfg.ks_timescale = a.arrivals_check.ks_timescale.0;
     cfg.ks_resolution = a.arrivals_check.ks_resolution.0;
     cfg.max_generator_busy = a.max_generator_busy;

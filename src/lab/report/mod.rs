@@ -923,7 +923,7 @@ fn describe(meta: &serde_json::Value) -> String {
          Machine: {} ({} CPUs, {}), kernel {}; server on CPU {}, {}. \
          A point is invalid when the generator's send-lag p99 exceeds {:.0} µs, it was busy \
          more than {:.0}% of the time, or its arrivals' K-S p fell below {} at the {:.0} µs \
-         timescale. iolab {}, run as: {}.",
+         timescale{}. iolab {}, run as: {}.",
         get("workload"),
         get("connections"),
         get("duration_s"),
@@ -939,6 +939,11 @@ fn describe(meta: &serde_json::Value) -> String {
         num("max_generator_busy") * 100.0,
         get("min_ks_p"),
         num("ks_timescale_us"),
+        // Results from before the bound have no max_ks_d: they judged by p alone.
+        match meta.get("max_ks_d").and_then(|v| v.as_f64()) {
+            Some(d) if d > 0.0 => format!(" with a departure D above {d}"),
+            _ => String::new(),
+        },
         get("iolab_version"),
         list("command_line").join(" "),
     )
