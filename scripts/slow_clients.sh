@@ -83,7 +83,11 @@ measure() { # engine protocol slow_count round try -> appends "engine proto cond
   local load=(--addr "$addr" --rate "$RATE" --duration "$DURATION" --warmup 1s --connections 64 --json "$OUT/$tag.json")
   [ "$proto" = http ] && load+=(--protocol http --path /index.html) || load+=(--request-size 64 --reply echo)
   taskset -c "$LOAD_CPU" "$BIN" load "${load[@]}" > "$OUT/$tag.load.log" 2>&1 || true
-  if [ -n "$trickler" ]; then kill -TERM "$trickler" 2>/dev/null || true; wait "$trickler" 2>/dev/null || true; fi
+  if [ -n "$trickler" ]; then
+    # The attacker's own CPU time (user + system, in clock ticks), for the record.
+    awk '{print $14 + $15}' "/proc/$trickler/stat" > "$OUT/$tag.slow.ticks" 2>/dev/null || true
+    kill -TERM "$trickler" 2>/dev/null || true; wait "$trickler" 2>/dev/null || true
+  fi
   kill -TERM "$pid"; wait "$pid" || true
   python3 - "$OUT/$tag.json" "$OUT/$tag.server.log" "$engine $proto $cond $round" "$try" >> "$OUT/results.txt" <<'PY'
 import json, re, sys

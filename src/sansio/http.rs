@@ -10,6 +10,15 @@
 
 use std::fmt::Write as _;
 
+/// What one parse of a head found.
+enum Parsed {
+    /// A whole head: its request, or its refusal.
+    Complete(Result<HttpRequest, HttpError>),
+    Partial,
+    /// Bytes that are not a request head.
+    Refused(HttpError),
+}
+
 /// Limits on what one request may carry.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
@@ -20,6 +29,10 @@ pub struct HttpLimits {
     /// A request body (Content-Length), read and dropped.
     pub max_body: usize,
 }
+
+/// The first bytes of a head are parsed as they arrive: a TLS hello or a binary protocol sent
+/// to the HTTP port is refused at once, not when (if ever) it ends a line.
+const PROBE: usize = 16;
 
 /// The most header fields a request may ever carry: the parser's fields live on the stack,
 /// so parsing a request allocates nothing.
@@ -118,11 +131,15 @@ pub struct HttpDecoder {
     start: usize,
     /// Body bytes of the last request still to drop.
     skip: usize,
-    /// How many pending bytes the last unfinished parse saw. Only whole lines are parsed,
-    /// and only once a new line has ended: a head trickled a byte at a time is parsed once
-    /// per line instead of once per byte (which is quadratic in the head), and what is
-    /// parsed does not depend on how the stream was split.
+    /// How many pending bytes the last unfinished parse saw. A head is parsed only up to
+    /// its latest checkpoint (see [`HttpDecoder::checkpoint`]), not after every push: a head
+    /// trickled a byte at a time is parsed a few times instead of once per byte (which is
+    /// quadratic in the head), and what is parsed does not depend on how the stream was split.
     seen: usize,
+    /// How many pending bytes have been looked at for checkpoints.
+    scanned: usize,
+    /// Whether the pending bytes have ended a line yet.
+    line_ended: bool,
     /// Calls to the grammar, for the test that a trickled head is not parsed per byte.
     #[cfg(test)]
     parses: usize,
@@ -136,6 +153,8 @@ impl HttpDecoder {
             start: 0,
             skip: 0,
             seen: 0,
+            scanned: 0,
+            line_ended: false,
             #[cfg(test)]
             parses: 0,
         }
@@ -169,11 +188,34 @@ impl HttpDecoder {
         if pending.is_empty() {
             return None;
         }
-        let Some(last_newline) = memchr::memrchr(b'\n', &pending[self.seen..]) else {
+        // Most heads arrive whole: the first look at a head parses all that was pushed and
+        // keeps the result if the head is complete, as a parse up to the checkpoint (the
+        // head's end) would find it too. Anything else is judged at the checkpoint (which,
+        // for the first bytes, is all of them).
+        if self.scanned == 0 && pending.len() > PROBE {
+            if let Parsed::Complete(request) = self.parse(pending.len()) {
+                return Some(request);
+            }
+        }
+        let upto = self.checkpoint();
+        if upto <= self.seen {
             return self.unfinished_head();
-        };
-        let lines = self.seen + last_newline + 1;
-        let pending = &self.buf[self.start..self.start + lines];
+        }
+        match self.parse(upto) {
+            Parsed::Complete(request) => Some(request),
+            Parsed::Partial => {
+                self.seen = upto;
+                self.unfinished_head()
+            }
+            Parsed::Refused(e) => Some(Err(e)),
+        }
+    }
+
+    /// Parses the first `upto` pending bytes. A complete head is consumed (and its request
+    /// interpreted, or refused for what it says); an unfinished one or a malformed one leaves
+    /// the decoder as it was.
+    fn parse(&mut self, upto: usize) -> Parsed {
+        let pending = &self.buf[self.start..self.start + upto];
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADER_FIELDS];
         let max_fields = self.limits.max_headers.min(MAX_HEADER_FIELDS);
         let mut req = httparse::Request::new(&mut fields[..max_fields]);
@@ -183,39 +225,56 @@ impl HttpDecoder {
         }
         let head_len = match req.parse(pending) {
             Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => {
-                self.seen = lines;
-                return self.unfinished_head();
-            }
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
             Err(httparse::Error::TooManyHeaders) => {
-                return Some(Err(HttpError::new(
+                return Parsed::Refused(HttpError::new(
                     Status::HeaderFieldsTooLarge,
                     format!("more than {} header fields", max_fields),
-                )))
+                ))
             }
             Err(e) => {
-                return Some(Err(HttpError::new(
+                return Parsed::Refused(HttpError::new(
                     Status::BadRequest,
                     format!("malformed request: {e}"),
-                )))
+                ))
             }
         };
         if head_len > self.limits.max_head {
-            return Some(Err(HttpError::new(
+            return Parsed::Complete(Err(HttpError::new(
                 Status::HeaderFieldsTooLarge,
                 format!("request head of {head_len} bytes, over {}", self.limits.max_head),
             )));
         }
         let parsed = interpret(&req, &self.limits);
         self.start += head_len;
-        self.seen = 0;
-        match parsed {
-            Ok((request, body)) => {
-                self.skip = body;
-                Some(Ok(request))
+        (self.seen, self.scanned, self.line_ended) = (0, 0, false);
+        Parsed::Complete(parsed.map(|(request, body)| {
+            self.skip = body;
+            request
+        }))
+    }
+
+    /// How much of the pending bytes to parse: up to the latest checkpoint. The checkpoints
+    /// are every one of the first [`PROBE`] bytes, the end of the first line, and the end of
+    /// every empty line (where a head ends). So what is not HTTP at all is refused on its
+    /// first bytes, a bad request line when it ends, the rest of a head when it is complete;
+    /// and the checkpoints, being a property of the bytes, fall in the same places however
+    /// the stream was split. Each pending byte is looked at once.
+    fn checkpoint(&mut self) -> usize {
+        let pending = &self.buf[self.start..];
+        let mut last = pending.len().min(PROBE);
+        for i in memchr::memchr_iter(b'\n', &pending[self.scanned..]) {
+            let i = self.scanned + i;
+            let ends_empty_line = i >= 1
+                && (pending[i - 1] == b'\n'
+                    || (i >= 2 && pending[i - 1] == b'\r' && pending[i - 2] == b'\n'));
+            if !self.line_ended || ends_empty_line {
+                last = i + 1;
             }
-            Err(e) => Some(Err(e)),
+            self.line_ended = true;
         }
+        self.scanned = pending.len();
+        last
     }
 
     /// No complete head yet: refuse one that has outgrown its limit, else wait for more.
@@ -594,33 +653,47 @@ mod tests {
     }
 
     #[test]
-    fn a_trickled_head_is_parsed_once_per_line_not_once_per_byte() {
-        let head = b"GET /a HTTP/1.1\r\nHost: x\r\nUser-Agent: a slow client\r\nAccept: */*\r\n\r\n";
+    fn a_trickled_head_is_parsed_a_few_times_not_once_per_byte() {
+        let fields: String = (0..40)
+            .map(|i| format!("X-Field-{i}: {}\r\n", "v".repeat(20)))
+            .collect();
+        let head = format!("GET /a HTTP/1.1\r\nHost: x\r\n{fields}\r\n");
         let mut d = HttpDecoder::new(HttpLimits::default());
         let mut got = None;
-        for byte in head.chunks(1) {
+        for byte in head.as_bytes().chunks(1) {
             d.push(byte);
             if let Some(r) = d.next_request() {
                 got = Some(r);
             }
         }
         assert_eq!(got, Some(Ok(get("/a"))));
-        let lines = head.iter().filter(|&&b| b == b'\n').count();
-        assert_eq!(d.parses, lines, "one parse per line ended, {} bytes", head.len());
+        // The first bytes one by one, the request line's end, the head's end: not one parse
+        // per byte (1,200) or per line (43).
+        assert_eq!(d.parses, PROBE + 2, "a {}-byte head", head.len());
     }
 
     #[test]
-    fn an_error_in_an_unfinished_line_is_found_when_the_line_ends() {
+    fn what_is_not_http_is_refused_on_its_first_bytes() {
+        let mut d = HttpDecoder::new(HttpLimits::default());
+        d.push(&[0x16, 0x03, 0x01, 0x02, 0x00]); // a TLS ClientHello's record header
+        let e = d.next_request().expect("a verdict").expect_err("not HTTP");
+        assert_eq!(e.status, Status::BadRequest);
+    }
+
+    #[test]
+    fn an_error_in_a_header_field_is_found_when_the_head_ends() {
         let mut d = HttpDecoder::new(HttpLimits::default());
         d.push(b"GET / HTTP/1.1\r\nBad\x01Name: x");
         assert_eq!(d.next_request(), None, "the line has not ended");
+        d.push(b"\r\nHost: x\r\n");
+        assert_eq!(d.next_request(), None, "the head has not ended");
         d.push(b"\r\n");
         let e = d
             .next_request()
             .expect("a verdict")
             .expect_err("a bad field name");
         assert_eq!(e.status, Status::BadRequest);
-        // A head that never ends a line is still bounded.
+        // A head that never ends is still bounded.
         let mut d = HttpDecoder::new(HttpLimits {
             max_head: 64,
             ..HttpLimits::default()
