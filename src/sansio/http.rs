@@ -269,7 +269,7 @@ impl HttpDecoder {
                 && (pending[i - 1] == b'\n'
                     || (i >= 2 && pending[i - 1] == b'\r' && pending[i - 2] == b'\n'));
             if !self.line_ended || ends_empty_line {
-                last = i + 1;
+                last = last.max(i + 1);
             }
             self.line_ended = true;
         }
@@ -670,6 +670,24 @@ mod tests {
         // The first bytes one by one, the request line's end, the head's end: not one parse
         // per byte (1,200) or per line (43).
         assert_eq!(d.parses, PROBE + 2, "a {}-byte head", head.len());
+    }
+
+    #[test]
+    fn a_checkpoint_never_moves_back() {
+        // Found by the fuzzer: "\n>" whole was parsed up to the newline (unfinished), but
+        // pushed a byte at a time, in full (refused). The first bytes count as a checkpoint
+        // even after a line ended among them.
+        let whole = {
+            let mut d = HttpDecoder::new(HttpLimits::default());
+            d.push(b"\n>");
+            d.next_request()
+        };
+        let mut d = HttpDecoder::new(HttpLimits::default());
+        d.push(b"\n");
+        assert_eq!(d.next_request(), None);
+        d.push(b">");
+        assert_eq!(d.next_request(), whole);
+        assert!(matches!(whole, Some(Err(_))), "{whole:?}");
     }
 
     #[test]
