@@ -668,7 +668,7 @@ mod tests {
         }
         assert_eq!(got, Some(Ok(get("/a"))));
         // The first bytes one by one, the request line's end, the head's end: not one parse
-        // per byte (1,200) or per line (43).
+        // per byte (1,378) or per line (43).
         assert_eq!(d.parses, PROBE + 2, "a {}-byte head", head.len());
     }
 
