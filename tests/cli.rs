@@ -562,11 +562,17 @@ fn points_made_invalid_or_saturated_on_purpose_give_lower_bounds_and_no_knee() {
         ]
         .concat(),
     );
-    assert_eq!(rows.len(), 2, "two saturated repeats settle it: {rows:?}");
-    for r in &rows {
-        assert!(r.valid && r.saturated && r.over_slo, "{r:?}");
+    let valid: Vec<_> = rows.iter().filter(|r| r.valid).collect();
+    assert_eq!(valid.len(), 2, "two saturated repeats settle it: {rows:?}");
+    for r in &valid {
+        assert!(r.saturated && r.over_slo, "{r:?}");
         // A queue the server never catches up with, left when the window closed.
         assert!(r.backlog_at_end > 50, "{r:?}");
+    }
+    // Only a stall over most of a point (CI once saw 406 ms in a 300 ms window) makes one
+    // invalid here: it is the machine's, never "saturated", and is measured again.
+    for r in rows.iter().filter(|r| !r.valid) {
+        assert!(r.blame == "machine" && !r.saturated, "{r:?}");
     }
     assert_eq!(knee["knee_rps"], serde_json::Value::Null, "{knee}");
     assert_eq!(knee["lower_bound"], false, "{knee}");
