@@ -293,6 +293,7 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     if let Some(cpus) = a.watch_cpus {
         cfg.watch_cpus = cpus.0;
     }
+    cfg.cpu_idle = a.cpu_idle;
     (cfg.chunk_size, cfg.max_frame) = a.frame.sizes()?;
     cfg.requests_log = a.requests_log.is_some();
     cfg.start_at = a.start_at;
@@ -422,12 +423,14 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     cfg.repeat = a.repeat;
     cfg.max_tries = cfg.max_tries.max(a.repeat);
     cfg.budget = Some(a.budget.0);
+    cfg.cpu_idle = a.cpu_idle;
+    let _awake = hold_cpus_awake(&mut cfg);
     let ladder: Vec<String> = cfg.rates.iter().map(|r| format!("{r:.0}")).collect();
     println!(
         "iolab demo: {} engine(s), each point a fresh server process on CPU {:?}, the generator on CPU {:?};\n\
          64 B echo, {} connections, open-loop Poisson at {} rps, {} per point after {} warm-up;\n\
          each point measured until {} of {} repeats agree, in rounds that interleave the engines\n\
-         (at most {:.0} s of points; a point during which the machine stalled is measured again)",
+         (at most {:.0} s of points; a point during which the machine stalled is measured again; {})",
         cfg.engines.len(),
         cfg.server_cpus,
         cfg.load_cpus,
@@ -437,7 +440,8 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         Dur(cfg.warmup),
         cfg.repeat / 2 + 1,
         cfg.repeat,
-        a.budget.0.as_secs_f64()
+        a.budget.0.as_secs_f64(),
+        cpu_idle_words(cfg.cpu_idle)
     );
     run_sweep(&cfg)?;
     let rows = iolab::lab::results::read_points(&out)?;
@@ -456,6 +460,25 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Holds the CPUs awake for a sweep that asks for it (until the guard drops), and sets what
+/// is in force; where that is refused, says why in one line and goes on with them left to
+/// the kernel.
+fn hold_cpus_awake(cfg: &mut iolab::lab::sweep::SweepConfig) -> Option<iolab::os::cpu::AwakeGuard> {
+    let (guard, in_force, refused) = iolab::os::cpu::apply_cpu_idle(cfg.cpu_idle);
+    if let Some(why) = refused {
+        eprintln!("iolab: cannot hold the CPUs awake ({why}): idle CPUs may halt, and on a VM waking one can take longer than a reply");
+    }
+    cfg.cpu_idle = in_force;
+    guard
+}
+
+fn cpu_idle_words(idle: iolab::os::cpu::CpuIdle) -> &'static str {
+    match idle {
+        iolab::os::cpu::CpuIdle::Awake => "idle CPUs held awake, polling instead of halting (--cpu-idle)",
+        iolab::os::cpu::CpuIdle::Os => "idle CPUs left to the kernel, free to halt (--cpu-idle)",
+    }
 }
 
 /// Runs a sweep with a progress bar and one line per point.
@@ -509,6 +532,8 @@ fn run_sweep(cfg: &iolab::lab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::
                 "  saturated".to_string()
             } else if point.over_slo {
                 "  over SLO".to_string()
+            } else if point.met_despite_stalls {
+                "  within SLO despite the stalls".to_string()
             } else {
                 String::new()
             };
@@ -609,6 +634,7 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
     cfg.max_stall_fraction = a.max_stall;
     cfg.quiet.timeout = a.quiet_timeout.0;
     cfg.budget = a.budget.map(|b| b.0);
+    cfg.cpu_idle = a.cpu_idle;
     cfg.server_cpus = server_cpus;
     cfg.load_cpus = load_cpus;
     cfg.seed = a.seed;
@@ -661,6 +687,8 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
             engines: None,
         });
     }
+    let _awake = hold_cpus_awake(&mut cfg);
+    println!("iolab sweep: {}", cpu_idle_words(cfg.cpu_idle));
     let points = run_sweep(&cfg)?;
     let rows = iolab::lab::results::read_points(&out)?;
     println!("{}", iolab::lab::results::knee_table(&rows, cfg.slo));

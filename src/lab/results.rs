@@ -90,6 +90,10 @@ pub struct Point {
     pub context_switches_per_request: f64,
     pub user_us_per_request: f64,
     pub kernel_us_per_request: f64,
+    /// The machine stalled inside the window enough to move a p99, yet the point met the SLO
+    /// with every reply in. A stall only ever delays, so the verdict holds and the point is
+    /// valid; its latency figures are upper bounds.
+    pub met_despite_stalls: bool,
 }
 
 impl Point {

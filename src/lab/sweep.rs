@@ -16,7 +16,12 @@
 //!   stalled inside its window (the canaries of [`crate::loadgen::canary`] saw more stall
 //!   time than could leave the p99 alone), the generator was late or busy, or its arrivals
 //!   failed the Poisson check. An invalid point never ends an engine's walk or lowers its
-//!   knee. *Saturated* means the server fell behind (a backlog that grew through the window,
+//!   knee. A stall only ever delays, so a point that met the SLO with every reply in despite
+//!   the machine's stalls is valid all the same (`met_despite_stalls`: its figures are upper
+//!   bounds); one over the SLO is measured again.
+//! - **Idle CPUs held awake** (`--cpu-idle awake`, the default, [`crate::os::cpu::AwakeGuard`]):
+//!   on a VM a halted vCPU waits for the host to run it again, and every request to a server
+//!   asleep in its wait would pay that wake-up, so the sweep keeps idle CPUs polling. *Saturated* means the server fell behind (a backlog that grew through the window,
 //!   fewer replies than requests, errors); *over the SLO* means its p99 was above the bound.
 //!   An engine's walk stops above a cell whose repeats are mostly over, and within a round at
 //!   its first over point.
@@ -110,6 +115,9 @@ pub struct SweepConfig {
     /// Where each server listens (`--server-addr`): agents on other machines need an address
     /// they can reach.
     pub server_addr: String,
+    /// Whether idle CPUs poll (held awake) or may halt while the sweep runs. The caller holds
+    /// them ([`crate::os::cpu::apply_cpu_idle`]) for the whole sweep and sets what is in force.
+    pub cpu_idle: crate::os::cpu::CpuIdle,
 }
 
 /// Which cells to profile, and how long each of a profile's two loads lasts.
@@ -185,6 +193,7 @@ impl SweepConfig {
             profile: None,
             agents: None,
             server_addr: "127.0.0.1:0".to_string(),
+            cpu_idle: crate::os::cpu::CpuIdle::Awake,
         })
     }
 
@@ -225,6 +234,8 @@ struct Meta<'a> {
     max_stall_fraction: f64,
     stall_grace_us: f64,
     quiet: QuietCheck,
+    /// `awake`: idle CPUs polled through the sweep (CPU-latency QoS 0); `os`: they could halt.
+    cpu_idle: crate::os::cpu::CpuIdle,
     budget_s: Option<f64>,
     /// `--agents`: the machines that ran the load (`[user@]host`), and each one's clock
     /// minus this one's (s) as measured at the start; empty: the local generator.
@@ -939,6 +950,7 @@ fn load_config(cfg: &SweepConfig, endpoint: &Endpoint, netns: Option<&str>, rate
     load.ks_resolution = cfg.ks_resolution;
     load.watch_cpus = canary::online_cpus();
     load.stall_grace = cfg.slo / 2;
+    load.cpu_idle = cfg.cpu_idle;
     load
 }
 
@@ -1024,18 +1036,30 @@ pub fn judge(
             stalls.grace_us
         ));
     }
-    let reasons: Vec<String> = generator.into_iter().chain(machine).collect();
     let slo_us = cfg.slo.as_secs_f64() * 1e6;
     // The server fell behind: fewer replies than scheduled requests (against what was
     // scheduled, not offered: a short run's Poisson count alone varies by several percent),
     // a backlog left when the window closed, errors, or a run the server broke off.
     // Only a valid measurement can say so: a starved generator leaves a backlog of its own.
     let backlog = s.backlog_at_end;
-    let saturated = reasons.is_empty()
-        && (s.achieved_rps < 0.95 * s.scheduled_rps
-            || backlog as f64 > (0.05 * s.sent as f64).max(50.0)
-            || s.errors > 0
-            || s.error.is_some());
+    let fell_behind = s.achieved_rps < 0.95 * s.scheduled_rps
+        || backlog as f64 > (0.05 * s.sent as f64).max(50.0)
+        || s.errors > 0
+        || s.error.is_some();
+    // A machine stall only ever delays: requests in flight wait it out, sends it held back
+    // leave late and are timed from their schedule, replies it held back are stamped late.
+    // So a point that met the SLO with every reply in despite the stalls met it: valid, its
+    // figures upper bounds. One over the SLO or behind may owe that to the stall, and is
+    // measured again. The generator's own failings are not excused: a generator that could
+    // not send at the rate may have spared the server the load.
+    let met_despite_stalls =
+        generator.is_empty() && !machine.is_empty() && s.latency_us.p99 <= slo_us && !fell_behind;
+    if met_despite_stalls {
+        machine.clear();
+    }
+    let blame = if met_despite_stalls { "" } else { blame };
+    let reasons: Vec<String> = generator.into_iter().chain(machine).collect();
+    let saturated = reasons.is_empty() && fell_behind;
     let ci = |c: (Option<f64>, Option<f64>)| (c.0.unwrap_or(f64::NAN), c.1.unwrap_or(f64::NAN));
     let (p50_lo, p50_hi) = ci(s.latency_us.p50_ci);
     let (p99_lo, p99_hi) = ci(s.latency_us.p99_ci);
@@ -1088,6 +1112,7 @@ pub fn judge(
         context_switches_per_request: f64::NAN,
         user_us_per_request: f64::NAN,
         kernel_us_per_request: f64::NAN,
+        met_despite_stalls,
     }
 }
 
@@ -1143,6 +1168,7 @@ fn write_meta(cfg: &SweepConfig, started_unix_s: u64, finished: Option<Finished>
         max_stall_fraction: cfg.max_stall_fraction,
         stall_grace_us: cfg.grace_us(),
         quiet: cfg.quiet,
+        cpu_idle: cfg.cpu_idle,
         budget_s: cfg.budget.map(|b| b.as_secs_f64()),
         agents: cfg
             .agents
@@ -1515,7 +1541,7 @@ mod tests {
         // though the send lag and the p99 went up with it.
         let p = judged(|r| {
             r.stall_in_window(10_000_000);
-            r.record_latencies(9_900, 100_000, 100, 5_000_000);
+            r.record_latencies(9_800, 100_000, 200, 5_000_000);
             r.record_send_lag(500_000);
         });
         assert!(!p.valid && p.blame == "machine", "{p:?}");
@@ -1529,10 +1555,11 @@ mod tests {
         let p = judged(|r| r.record_send_lag(500_000));
         assert_eq!((p.valid, p.blame.as_str()), (false, "generator"), "{p:?}");
         // Late by as much as one stall too short to invalidate the point on its own: the
-        // stall explains the lag.
+        // stall explains the lag (and the p99 it pushed over the SLO).
         let p = judged(|r| {
             r.stall_in_window(1_500_000);
             r.record_send_lag(1_000_000);
+            r.record_latencies(9_800, 100_000, 200, 1_500_000);
         });
         assert_eq!((p.valid, p.blame.as_str()), (false, "machine"), "{p:?}");
         assert!(p.stall_excess_us < 2_500.0, "{p:?}");
@@ -1547,6 +1574,43 @@ mod tests {
         // A short stall (within the grace) is not enough to blame the machine.
         let p = judged(|r| r.stall_in_window(400_000));
         assert!(p.valid, "{p:?}");
+    }
+
+    #[test]
+    fn a_stall_cannot_make_a_point_look_good() {
+        // Stalled for 10 ms, and the p99 met the SLO anyway with every reply in: the stall
+        // could only have made it worse, so the point counts as within the SLO.
+        let p = judged(|r| {
+            r.stall_in_window(10_000_000);
+            r.record_latencies(9_950, 100_000, 50, 5_000_000);
+        });
+        assert!(p.valid && p.good() && p.met_despite_stalls, "{p:?}");
+        assert!(p.blame.is_empty() && p.invalid_reason.is_empty(), "{p:?}");
+        assert_eq!(Outcome::of(&p), Outcome::Good);
+        // The same stall with the p99 over the SLO: it may be the stall's doing. Measured again.
+        let p = judged(|r| {
+            r.stall_in_window(10_000_000);
+            r.record_latencies(9_800, 100_000, 200, 5_000_000);
+        });
+        assert!(!p.valid && p.blame == "machine" && !p.met_despite_stalls, "{p:?}");
+        // Within the SLO but behind when the window closed: the stall may have left that
+        // backlog, so neither "within" nor "saturated" can be said.
+        let p = judged(|r| {
+            r.stall_in_window(10_000_000);
+            r.m.completed_by_end = r.m.sent - 2_000;
+        });
+        assert!(!p.valid && !p.saturated && !p.met_despite_stalls, "{p:?}");
+        // A stall does not excuse a generator that could not keep its schedule.
+        let p = judged(|r| {
+            r.stall_in_window(10_000_000);
+            r.generator_busy = 0.97;
+        });
+        assert!(
+            !p.valid && p.blame == "generator" && !p.met_despite_stalls,
+            "{p:?}"
+        );
+        // And a clean point is not marked.
+        assert!(!judged(|_| {}).met_despite_stalls);
     }
 
     #[test]

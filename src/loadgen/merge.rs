@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use super::canary::StallSummary;
 use super::{ArrivalChecks, IntervalLine, LoadConfig, LoadReport, Measured};
+use crate::os::cpu::CpuIdle;
 use crate::sansio::stats::{new_histogram, parse_hlog, HlogEntry};
 
 /// Tags of the whole-window histograms in a load's HdrHistogram log (the untagged entries
@@ -466,6 +467,15 @@ pub fn merge(runs: &[AgentRun], max_skew: Duration) -> anyhow::Result<LoadReport
     config.ks_resolution = us(f(s0, "interarrival.ks_resolution_us"));
     config.ks_timescale = us(f(s0, "interarrival.ks_timescale_us"));
     config.watch_cpus = Vec::new();
+    // Held awake only if every agent's CPUs were (a summary from before the key: unknown).
+    config.cpu_idle = if runs
+        .iter()
+        .all(|r| parse_enum(text(&r.summary, "config.cpu_idle"), CpuIdle::Os) == CpuIdle::Awake)
+    {
+        CpuIdle::Awake
+    } else {
+        CpuIdle::Os
+    };
 
     let mut m = Measured::new();
     let mut cpu_s = 0.0;

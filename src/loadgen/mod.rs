@@ -148,6 +148,9 @@ pub struct LoadConfig {
     /// CPUs a real-time canary watches for machine stalls during the run ([`canary`]);
     /// empty: none.
     pub watch_cpus: Vec<usize>,
+    /// Whether idle CPUs poll (held awake) or may halt during the run; the summary records
+    /// what was in force.
+    pub cpu_idle: crate::os::cpu::CpuIdle,
     /// Of each machine stall, the part beyond this counts as `machine_stalls.excess_us`: what
     /// could push a request past a latency bound about twice this long on its own.
     pub stall_grace: Duration,
@@ -198,6 +201,7 @@ impl LoadConfig {
             userspace: None,
             netns: None,
             watch_cpus: canary::online_cpus(),
+            cpu_idle: crate::os::cpu::CpuIdle::Awake,
             stall_grace: Duration::from_micros(500),
             closed_loop: None,
             requests: None,
@@ -536,6 +540,8 @@ pub struct ConfigSummary {
     pub protocol: &'static str,
     /// HTTP: how many pages the requests draw from.
     pub pages: usize,
+    /// `awake` (idle CPUs polled: the kernel's CPU-latency QoS held at 0) or `os`.
+    pub cpu_idle: crate::os::cpu::CpuIdle,
 }
 
 fn latency_us(h: &Histogram<u64>) -> LatencyUs {
@@ -715,6 +721,7 @@ impl LoadReport {
                 idle_connections: c.idle_connections,
                 protocol: if c.http.is_some() { "http" } else { "frame" },
                 pages: c.http.as_ref().map_or(0, |p| p.len()),
+                cpu_idle: c.cpu_idle,
             },
             error: self.error.clone(),
             backlog_at_end: self.backlog_at_end(),
@@ -936,6 +943,15 @@ impl LoadReport {
         }
         let _ = writeln!(
             t,
+            "  idle CPUs     {}",
+            match self.config.cpu_idle {
+                crate::os::cpu::CpuIdle::Awake => "held awake: polling, not halting (--cpu-idle)",
+                crate::os::cpu::CpuIdle::Os =>
+                    "left to the kernel: a halted CPU wakes late on a VM (--cpu-idle)",
+            }
+        );
+        let _ = writeln!(
+            t,
             "  backlog       {} request(s) unanswered when the measured window ended",
             self.backlog_at_end()
         );
@@ -1124,6 +1140,14 @@ pub fn run_watched(
         _ => config.driver.resolve(config.request_size, config.reply),
     };
     crate::os::cpu::raise_fd_limit();
+    let (_awake, in_force, refused) = crate::os::cpu::apply_cpu_idle(config.cpu_idle);
+    if let Some(why) = refused {
+        eprintln!(
+            "iolab load: cannot hold the CPUs awake ({why}): idle CPUs may halt, and on a VM \
+             waking one can take longer than a reply (`--cpu-idle os` asks for this)"
+        );
+    }
+    config.cpu_idle = in_force;
     let idle = match open_idle(&config) {
         Ok(idle) => idle,
         Err(e) => return Ok(LoadReport::failed_before_start(config, e)),

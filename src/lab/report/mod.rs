@@ -202,7 +202,9 @@ fn build(
             "A measurement is invalid, and measured again in a later round, when it cannot be \
              trusted: the machine stalled inside it (canary threads at real-time priority, one \
              per CPU, saw more stall time than could leave the p99 alone), or the generator \
-             was late or busy, or its arrivals failed the Poisson check. Saturated means the \
+             was late or busy, or its arrivals failed the Poisson check. A stall only ever \
+             delays, so a measurement that met the SLO with every reply in despite the stalls \
+             counts as within it (its figures an upper bound). Saturated means the \
              server fell behind (a backlog growing through the window, fewer replies than \
              requests, errors); a line ends where most repeats were saturated or over the SLO."
                 .into(),
@@ -354,6 +356,9 @@ fn build(
                     let verdict = match (r.valid, r.saturated, r.over_slo) {
                         (true, true, _) => "valid, saturated".to_string(),
                         (true, false, true) => "valid, over the SLO".to_string(),
+                        (true, false, false) if r.met_despite_stalls => {
+                            "valid: within the SLO despite the machine's stalls (an upper bound)".to_string()
+                        }
                         (true, false, false) => "valid".to_string(),
                         (false, _, _) => format!("invalid ({}): {}", r.blame, r.invalid_reason),
                     };
