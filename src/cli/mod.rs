@@ -533,7 +533,10 @@ fn run_sweep(cfg: &iolab::lab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::
             } else if point.over_slo {
                 "  over SLO".to_string()
             } else if point.met_despite_stalls {
-                "  within SLO despite the stalls".to_string()
+                format!(
+                    "  within SLO despite the machine's stalls (longest {:.1}ms)",
+                    point.stall_max_us / 1e3
+                )
             } else {
                 String::new()
             };
