@@ -188,10 +188,12 @@ pub(super) struct SweepArgs {
     /// (default: twice --repeat). An invalid point is measured again in a later round.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=999))]
     pub(super) max_tries: Option<u32>,
-    /// A point during which the machine stalled (canary threads at real-time priority, one
-    /// per CPU, saw stalls beyond half the SLO each) for more than this fraction of its
-    /// measured time is invalid and measured again: such stalls alone can move a p99.
-    #[arg(long, default_value_t = 0.0025)]
+    /// A point over the SLO during which the machine stalled (canary threads at real-time
+    /// priority, one per CPU, saw stalls beyond half the SLO each) for more than this
+    /// fraction of its measured time is invalid and measured again: near the knee a stall's
+    /// backlog drains ten times slower than it built, so 0.1% of the window stalled can reach
+    /// the 1% tail. A point within the SLO counts whatever its stalls (a stall only delays).
+    #[arg(long, default_value_t = iolab::lab::sweep::DEFAULT_MAX_STALL)]
     pub(super) max_stall: f64,
     /// Before each point, wait until the machine is quiet (no stall, every CPU idle),
     /// looking in 100 ms windows, at most this long.

@@ -56,6 +56,14 @@ use crate::loadgen::{self, LoadConfig, LoadReport};
 /// within bounds, while a generator really behind its schedule showed D = 0.08 to 0.56.
 pub const DEFAULT_MAX_KS_D: f64 = 0.05;
 
+/// The share of a point's window that stalls (beyond half the SLO each) may take before a
+/// point over the SLO is the machine's, not the server's. A stall of length L at load ρ
+/// leaves a queue that drains in about L·ρ/(1−ρ): near the knee (ρ ≈ 0.9) the requests it
+/// delays are ten times those it met, so 0.1% of the window reaches the 1% a p99 counts.
+/// (Three demos on 3 December had 4 of 13 over-SLO verdicts with stalls of 0.1–0.21%, below
+/// the 0.25% used before; three of them moved a knee.)
+pub const DEFAULT_MAX_STALL: f64 = 0.001;
+
 /// A sweep, fully specified.
 #[derive(Debug, Clone)]
 pub struct SweepConfig {
@@ -176,7 +184,7 @@ impl SweepConfig {
             repeat: 3,
             settle_early: false,
             max_tries: 6,
-            max_stall_fraction: 0.0025,
+            max_stall_fraction: DEFAULT_MAX_STALL,
             quiet: QuietCheck {
                 window: Duration::from_millis(100),
                 timeout: Duration::from_secs(2),
@@ -1554,18 +1562,24 @@ mod tests {
         // The generator late with no stall: the generator's fault.
         let p = judged(|r| r.record_send_lag(500_000));
         assert_eq!((p.valid, p.blame.as_str()), (false, "generator"), "{p:?}");
-        // Late by as much as one stall too short to invalidate the point on its own: the
-        // stall explains the lag (and the p99 it pushed over the SLO).
+        // Late by as much as one stall too short to invalidate the point on its own (0.7 ms
+        // beyond the grace, under 0.1% of the 1 s window): the stall explains the lag (and the
+        // p99 it pushed over the SLO).
         let p = judged(|r| {
-            r.stall_in_window(1_500_000);
+            r.stall_in_window(1_200_000);
             r.record_send_lag(1_000_000);
             r.record_latencies(9_800, 100_000, 200, 1_500_000);
         });
         assert_eq!((p.valid, p.blame.as_str()), (false, "machine"), "{p:?}");
-        assert!(p.stall_excess_us < 2_500.0, "{p:?}");
+        assert!(p.stall_excess_us < 1_000.0, "{p:?}");
+        assert!(
+            p.invalid_reason.contains("stalled for 1.2 ms at once"),
+            "{}",
+            p.invalid_reason
+        );
         // But a lag twenty times the longest stall is not the stall's doing.
         let p = judged(|r| {
-            r.stall_in_window(1_500_000);
+            r.stall_in_window(1_200_000);
             r.record_send_lag(30_000_000);
         });
         assert_eq!((p.valid, p.blame.as_str()), (false, "generator"), "{p:?}");
@@ -1593,6 +1607,19 @@ mod tests {
             r.record_latencies(9_800, 100_000, 200, 5_000_000);
         });
         assert!(!p.valid && p.blame == "machine" && !p.met_despite_stalls, "{p:?}");
+        // Over the SLO with 1.5 ms of stalls beyond the grace in a 1 s window (0.15%): near
+        // the knee the queue such a stall leaves can reach the 1% tail, so that too is
+        // measured again (issue 13's run 3 had poll at 40k "over" with 0.21%).
+        let p = judged(|r| {
+            r.stall_in_window(2_000_000);
+            r.record_latencies(9_800, 100_000, 200, 1_300_000);
+        });
+        assert!(!p.valid && p.blame == "machine", "{p:?}");
+        assert!(
+            p.invalid_reason.contains("1.5 ms of stalls"),
+            "{}",
+            p.invalid_reason
+        );
         // Within the SLO but behind when the window closed: the stall may have left that
         // backlog, so neither "within" nor "saturated" can be said.
         let p = judged(|r| {
