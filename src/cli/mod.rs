@@ -424,7 +424,7 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     cfg.max_tries = cfg.max_tries.max(a.repeat);
     cfg.budget = Some(a.budget.0);
     cfg.cpu_idle = a.cpu_idle;
-    let _awake = hold_cpus_awake(&mut cfg);
+    let _awake = hold_cpus_for_sweep(&mut cfg);
     let ladder: Vec<String> = cfg.rates.iter().map(|r| format!("{r:.0}")).collect();
     println!(
         "iolab demo: {} engine(s), each point a fresh server process on CPU {:?}, the generator on CPU {:?};\n\
@@ -465,7 +465,7 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
 /// Holds the CPUs awake for a sweep that asks for it (until the guard drops), and sets what
 /// is in force; where that is refused, says why in one line and goes on with them left to
 /// the kernel.
-fn hold_cpus_awake(cfg: &mut iolab::lab::sweep::SweepConfig) -> Option<iolab::os::cpu::AwakeGuard> {
+fn hold_cpus_for_sweep(cfg: &mut iolab::lab::sweep::SweepConfig) -> Option<iolab::os::cpu::AwakeGuard> {
     let (guard, in_force, refused) = iolab::os::cpu::apply_cpu_idle(cfg.cpu_idle);
     if let Some(why) = refused {
         eprintln!("iolab: cannot hold the CPUs awake ({why}): idle CPUs may halt, and on a VM waking one can take longer than a reply");
@@ -690,7 +690,7 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
             engines: None,
         });
     }
-    let _awake = hold_cpus_awake(&mut cfg);
+    let _awake = hold_cpus_for_sweep(&mut cfg);
     println!("iolab sweep: {}", cpu_idle_words(cfg.cpu_idle));
     let points = run_sweep(&cfg)?;
     let rows = iolab::lab::results::read_points(&out)?;

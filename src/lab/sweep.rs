@@ -18,13 +18,13 @@
 //!   failed the Poisson check. An invalid point never ends an engine's walk or lowers its
 //!   knee. A stall only ever delays, so a point that met the SLO with every reply in despite
 //!   the machine's stalls is valid all the same (`met_despite_stalls`: its figures are upper
-//!   bounds); one over the SLO is measured again.
+//!   bounds); one over the SLO is measured again. *Saturated* means the server fell behind
+//!   (a backlog that grew through the window, fewer replies than requests, errors); *over
+//!   the SLO* means its p99 was above the bound. An engine's walk stops above a cell whose
+//!   repeats are mostly over, and within a round at its first over point.
 //! - **Idle CPUs held awake** (`--cpu-idle awake`, the default, [`crate::os::cpu::AwakeGuard`]):
 //!   on a VM a halted vCPU waits for the host to run it again, and every request to a server
-//!   asleep in its wait would pay that wake-up, so the sweep keeps idle CPUs polling. *Saturated* means the server fell behind (a backlog that grew through the window,
-//!   fewer replies than requests, errors); *over the SLO* means its p99 was above the bound.
-//!   An engine's walk stops above a cell whose repeats are mostly over, and within a round at
-//!   its first over point.
+//!   asleep in its wait would pay that wake-up, so the sweep keeps idle CPUs polling.
 //!
 //! The folder holds everything the report (or any program) needs, and nothing that needs
 //! this machine to read it: `meta.json`, `points.csv` (one row per measurement), and per
