@@ -368,6 +368,10 @@ def main():
     p.add_argument("--write-baseline", action="store_true",
                    help="store these medians as the new baseline (keeps each figure's tolerance)")
     p.add_argument("--out", help="where every run's raw output goes (default: a fresh /tmp folder)")
+    p.add_argument("--cpu-idle", choices=("awake", "os"), default="awake",
+                   help="awake (default): hold idle CPUs out of their halt for the whole run, for both "
+                        "binaries alike, as `iolab load` does since 3 December (an older binary would "
+                        "not); os: leave them to the kernel")
     a = p.parse_args()
     if a.repeat < 1:
         p.error("--repeat must be at least 1")
@@ -390,10 +394,21 @@ def main():
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     except (ValueError, OSError):
         pass
+    # Held here, for the whole run, so that both binaries of an A/B are measured alike: the
+    # kernel's CPU-latency QoS stays at 0 while this file is open.
+    awake = None
+    if a.cpu_idle == "awake":
+        try:
+            awake = open("/dev/cpu_dma_latency", "wb", buffering=0)
+            awake.write((0).to_bytes(4, sys.byteorder, signed=True))
+        except OSError as e:
+            log(f"cannot hold the CPUs awake (/dev/cpu_dma_latency: {e.strerror}); they may halt")
+            awake = None
+    idle_words = "idle CPUs held awake" if awake else "idle CPUs left to the kernel"
     funcs = figures_of(binaries)
     results = {label: {n: [] for n in names} for label in binaries}
     why = {label: {n: [] for n in names} for label in binaries}
-    log(f"server on CPU {SERVER_CPU}, load on CPU {LOAD_CPU}; {a.repeat} repeats of {len(names)} figures"
+    log(f"server on CPU {SERVER_CPU}, load on CPU {LOAD_CPU}, {idle_words}; {a.repeat} repeats of {len(names)} figures"
         f" x {len(binaries)} binaries; raw output in {out_dir}")
     started = time.monotonic()
     for r in range(a.repeat):
@@ -413,7 +428,8 @@ def main():
     baseline = {}
     if Path(a.baseline).exists():
         baseline = json.loads(Path(a.baseline).read_text()).get("figures", {})
-    print(f"\nmedian [min-max] of {a.repeat} interleaved repeats; server on CPU {SERVER_CPU}, load on CPU {LOAD_CPU}")
+    print(f"\nmedian [min-max] of {a.repeat} interleaved repeats; server on CPU {SERVER_CPU}, load on CPU {LOAD_CPU},"
+          f" {idle_words}")
     print(f"verdict: the median against {Path(a.baseline).name} within each figure's tolerance\n")
     cols = list(binaries)
     head = f"{'figure':<23} {'unit':<6} {'baseline':>10} " + " ".join(f"{c[:24]:>26}" for c in cols)
@@ -448,7 +464,7 @@ def main():
                 print(f"  {name:<23} {n / o:6.2f}")
     if a.write_baseline:
         stored = {"measured": time.strftime("%Y-%m-%d"), "command": f"scripts/bench.sh --repeat {a.repeat}",
-                  "machine": f"{os.cpu_count()} CPUs; server on CPU {SERVER_CPU}, load on CPU {LOAD_CPU}",
+                  "machine": f"{os.cpu_count()} CPUs; server on CPU {SERVER_CPU}, load on CPU {LOAD_CPU}, {idle_words}",
                   "rule": "WORSE when the median is beyond the baseline by more than the figure's tolerance "
                           "(a ratio: x2.0 for tolerance 1.0) in the figure's bad direction",
                   "figures": {}}

@@ -119,7 +119,7 @@ pub fn serve(ctx: Arc<EngineCtx>, listener: TcpListener, serve_conn: ConnFn) -> 
 }
 
 fn run_connection(ctx: &EngineCtx, stream: &mut TcpStream, peer: SocketAddr, serve_conn: ConnFn) {
-    let mut session = ServerSession::new(&ctx.config.session);
+    let mut session = ctx.new_session();
     // A read blocks no longer than a request may take: a client that stops half-way through
     // one is found when the read times out (an idle one simply reads again).
     let timeout = Some(ctx.config.session.request_timeout).filter(|t| !t.is_zero());

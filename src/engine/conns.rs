@@ -272,7 +272,7 @@ pub async fn connection_task(
     serve: impl AsyncFnOnce(&mut ServerSession) -> Result<(), ConnError>,
 ) {
     let _tracked = tracker.track(fd);
-    let mut session = ServerSession::new(&ctx.config.session);
+    let mut session = ctx.new_session();
     let result = match set_up {
         Ok(()) => serve(&mut session).await,
         Err(e) => Err(e.into()),

@@ -575,6 +575,8 @@ impl Shutdown {
 #[derive(Debug)]
 pub struct EngineCtx {
     pub config: ServeConfig,
+    /// `config.session`, shared by every connection's session.
+    session: Arc<crate::sansio::session::SessionConfig>,
     pub stats: ServerStats,
     pub shutdown: Shutdown,
     announced: std::sync::Once,
@@ -596,11 +598,17 @@ impl EngineCtx {
             }
         });
         Ok(Arc::new(EngineCtx {
+            session: Arc::new(config.session.clone()),
             config,
             stats: ServerStats::default(),
             shutdown: Shutdown::new().context("cannot create the shutdown eventfd")?,
             announced: std::sync::Once::new(),
         }))
+    }
+
+    /// A new connection's session, on the configuration all of this server's share.
+    pub fn new_session(&self) -> crate::sansio::session::ServerSession {
+        crate::sansio::session::ServerSession::shared(self.session.clone())
     }
 
     /// Says once per server (not once per loop) what an engine chose at start.

@@ -70,7 +70,7 @@ impl Conn {
         Ok(Conn {
             stream,
             peer,
-            session: ServerSession::new(&ctx.config.session),
+            session: ctx.new_session(),
             generation: 0,
             registered: 0,
             clock: RequestClock::default(),

@@ -160,7 +160,7 @@ fn serve(ctx: Arc<EngineCtx>, segment: Segment, spin: Spin) -> anyhow::Result<()
                     let conn = conns[i as usize].get_or_insert_with(|| {
                         ServerStats::bump(&ctx.stats.accepted);
                         let (up, down) = segment.rings(i);
-                        let mut session = ServerSession::new(&ctx.config.session);
+                        let mut session = ctx.new_session();
                         if drain.is_some() {
                             session.end_input();
                         }

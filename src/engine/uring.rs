@@ -400,7 +400,7 @@ impl Loop {
             stream,
             peer,
             target: Target::Fd(fd),
-            session: ServerSession::new(&self.ctx.config.session),
+            session: self.ctx.new_session(),
             ops: 0,
             recv_armed: false,
             recv_cancelling: false,

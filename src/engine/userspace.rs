@@ -274,7 +274,7 @@ impl Stack {
             ServerStats::bump(&ctx.stats.accepted);
             self.conns.push(Conn {
                 handle,
-                session: ServerSession::new(&ctx.config.session),
+                session: ctx.new_session(),
                 peer,
                 ending: None,
                 close_sent: false,
