@@ -203,15 +203,8 @@ pub(super) struct SweepArgs {
     /// such.
     #[arg(long)]
     pub(super) budget: Option<Dur>,
-    /// What idle CPUs do while the sweep runs. `awake`: they poll instead of halting (the
-    /// kernel's CPU-latency QoS, /dev/cpu_dma_latency, held at 0 as tuned's
-    /// latency-performance profile does; needs root, and says so where refused). On a VM a
-    /// halted vCPU waits for the host to run it again: 110-200 us per wake-up on average
-    /// and milliseconds at the tail on the development VM, against 30-45 us held awake, and
-    /// every request to a sleeping server pays a wake-up. `os`: leave it to the kernel.
-    #[arg(long, value_enum, default_value_t = iolab::os::cpu::CpuIdle::Awake)]
-    pub(super) cpu_idle: iolab::os::cpu::CpuIdle,
-
+    #[command(flatten)]
+    pub(super) idle: CpuIdleArgs,
     /// CPUs for the server (default: 0).
     #[arg(long, value_parser = cpus)]
     pub(super) server_cpus: Option<CpuList>,
@@ -263,6 +256,19 @@ pub(super) struct SweepArgs {
     /// Results folder (default: results/sweep-<unix time>).
     #[arg(long)]
     pub(super) out: Option<PathBuf>,
+}
+
+/// What idle CPUs do while a measurement runs (shared by load, sweep and demo).
+#[derive(Args, Debug, Clone, Copy)]
+pub(super) struct CpuIdleArgs {
+    /// What idle CPUs do while this runs. `awake`: they poll instead of halting (the kernel's
+    /// CPU-latency QoS, /dev/cpu_dma_latency, held at 0 as tuned's latency-performance
+    /// profile does; needs root, and says so where refused). On a VM a halted vCPU waits for
+    /// the host to run it again: 110-200 us per wake-up on average and milliseconds at the
+    /// tail on the development VM, against 30-45 us held awake, and every request to a
+    /// sleeping server pays a wake-up. `os`: leave it to the kernel.
+    #[arg(long, value_enum, default_value_t = iolab::os::cpu::CpuIdle::Awake)]
+    pub(super) cpu_idle: iolab::os::cpu::CpuIdle,
 }
 
 /// How the generator judges whether its own arrivals were Poisson (shared by load and sweep).
@@ -672,15 +678,8 @@ pub(super) struct LoadArgs {
     /// machine_stalls), or `none`. Default: every online CPU.
     #[arg(long, value_parser = watched_cpus)]
     pub(super) watch_cpus: Option<CpuList>,
-    /// What idle CPUs do while the load runs. `awake`: they poll instead of halting (the
-    /// kernel's CPU-latency QoS, /dev/cpu_dma_latency, held at 0 as tuned's
-    /// latency-performance profile does; needs root, and says so where refused). On a VM a
-    /// halted vCPU waits for the host to run it again: 110-200 us per wake-up on average
-    /// and milliseconds at the tail on the development VM, against 30-45 us held awake, and
-    /// every request to a sleeping server pays a wake-up. `os`: leave it to the kernel.
-    #[arg(long, value_enum, default_value_t = iolab::os::cpu::CpuIdle::Awake)]
-    pub(super) cpu_idle: iolab::os::cpu::CpuIdle,
-
+    #[command(flatten)]
+    pub(super) idle: CpuIdleArgs,
     #[command(flatten)]
     pub(super) frame: FrameArgs,
     #[command(flatten)]
@@ -746,15 +745,8 @@ pub(super) struct DemoArgs {
     /// Only these engines (default: all).
     #[arg(long, value_delimiter = ',')]
     pub(super) engines: Vec<EngineKind>,
-    /// What idle CPUs do while the demo runs. `awake`: they poll instead of halting (the
-    /// kernel's CPU-latency QoS, /dev/cpu_dma_latency, held at 0 as tuned's
-    /// latency-performance profile does; needs root, and says so where refused). On a VM a
-    /// halted vCPU waits for the host to run it again: 110-200 us per wake-up on average
-    /// and milliseconds at the tail on the development VM, against 30-45 us held awake, and
-    /// every request to a sleeping server pays a wake-up. `os`: leave it to the kernel.
-    #[arg(long, value_enum, default_value_t = iolab::os::cpu::CpuIdle::Awake)]
-    pub(super) cpu_idle: iolab::os::cpu::CpuIdle,
-
+    #[command(flatten)]
+    pub(super) idle: CpuIdleArgs,
     /// Results folder (default: results/demo-<unix time>).
     #[arg(long)]
     pub(super) out: Option<PathBuf>,

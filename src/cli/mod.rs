@@ -293,7 +293,7 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     if let Some(cpus) = a.watch_cpus {
         cfg.watch_cpus = cpus.0;
     }
-    cfg.cpu_idle = a.cpu_idle;
+    cfg.cpu_idle = a.idle.cpu_idle;
     (cfg.chunk_size, cfg.max_frame) = a.frame.sizes()?;
     cfg.requests_log = a.requests_log.is_some();
     cfg.start_at = a.start_at;
@@ -423,14 +423,14 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     cfg.repeat = a.repeat;
     cfg.max_tries = cfg.max_tries.max(a.repeat);
     cfg.budget = Some(a.budget.0);
-    cfg.cpu_idle = a.cpu_idle;
+    cfg.cpu_idle = a.idle.cpu_idle;
     let _awake = hold_cpus_for_sweep(&mut cfg);
     let ladder: Vec<String> = cfg.rates.iter().map(|r| format!("{r:.0}")).collect();
     println!(
         "iolab demo: {} engine(s), each point a fresh server process on CPU {:?}, the generator on CPU {:?};\n\
          64 B echo, {} connections, open-loop Poisson at {} rps, {} per point after {} warm-up;\n\
          each point measured until {} of {} repeats agree, in rounds that interleave the engines\n\
-         (at most {:.0} s of points; a point during which the machine stalled is measured again; {})",
+         (at most {:.0} s of points; a point during which the machine stalled is measured again; idle CPUs {})",
         cfg.engines.len(),
         cfg.server_cpus,
         cfg.load_cpus,
@@ -441,7 +441,7 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         cfg.repeat / 2 + 1,
         cfg.repeat,
         a.budget.0.as_secs_f64(),
-        cpu_idle_words(cfg.cpu_idle)
+        cfg.cpu_idle.describe()
     );
     run_sweep(&cfg)?;
     let rows = iolab::lab::results::read_points(&out)?;
@@ -472,13 +472,6 @@ fn hold_cpus_for_sweep(cfg: &mut iolab::lab::sweep::SweepConfig) -> Option<iolab
     }
     cfg.cpu_idle = in_force;
     guard
-}
-
-fn cpu_idle_words(idle: iolab::os::cpu::CpuIdle) -> &'static str {
-    match idle {
-        iolab::os::cpu::CpuIdle::Awake => "idle CPUs held awake, polling instead of halting (--cpu-idle)",
-        iolab::os::cpu::CpuIdle::Os => "idle CPUs left to the kernel, free to halt (--cpu-idle)",
-    }
 }
 
 /// Runs a sweep with a progress bar and one line per point.
@@ -637,7 +630,7 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
     cfg.max_stall_fraction = a.max_stall;
     cfg.quiet.timeout = a.quiet_timeout.0;
     cfg.budget = a.budget.map(|b| b.0);
-    cfg.cpu_idle = a.cpu_idle;
+    cfg.cpu_idle = a.idle.cpu_idle;
     cfg.server_cpus = server_cpus;
     cfg.load_cpus = load_cpus;
     cfg.seed = a.seed;
@@ -691,7 +684,7 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
         });
     }
     let _awake = hold_cpus_for_sweep(&mut cfg);
-    println!("iolab sweep: {}", cpu_idle_words(cfg.cpu_idle));
+    println!("iolab sweep: idle CPUs {}", cfg.cpu_idle.describe());
     let points = run_sweep(&cfg)?;
     let rows = iolab::lab::results::read_points(&out)?;
     println!("{}", iolab::lab::results::knee_table(&rows, cfg.slo));

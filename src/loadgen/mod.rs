@@ -941,15 +941,7 @@ impl LoadReport {
                 if st.realtime { "" } else { " (canaries without real-time priority: an upper bound)" }
             );
         }
-        let _ = writeln!(
-            t,
-            "  idle CPUs     {}",
-            match self.config.cpu_idle {
-                crate::os::cpu::CpuIdle::Awake => "held awake: polling, not halting (--cpu-idle)",
-                crate::os::cpu::CpuIdle::Os =>
-                    "left to the kernel: a halted CPU wakes late on a VM (--cpu-idle)",
-            }
-        );
+        let _ = writeln!(t, "  idle CPUs     {}", self.config.cpu_idle.describe());
         let _ = writeln!(
             t,
             "  backlog       {} request(s) unanswered when the measured window ended",

@@ -94,6 +94,16 @@ pub enum CpuIdle {
     Os,
 }
 
+impl CpuIdle {
+    /// What idle CPUs did, in the words every report uses (after "idle CPUs").
+    pub fn describe(self) -> &'static str {
+        match self {
+            CpuIdle::Awake => "held awake: polling, not halting (--cpu-idle)",
+            CpuIdle::Os => "left to the kernel: a halted CPU wakes late on a VM (--cpu-idle)",
+        }
+    }
+}
+
 /// The kernel's CPU-latency QoS device: a value written here bounds the exit latency of the
 /// idle states every CPU may enter, for as long as the file stays open.
 const CPU_LATENCY_QOS: &str = "/dev/cpu_dma_latency";
