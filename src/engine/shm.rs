@@ -22,6 +22,8 @@ use super::{ConnError, Drain, EngineCtx, Next, RunningServer, ServeConfig, Serve
 use crate::sansio::session::ServerSession;
 use crate::shm::{Ring, Segment, CLAIMED, CLOSED, SERVER_CLOSED};
 
+/// Passes between two looks at every slot's state (new clients, closed ones).
+const STATE_SCAN_EVERY: u32 = 64;
 /// Sleep between polls once idle past the spin time.
 const PARK: Duration = Duration::from_micros(50);
 
@@ -127,6 +129,15 @@ struct Conn {
     session: ServerSession,
     up: Ring,
     down: Ring,
+    /// After the last turn: nothing owed, nothing waiting, the session serving. Until a byte
+    /// comes, a pass over this connection has nothing to do but see its ring still empty.
+    idle: bool,
+}
+
+impl Conn {
+    fn settled(&self) -> bool {
+        self.session.next() == Next::Serve && self.session.out().is_empty() && !self.session.awaiting_memory()
+    }
 }
 
 fn serve(ctx: Arc<EngineCtx>, segment: Segment, spin: Spin) -> anyhow::Result<()> {
@@ -139,6 +150,8 @@ fn serve(ctx: Arc<EngineCtx>, segment: Segment, spin: Spin) -> anyhow::Result<()
     let mut idled = false;
     let mut last_liveness = Instant::now();
     let mut drain: Option<Drain> = None;
+    let mut passes: u32 = 0;
+    let mut napped = false;
     loop {
         if ctx.shutdown.is_triggered() && drain.is_none() {
             drain = Some(Drain::begin(&ctx));
@@ -152,7 +165,21 @@ fn serve(ctx: Arc<EngineCtx>, segment: Segment, spin: Spin) -> anyhow::Result<()
         if check_liveness {
             last_liveness = Instant::now();
         }
+        // Claims and closes are looked for on every STATE_SCAN_EVERY-th pass (a few
+        // microseconds apart at most); the passes between look only at open connections.
+        passes = passes.wrapping_add(1);
+        // After a nap every pass looks: a napping server has time, and a new client must not
+        // wait 64 naps.
+        let scan_states =
+            passes.is_multiple_of(STATE_SCAN_EVERY) || napped || check_liveness || drain.is_some();
+        napped = false;
         for i in 0..slots {
+            if !scan_states {
+                match &conns[i as usize] {
+                    Some(conn) if !(conn.idle && conn.up.is_empty()) => {}
+                    _ => continue,
+                }
+            }
             let (state, pid) = segment.slot_state(i);
             let who = || format!("shm slot {i} (pid {pid})");
             match state {
@@ -164,8 +191,17 @@ fn serve(ctx: Arc<EngineCtx>, segment: Segment, spin: Spin) -> anyhow::Result<()
                         if drain.is_some() {
                             session.end_input();
                         }
-                        Conn { session, up, down }
+                        Conn {
+                            session,
+                            up,
+                            down,
+                            idle: false,
+                        }
                     });
+                    // The common pass at low load: one load of the ring's producer line.
+                    if conn.idle && drain.is_none() && !check_liveness && conn.up.is_empty() {
+                        continue;
+                    }
                     match turn(conn, &mut buf) {
                         Ok(moved) => worked |= moved,
                         Err(e) => {
@@ -181,6 +217,8 @@ fn serve(ctx: Arc<EngineCtx>, segment: Segment, spin: Spin) -> anyhow::Result<()
                             "the client process died",
                         );
                         finish(&ctx, &segment, &mut conns, i, who(), Err(died.into()));
+                    } else {
+                        conn.idle = conn.settled();
                     }
                 }
                 CLOSED => {
@@ -232,6 +270,7 @@ fn serve(ctx: Arc<EngineCtx>, segment: Segment, spin: Spin) -> anyhow::Result<()
         idled = true;
         if last_work.elapsed() >= spin.spin() {
             std::thread::sleep(PARK);
+            napped = true;
         } else {
             std::hint::spin_loop();
         }

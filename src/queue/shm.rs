@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Backend, Endpoint, Qd, Queue, QueueMut, Queues, State};
@@ -36,6 +37,9 @@ pub struct ShmBackend {
     links: Vec<Option<Link>>,
     /// Our segments, by listening queue, with the queue of each claimed slot.
     segments: HashMap<u32, (Segment, HashMap<u32, Qd>)>,
+    /// Servers' segments our connections claimed slots in, by name: one mapping for all of
+    /// a server's connections (see [`Connection::claim_in`]).
+    attached: HashMap<String, Arc<Segment>>,
     buf: Vec<u8>,
     polls: u32,
 }
@@ -45,6 +49,7 @@ impl Default for ShmBackend {
         ShmBackend {
             links: Vec::new(),
             segments: HashMap::new(),
+            attached: HashMap::new(),
             buf: vec![0; 64 << 10],
             polls: 0,
         }
@@ -150,7 +155,16 @@ impl Backend for ShmBackend {
         let Endpoint::Shm(name) = to else {
             return Err(to.refused("shared memory connects to a segment name"));
         };
-        let conn = Connection::connect(name).map_err(|e| io::Error::other(e.to_string()))?;
+        let segment = match self.attached.get(name) {
+            Some(segment) if segment.served() => segment.clone(),
+            // Not attached yet, or its server is gone (a new one makes a new segment).
+            _ => {
+                let segment = Arc::new(Segment::attach(name).map_err(|e| io::Error::other(e.to_string()))?);
+                self.attached.insert(name.clone(), segment.clone());
+                segment
+            }
+        };
+        let conn = Connection::claim_in(segment).map_err(|e| io::Error::other(e.to_string()))?;
         set_link(&mut self.links, qd, Link::Client(Box::new(conn)));
         if let Some(mut q) = queues.get_mut(qd) {
             q.set_state(State::Open);
@@ -181,6 +195,14 @@ impl Backend for ShmBackend {
             // stamped as it is delivered, so its place in the pass costs it nothing).
             for (qd, link) in self.links.iter().enumerate() {
                 let Some(link) = link else { continue };
+                // The common look at low load: nothing came and nothing waits to go.
+                if Self::rings(link).1.is_empty()
+                    && queues
+                        .get(Qd(qd as u32))
+                        .is_none_or(|q| q.pending_out().is_empty())
+                {
+                    continue;
+                }
                 let Some(mut q) = queues.get_mut(Qd(qd as u32)) else {
                     continue;
                 };

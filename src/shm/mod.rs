@@ -2,8 +2,10 @@
 //! slots, and the byte rings that carry each connection's frames (see [`ring`]).
 //!
 //! A server creates `/dev/shm/iolab-NAME`: a header (magic, version, sizes, the server's pid),
-//! then `slots` connection slots, each a state word, the client's pid, and two rings (client
-//! to server, server to client). A client attaches by name, checks every field before it
+//! then a table of `slots` connection slots, each a state word, the client's pid and the
+//! control blocks of two rings (client to server, server to client), and after the table, on
+//! a page of their own, the rings' data. What a polling pass reads (states and positions)
+//! is so a few kilobytes side by side; what it copies is apart. A client attaches by name, checks every field before it
 //! trusts the layout, and claims a free slot with a compare-and-swap. A party's death is
 //! noticed by its pid: a segment whose server is gone is stale, and says so.
 //!
@@ -13,11 +15,12 @@ pub mod ring;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
 pub use ring::{Corrupt, Ring};
 
 const MAGIC: u64 = 0x696f_6c61_625f_7368; // "iolab_sh"
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// Slot states. A slot goes FREE → CLAIMED (a client, by CAS) → CLOSED (the client is done;
 /// the server drains it and frees it) or SERVER_CLOSED (the server ended it; the client, or
@@ -46,9 +49,22 @@ struct SlotHeader {
 const HEADER: usize = std::mem::size_of::<Header>();
 const SLOT_HEADER: usize = std::mem::size_of::<SlotHeader>();
 
-/// Bytes one slot takes.
-const fn slot_size(capacity: usize) -> usize {
-    SLOT_HEADER + 2 * ring::ring_size(capacity)
+/// Bytes of one slot's entry in the table: its header and its two rings' control blocks.
+const SLOT_CONTROL: usize = SLOT_HEADER + 2 * ring::CONTROL_SIZE;
+const PAGE: usize = 4096;
+
+/// Where the rings' data starts: after the table, on a page boundary.
+fn data_start(slots: u32) -> usize {
+    (HEADER + slots as usize * SLOT_CONTROL).next_multiple_of(PAGE)
+}
+
+/// The whole segment's length for `slots` connections of `capacity`-byte rings, or None if
+/// it does not fit in an address.
+fn segment_len(slots: u32, capacity: usize) -> Option<usize> {
+    (slots as usize)
+        .checked_mul(2)?
+        .checked_mul(capacity)?
+        .checked_add(data_start(slots))
 }
 
 /// What can go wrong opening a segment, each with what to do about it.
@@ -138,7 +154,10 @@ impl Segment {
                 Err(e) => return Err(e),
             }
         }
-        let len = HEADER + slots as usize * slot_size(capacity);
+        let len = segment_len(slots, capacity).ok_or_else(|| ShmError::NotASegment {
+            path: path.display().to_string(),
+            why: format!("{slots} slots of {capacity}-byte rings do not fit in memory"),
+        })?;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -216,10 +235,7 @@ impl Segment {
         }
         let slots = h.slots.load(Ordering::Relaxed);
         let capacity = h.ring_capacity.load(Ordering::Relaxed) as usize;
-        if slots == 0
-            || !capacity.is_power_of_two()
-            || HEADER.checked_add((slots as usize).saturating_mul(slot_size(capacity))) != Some(len)
-        {
+        if slots == 0 || !capacity.is_power_of_two() || segment_len(slots, capacity) != Some(len) {
             return Err(not("its sizes do not add up"));
         }
         let pid = h.server_pid.load(Ordering::Relaxed);
@@ -241,8 +257,8 @@ impl Segment {
 
     fn slot_base(&self, i: u32) -> *mut u8 {
         debug_assert!(i < self.slots);
-        // SAFETY: i < slots, and attach/create checked that every slot fits in the mapping.
-        unsafe { self.base.add(HEADER + i as usize * slot_size(self.capacity)) }
+        // SAFETY: i < slots, and attach/create checked that the table fits in the mapping.
+        unsafe { self.base.add(HEADER + i as usize * SLOT_CONTROL) }
     }
 
     fn slot_header(&self, i: u32) -> &SlotHeader {
@@ -260,6 +276,11 @@ impl Segment {
 
     pub fn server_pid(&self) -> u32 {
         self.header().server_pid.load(Ordering::Relaxed)
+    }
+
+    /// Whether the server that made this segment still runs.
+    pub fn served(&self) -> bool {
+        pid_alive(self.server_pid())
     }
 
     /// Client: takes a free slot and returns its number and its rings (to server, from
@@ -330,24 +351,32 @@ impl Segment {
 
     /// Slot `i`'s rings: client to server, then server to client.
     pub fn rings(&self, i: u32) -> (Ring, Ring) {
-        let base = self.slot_base(i);
-        // SAFETY: both rings lie inside the slot, inside the mapping, which outlives the
-        // handles as long as the segment does (callers keep it).
+        let control = self.slot_base(i);
+        // SAFETY: the control blocks lie in slot i's table entry and the data in its part of
+        // the data area, both inside the mapping (create and attach checked its length),
+        // which outlives the handles as long as the segment does (callers keep it).
         unsafe {
-            let up = base.add(SLOT_HEADER);
-            let down = up.add(ring::ring_size(self.capacity));
+            let up = control.add(SLOT_HEADER);
+            let down = up.add(ring::CONTROL_SIZE);
+            let data = self
+                .base
+                .add(data_start(self.slots) + 2 * i as usize * self.capacity);
             (
-                Ring::from_raw(up, self.capacity),
-                Ring::from_raw(down, self.capacity),
+                Ring::from_raw(up, data, self.capacity),
+                Ring::from_raw(down, data.add(self.capacity), self.capacity),
             )
         }
     }
 }
 
 /// A client's connection through a segment: the claimed slot and its two rings.
+///
+/// Connections of one process to one server can share one mapping ([`Connection::claim_in`]):
+/// their slots' states and positions then sit side by side in the table of one address
+/// range, which a pass over all of them reads as a few pages, not one mapping's page each.
 #[derive(Debug)]
 pub struct Connection {
-    segment: Segment,
+    segment: Arc<Segment>,
     slot: u32,
     /// Client to server.
     pub up: Ring,
@@ -358,7 +387,11 @@ pub struct Connection {
 impl Connection {
     /// Attaches to segment `name` and claims a slot.
     pub fn connect(name: &str) -> Result<Connection, ShmError> {
-        let segment = Segment::attach(name)?;
+        Connection::claim_in(Arc::new(Segment::attach(name)?))
+    }
+
+    /// Claims a slot in a segment this process has attached already.
+    pub fn claim_in(segment: Arc<Segment>) -> Result<Connection, ShmError> {
         let (slot, up, down) = segment.claim()?;
         Ok(Connection {
             segment,
@@ -478,6 +511,27 @@ mod tests {
     }
 
     #[test]
+    fn every_ring_of_every_slot_has_its_own_bytes() {
+        let n = name("apart");
+        let server = Segment::create(&n, 3, 4096).unwrap();
+        let rings: Vec<(Ring, Ring)> = (0..3).map(|i| server.rings(i)).collect();
+        // Fill all six rings to the brim, each with its own byte, then read each back whole.
+        for (i, (up, down)) in rings.iter().enumerate() {
+            assert_eq!(up.push(&[2 * i as u8 + 1; 4096]), Ok(4096));
+            assert_eq!(down.push(&[2 * i as u8 + 2; 4096]), Ok(4096));
+        }
+        for (i, (up, down)) in rings.iter().enumerate() {
+            for (ring, byte) in [(up, 2 * i as u8 + 1), (down, 2 * i as u8 + 2)] {
+                let mut buf = vec![0u8; 4096];
+                assert_eq!(ring.pop(&mut buf), Ok(4096));
+                assert!(buf.iter().all(|&b| b == byte), "slot {i}: another ring's bytes");
+            }
+        }
+        let len = std::fs::metadata(segment_path(&n)).unwrap().len() as usize;
+        assert_eq!(Some(len), segment_len(3, 4096));
+    }
+
+    #[test]
     fn a_dead_client_is_seen_by_its_pid() {
         let n = name("dead");
         let server = Segment::create(&n, 1, 1024).unwrap();
@@ -492,6 +546,12 @@ mod tests {
         const LINE: usize = 64;
         assert_eq!(HEADER % LINE, 0);
         assert_eq!(SLOT_HEADER % LINE, 0);
-        assert_eq!(slot_size(4096) % LINE, 0);
+        assert_eq!(SLOT_CONTROL % LINE, 0);
+        assert_eq!(data_start(3) % PAGE, 0);
+        assert!(data_start(3) >= HEADER + 3 * SLOT_CONTROL);
+        // 64 connections' states and positions fit in 6 pages (20 KiB), side by side.
+        assert!(data_start(64) <= 6 * PAGE);
+        assert_eq!(segment_len(2, 4096), Some(PAGE + 4 * 4096));
+        assert_eq!(segment_len(u32::MAX, usize::MAX / 2), None);
     }
 }

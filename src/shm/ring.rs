@@ -27,13 +27,12 @@ struct Control {
     _pad_tail: [u8; LINE - 8],
 }
 
-/// Where a ring's data starts, from the start of its control block.
-pub const DATA_OFFSET: usize = std::mem::size_of::<Control>();
-
-/// A ring's total size in shared memory for `capacity` data bytes.
-pub const fn ring_size(capacity: usize) -> usize {
-    DATA_OFFSET + capacity
-}
+/// Bytes of a ring's control block (its two positions). The segment keeps every ring's
+/// control block in one compact table, apart from the data: a poll that finds nothing then
+/// reads a few neighbouring lines, not one line per connection half a megabyte apart (the
+/// same cache set and a different page each, which cost a pass over 64 idle rings about a
+/// microsecond).
+pub const CONTROL_SIZE: usize = std::mem::size_of::<Control>();
 
 /// The peer broke the ring's invariants.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,21 +57,27 @@ pub struct Ring {
 unsafe impl Send for Ring {}
 
 impl Ring {
-    /// A handle on the ring at `base`, which must point to `ring_size(capacity)` bytes of a
-    /// live mapping, aligned to 64, with `capacity` a power of two.
+    /// A handle on the ring whose control block (`CONTROL_SIZE` bytes, aligned to 64) is at
+    /// `control` and whose `capacity` data bytes (a power of two) are at `data`.
     ///
     /// # Safety
-    /// `base` must stay mapped for the handle's life, and at most one producer and one
-    /// consumer may use the ring at a time.
-    pub unsafe fn from_raw(base: *mut u8, capacity: usize) -> Ring {
+    /// Both areas must be part of a live mapping for the handle's life, must not overlap,
+    /// and at most one producer and one consumer may use the ring at a time.
+    pub unsafe fn from_raw(control: *mut u8, data: *mut u8, capacity: usize) -> Ring {
         debug_assert!(capacity.is_power_of_two());
-        debug_assert_eq!(base as usize % LINE, 0);
+        debug_assert_eq!(control as usize % LINE, 0);
         Ring {
-            control: base as *const Control,
-            // SAFETY: the caller promises ring_size(capacity) bytes at base.
-            data: unsafe { base.add(DATA_OFFSET) },
+            control: control as *const Control,
+            data,
             capacity: capacity as u64,
         }
+    }
+
+    /// Whether nothing waits to be read: one load of the producer's line (and none of the
+    /// data). A corrupt ring reads as not empty, so the pop that follows reports it.
+    pub fn is_empty(&self) -> bool {
+        let head = self.control().head.load(Ordering::Relaxed);
+        self.control().tail.load(Ordering::Acquire) == head
     }
 
     /// Sets both positions to zero: only while no peer uses the ring.
@@ -170,11 +175,28 @@ mod tests {
 
     impl Area {
         fn new(capacity: usize) -> Area {
-            let layout = std::alloc::Layout::from_size_align(ring_size(capacity), LINE).unwrap();
+            let layout = std::alloc::Layout::from_size_align(CONTROL_SIZE + capacity, LINE).unwrap();
             // SAFETY: a non-zero size.
             let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
             assert!(!ptr.is_null());
             Area { ptr, layout }
+        }
+    }
+
+    impl Area {
+        /// Two handles on the area's ring (a producer's and a consumer's).
+        ///
+        /// # Safety
+        /// The area must outlive both, and one thread at most may use each.
+        unsafe fn ends(&self, capacity: usize) -> (Ring, Ring) {
+            // SAFETY: new laid out CONTROL_SIZE + capacity bytes; the caller keeps the area.
+            unsafe {
+                let data = self.ptr.add(CONTROL_SIZE);
+                (
+                    Ring::from_raw(self.ptr, data, capacity),
+                    Ring::from_raw(self.ptr, data, capacity),
+                )
+            }
         }
     }
 
@@ -187,7 +209,7 @@ mod tests {
 
     #[test]
     fn positions_sit_on_their_own_cache_lines() {
-        assert_eq!(DATA_OFFSET, 2 * LINE);
+        assert_eq!(CONTROL_SIZE, 2 * LINE);
         assert_eq!(std::mem::offset_of!(Control, tail), LINE);
     }
 
@@ -198,7 +220,7 @@ mod tests {
         fn bytes_come_out_in_order(chunks in proptest::collection::vec((1usize..300, 1usize..300), 1..200)) {
             let area = Area::new(256);
             // SAFETY: the area outlives both handles, one producer and one consumer.
-            let (tx, rx) = unsafe { (Ring::from_raw(area.ptr, 256), Ring::from_raw(area.ptr, 256)) };
+            let (tx, rx) = unsafe { area.ends(256) };
             let input: Vec<u8> = (0..chunks.iter().map(|c| c.0).sum::<usize>()).map(|i| (i * 7 % 251) as u8).collect();
             let (mut sent, mut got) = (0, Vec::new());
             for (push, pop) in chunks {
@@ -225,7 +247,7 @@ mod tests {
     fn two_threads_stream_a_megabyte_through_a_small_ring() {
         let area = Area::new(1024);
         // SAFETY: as above; the threads are joined before the area drops.
-        let (tx, rx) = unsafe { (Ring::from_raw(area.ptr, 1024), Ring::from_raw(area.ptr, 1024)) };
+        let (tx, rx) = unsafe { area.ends(1024) };
         let input: Vec<u8> = (0..1 << 20)
             .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
             .collect();
@@ -251,10 +273,24 @@ mod tests {
     }
 
     #[test]
+    fn is_empty_follows_pushes_and_pops() {
+        let area = Area::new(64);
+        // SAFETY: as above.
+        let (tx, rx) = unsafe { area.ends(64) };
+        assert!(rx.is_empty());
+        assert_eq!(tx.push(b"ab"), Ok(2));
+        assert!(!rx.is_empty());
+        assert_eq!(rx.pop(&mut [0u8; 1]), Ok(1));
+        assert!(!rx.is_empty());
+        assert_eq!(rx.pop(&mut [0u8; 4]), Ok(1));
+        assert!(rx.is_empty());
+    }
+
+    #[test]
     fn a_peer_that_breaks_the_positions_is_caught() {
         let area = Area::new(64);
         // SAFETY: as above.
-        let ring = unsafe { Ring::from_raw(area.ptr, 64) };
+        let (ring, _) = unsafe { area.ends(64) };
         ring.control().tail.store(1000, Ordering::Release); // 1000 bytes "in" a 64-byte ring
         assert!(matches!(ring.pop(&mut [0u8; 8]), Err(Corrupt { tail: 1000, .. })));
         assert!(ring.push(b"x").is_err());
