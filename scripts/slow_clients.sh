@@ -3,7 +3,7 @@
 #
 #   scripts/slow_clients.sh [engines...]      (default: select poll epoll pool uring tokio monoio threads iovec)
 #   RATE=20000 DURATION=10s REPEAT=3 SLOW=1000 TIMEOUT=5s SERVER_CPU=0 LOAD_CPU=1 SLOW_CPU=1 \
-#     SLOW_SCHED=nice PROTOS="frame http" scripts/slow_clients.sh epoll
+#     SLOW_SCHED=nice PROTOS="frame http" ATTACKER=rust scripts/slow_clients.sh epoll
 #
 # For each engine and each protocol (frame: trickled frame headers; http: trickled HTTP
 # heads), REPEAT rounds of the same load (64 B echo, or GET of a 1 KiB file, over 64
@@ -19,6 +19,16 @@
 # generator preempts them at once). The table gives the generator's own send-lag p99 beside
 # each p99, so a slow client that delays the generator, not the server, shows as such.
 #
+# ATTACKER says who trickles: `hold` (the Rust attacker's connections, opened and left
+# silent: the control for what the trickling itself costs), `rust` (examples/slow_clients.rs: a send and a read per byte)
+# or `python` (scripts/slow_clients.py: the same attack with tens of microseconds of
+# interpreter per byte, which the core it shares pays for).
+#
+# PLACEBO=1 sends the attack to a second server of the same engine on the attacker's core
+# instead: the measured server sees none of it, the machine all the rest. The ratio with the
+# placebo is what the attack costs the measurement; the ratio without, beside it, what it
+# costs the server.
+#
 # The ratio is median p99 with / median p99 without. A run in which the generator's canaries
 # saw more than STALL_MS of machine stalls (this VM stalls for milliseconds now and then, and
 # one such stall decides a p99) is run again, up to 3 times; the table counts the reruns.
@@ -28,6 +38,11 @@ cd "$(dirname "$0")/.."
 RATE=${RATE:-20000}; DURATION=${DURATION:-10s}; REPEAT=${REPEAT:-3}; SLOW=${SLOW:-1000}
 TIMEOUT=${TIMEOUT:-5s}; STALL_MS=${STALL_MS:-5}; SERVER_CPU=${SERVER_CPU:-0}; LOAD_CPU=${LOAD_CPU:-1}
 SLOW_CPU=${SLOW_CPU:-$LOAD_CPU}; SLOW_SCHED=${SLOW_SCHED:-nice}; PROTOS=${PROTOS:-frame http}
+ATTACKER=${ATTACKER:-rust}; PLACEBO=${PLACEBO:-0}
+case $ATTACKER in
+  rust|hold|python) ;;
+  *) echo "slow_clients.sh: ATTACKER is rust, hold or python, not '$ATTACKER'" >&2; exit 2 ;;
+esac
 case $SLOW_SCHED in
   nice) slow_sched=(nice -n 19) ;;
   idle) slow_sched=(chrt --idle 0) ;;
@@ -37,12 +52,13 @@ OUT=${OUT:-$(mktemp -d /tmp/iolab-slow.XXXX)}; mkdir -p "$OUT/root"
 engines=("$@"); [ ${#engines[@]} -gt 0 ] || engines=(select poll epoll pool uring tokio monoio threads iovec)
 command -v python3 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null; }
 cargo build --release -q
+[ "$ATTACKER" = python ] || cargo build --release -q --example slow_clients
 BIN=target/release/iolab
 head -c 1024 /dev/zero | tr '\0' 'x' > "$OUT/root/index.html"
 ulimit -n 65536 2>/dev/null || true
 echo "results in $OUT; load $RATE rps for $DURATION over 64 connections; $SLOW slow clients;" \
   "--request-timeout $TIMEOUT; server on CPU $SERVER_CPU, load on CPU $LOAD_CPU," \
-  "slow clients on CPU $SLOW_CPU ($SLOW_SCHED)"
+  "slow clients ($ATTACKER$([ "$PLACEBO" = 1 ] && echo ', to a placebo server')) on CPU $SLOW_CPU ($SLOW_SCHED)"
 
 run_one() { # engine protocol slow_count round: measured until the machine was quiet (3 tries at most)
   local try
@@ -69,13 +85,28 @@ measure() { # engine protocol slow_count round try -> appends "engine proto cond
   for _ in $(seq 200); do grep -q '^listening on' "$OUT/$tag.server.log" && break; sleep 0.05; done
   local addr; addr=$(awk '/^listening on/ {print $3}' "$OUT/$tag.server.log")
   [ -n "$addr" ] || { echo "slow_clients.sh: $engine did not start" >&2; cat "$OUT/$tag.server.log" >&2; exit 1; }
-  local trickler=""
+  local trickler="" placebo="" target_port=${addr##*:}
+  if [ "$slow" -gt 0 ] && [ "$PLACEBO" = 1 ]; then
+    # The control: the attack goes to a second server of the same engine beside the attacker
+    # (same core, same scheduling), so the measured server sees none of it while the cores
+    # bear everything else the attack costs.
+    taskset -c "$SLOW_CPU" "${slow_sched[@]}" "$BIN" serve "${args[@]}" > "$OUT/$tag.placebo.log" 2>&1 &
+    placebo=$!
+    for _ in $(seq 200); do grep -q '^listening on' "$OUT/$tag.placebo.log" && break; sleep 0.05; done
+    target_port=$(awk '/^listening on/ {print $3}' "$OUT/$tag.placebo.log"); target_port=${target_port##*:}
+    [ -n "$target_port" ] || { echo "slow_clients.sh: the placebo $engine did not start" >&2; exit 1; }
+  fi
   if [ "$slow" -gt 0 ]; then
     rm -f "$OUT/ready"
     # At nice 19 or SCHED_IDLE: the attacker shares a core (two cores) and must not delay the
     # process it shares it with; one byte a second does not mind waiting.
-    taskset -c "$SLOW_CPU" "${slow_sched[@]}" python3 scripts/slow_clients.py --port "${addr##*:}" --kind "$proto" \
-      --connections "$slow" --seconds 3600 --ready-file "$OUT/ready" > "$OUT/$tag.slow.json" 2>&1 &
+    if [ "$ATTACKER" != python ]; then
+      taskset -c "$SLOW_CPU" "${slow_sched[@]}" target/release/examples/slow_clients "$target_port" "$proto" \
+        "$slow" 3600 "$OUT/ready" "$([ "$ATTACKER" = hold ] && echo hold)" > "$OUT/$tag.slow.json" 2>&1 &
+    else
+      taskset -c "$SLOW_CPU" "${slow_sched[@]}" python3 scripts/slow_clients.py --port "$target_port" --kind "$proto" \
+        --connections "$slow" --seconds 3600 --ready-file "$OUT/ready" > "$OUT/$tag.slow.json" 2>&1 &
+    fi
     trickler=$!
     for _ in $(seq 600); do [ -f "$OUT/ready" ] && break; sleep 0.05; done
     sleep 1
@@ -88,6 +119,7 @@ measure() { # engine protocol slow_count round try -> appends "engine proto cond
     awk '{print $14 + $15}' "/proc/$trickler/stat" > "$OUT/$tag.slow.ticks" 2>/dev/null || true
     kill -TERM "$trickler" 2>/dev/null || true; wait "$trickler" 2>/dev/null || true
   fi
+  if [ -n "$placebo" ]; then kill -TERM "$placebo"; wait "$placebo" || true; fi
   kill -TERM "$pid"; wait "$pid" || true
   python3 - "$OUT/$tag.json" "$OUT/$tag.server.log" "$engine $proto $cond $round" "$try" >> "$OUT/results.txt" <<'PY'
 import json, re, sys
