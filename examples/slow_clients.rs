@@ -108,10 +108,13 @@ fn main() {
         let due = began + Duration::from_secs_f64(tick as f64 / n as f64);
         tick += 1;
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        let mut reopen = |conn: &mut Option<TcpStream>, offset: &mut usize| {
+            *conn = open(addr);
+            *offset = 0;
+            refused += u64::from(conn.is_none());
+        };
         let Some(s) = conns[i].as_mut() else {
-            conns[i] = open(addr);
-            offsets[i] = 0;
-            refused += u64::from(conns[i].is_none());
+            reopen(&mut conns[i], &mut offsets[i]);
             continue;
         };
         // Anything to read means the server answered or closed: a close is what we count.
@@ -123,9 +126,7 @@ fn main() {
         let gone = gone || s.write(&head[offsets[i] % head.len()..][..1]).is_err();
         if gone {
             closed_by_server += 1;
-            conns[i] = open(addr);
-            offsets[i] = 0;
-            refused += u64::from(conns[i].is_none());
+            reopen(&mut conns[i], &mut offsets[i]);
         } else {
             offsets[i] += 1;
             sent += 1;

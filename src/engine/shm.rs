@@ -135,6 +135,11 @@ struct Conn {
 }
 
 impl Conn {
+    /// Settled after its last turn and nothing new in its ring: a pass has nothing to do.
+    fn quiet(&self) -> bool {
+        self.idle && self.up.is_empty()
+    }
+
     fn settled(&self) -> bool {
         self.session.next() == Next::Serve && self.session.out().is_empty() && !self.session.awaiting_memory()
     }
@@ -176,7 +181,7 @@ fn serve(ctx: Arc<EngineCtx>, segment: Segment, spin: Spin) -> anyhow::Result<()
         for i in 0..slots {
             if !scan_states {
                 match &conns[i as usize] {
-                    Some(conn) if !(conn.idle && conn.up.is_empty()) => {}
+                    Some(conn) if !conn.quiet() => {}
                     _ => continue,
                 }
             }
@@ -199,7 +204,7 @@ fn serve(ctx: Arc<EngineCtx>, segment: Segment, spin: Spin) -> anyhow::Result<()
                         }
                     });
                     // The common pass at low load: one load of the ring's producer line.
-                    if conn.idle && drain.is_none() && !check_liveness && conn.up.is_empty() {
+                    if conn.quiet() && drain.is_none() && !check_liveness {
                         continue;
                     }
                     match turn(conn, &mut buf) {

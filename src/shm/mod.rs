@@ -5,9 +5,10 @@
 //! then a table of `slots` connection slots, each a state word, the client's pid and the
 //! control blocks of two rings (client to server, server to client), and after the table, on
 //! a page of their own, the rings' data. What a polling pass reads (states and positions)
-//! is so a few kilobytes side by side; what it copies is apart. A client attaches by name, checks every field before it
-//! trusts the layout, and claims a free slot with a compare-and-swap. A party's death is
-//! noticed by its pid: a segment whose server is gone is stale, and says so.
+//! is so a few kilobytes side by side; what it copies is apart. A client attaches by name,
+//! checks every field before it trusts the layout, and claims a free slot with a
+//! compare-and-swap. A party's death is noticed by its pid: a segment whose server is gone
+//! is stale, and says so.
 //!
 //! This is the transport's foundation; the `shm` engine and `load --transport shm` build on it.
 
