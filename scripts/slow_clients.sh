@@ -25,9 +25,10 @@
 # interpreter per byte, which the core it shares pays for).
 #
 # PLACEBO=1 sends the attack to a second server of the same engine on the attacker's core
-# instead: the measured server sees none of it, the machine all the rest. The ratio with the
-# placebo is what the attack costs the measurement; the ratio without, beside it, what it
-# costs the server.
+# instead: the measured server sees none of it, the machine all the rest. PLACEBO=interleave
+# runs all three in each round (without, with, placebo, without, placebo, with, ...) and adds two ratios:
+# placebo / without is what the attack costs the measurement (the cores it shares), and
+# with / placebo what is left for the server's own handling of slow clients.
 #
 # The ratio is median p99 with / median p99 without. A run in which the generator's canaries
 # saw more than STALL_MS of machine stalls (this VM stalls for milliseconds now and then, and
@@ -39,6 +40,10 @@ RATE=${RATE:-20000}; DURATION=${DURATION:-10s}; REPEAT=${REPEAT:-3}; SLOW=${SLOW
 TIMEOUT=${TIMEOUT:-5s}; STALL_MS=${STALL_MS:-5}; SERVER_CPU=${SERVER_CPU:-0}; LOAD_CPU=${LOAD_CPU:-1}
 SLOW_CPU=${SLOW_CPU:-$LOAD_CPU}; SLOW_SCHED=${SLOW_SCHED:-nice}; PROTOS=${PROTOS:-frame http}
 ATTACKER=${ATTACKER:-rust}; PLACEBO=${PLACEBO:-0}
+case $PLACEBO in
+  0|1|interleave) ;;
+  *) echo "slow_clients.sh: PLACEBO is 0, 1 or interleave, not '$PLACEBO'" >&2; exit 2 ;;
+esac
 case $ATTACKER in
   rust|hold|python) ;;
   *) echo "slow_clients.sh: ATTACKER is rust, hold or python, not '$ATTACKER'" >&2; exit 2 ;;
@@ -58,9 +63,9 @@ head -c 1024 /dev/zero | tr '\0' 'x' > "$OUT/root/index.html"
 ulimit -n 65536 2>/dev/null || true
 echo "results in $OUT; load $RATE rps for $DURATION over 64 connections; $SLOW slow clients;" \
   "--request-timeout $TIMEOUT; server on CPU $SERVER_CPU, load on CPU $LOAD_CPU," \
-  "slow clients ($ATTACKER$([ "$PLACEBO" = 1 ] && echo ', to a placebo server')) on CPU $SLOW_CPU ($SLOW_SCHED)"
+  "slow clients ($ATTACKER$(case $PLACEBO in 1) echo ', to a placebo server';; interleave) echo ', to the server and to a placebo, interleaved';; esac)) on CPU $SLOW_CPU ($SLOW_SCHED)"
 
-run_one() { # engine protocol slow_count round: measured until the machine was quiet (3 tries at most)
+run_one() { # engine protocol slow_count round cond: measured until the machine was quiet (3 tries at most)
   local try
   for try in 1 2 3; do
     measure "$@" "$try"
@@ -68,15 +73,15 @@ run_one() { # engine protocol slow_count round: measured until the machine was q
     if python3 -c "import sys; sys.exit(0 if float('$stall') <= $STALL_MS else 1)"; then return; fi
     if [ "$try" -lt 3 ]; then
       sed -i '$ d' "$OUT/results.txt"
-      echo "  rerun $1 $2 round $4: $stall ms of machine stalls" >&2
+      echo "  rerun $1 $2 $5 round $4: $stall ms of machine stalls" >&2
     fi
   done
   return 0 # kept, and counted as still noisy
 }
 
-measure() { # engine protocol slow_count round try -> appends "engine proto cond round p99 timeouts stall_ms try send_lag_p99 uncorrected_p99" to results
-  local engine=$1 proto=$2 slow=$3 round=$4 try=$5 cond
-  cond=$([ "$slow" -gt 0 ] && echo with || echo without)
+measure() { # engine protocol slow_count round cond try -> appends "engine proto cond round p99 timeouts stall_ms try send_lag_p99 uncorrected_p99" to results
+  # cond: without (slow_count is 0), with (the attack on the measured server) or placebo
+  local engine=$1 proto=$2 slow=$3 round=$4 cond=$5 try=$6
   local tag="$engine-$proto-$cond-$round-$try"
   local args=(--engine "$engine" --addr 127.0.0.1:0 --quiet --request-timeout "$TIMEOUT")
   [ "$proto" = http ] && args+=(--protocol http --root "$OUT/root")
@@ -86,7 +91,7 @@ measure() { # engine protocol slow_count round try -> appends "engine proto cond
   local addr; addr=$(awk '/^listening on/ {print $3}' "$OUT/$tag.server.log")
   [ -n "$addr" ] || { echo "slow_clients.sh: $engine did not start" >&2; cat "$OUT/$tag.server.log" >&2; exit 1; }
   local trickler="" placebo="" target_port=${addr##*:}
-  if [ "$slow" -gt 0 ] && [ "$PLACEBO" = 1 ]; then
+  if [ "$cond" = placebo ]; then
     # The control: the attack goes to a second server of the same engine beside the attacker
     # (same core, same scheduling), so the measured server sees none of it while the cores
     # bear everything else the attack costs.
@@ -138,25 +143,35 @@ for engine in "${engines[@]}"; do
   slow=$SLOW; [ "$engine" = select ] && slow=$(( SLOW < 900 ? SLOW : 900 ))
   for proto in $PROTOS; do
     for round in $(seq "$REPEAT"); do
-      run_one "$engine" "$proto" 0 "$round"
-      run_one "$engine" "$proto" "$slow" "$round"
+      run_one "$engine" "$proto" 0 "$round" without
+      case $PLACEBO in
+        0) run_one "$engine" "$proto" "$slow" "$round" with ;;
+        1) run_one "$engine" "$proto" "$slow" "$round" placebo ;;
+        interleave) # the two attacked conditions swap places each round, so neither always comes first
+          order=(with placebo); [ $((round % 2)) = 0 ] && order=(placebo with)
+          for cond in "${order[@]}"; do run_one "$engine" "$proto" "$slow" "$round" "$cond"; done ;;
+      esac
     done
     python3 - "$OUT/results.txt" "$engine" "$proto" "$STALL_MS" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.split()[:2] == sys.argv[2:4]]
 rows = [r for r in rows if len(r) >= 10]
+conds = [c for c in ("without", "with", "placebo") if any(r[2] == c for r in rows)]
 def med(cond, col=4): return statistics.median(float(r[col]) for r in rows if r[2] == cond)
 def spread(cond):
     v = [float(r[4]) for r in rows if r[2] == cond]; return f"{min(v):.0f}-{max(v):.0f}"
+p99s = "  ".join(f"{c} {med(c):7.1f} us [{spread(c)}]" for c in conds)
+ratios = [(a, b) for a, b in (("with", "without"), ("placebo", "without"), ("with", "placebo"))
+          if a in conds and b in conds]
+ratio = "  ".join(f"{a}/{b} {med(a) / med(b):4.2f}" for a, b in ratios)
+lags = " -> ".join(f"{med(c, 8):.0f}" for c in conds)
 timeouts = [r[5] for r in rows if r[2] == "with"]
 reruns = sum(int(r[7]) - 1 for r in rows)
 noisy = sum(1 for r in rows if float(r[6]) > float(sys.argv[4]))
 bad = " (errors in some runs)" if any(r[-1] == "BAD" for r in rows) else ""
 bad += f" reruns {reruns}" + (f", {noisy} still noisy" if noisy else "")
-print(f"{sys.argv[2]:<8} {sys.argv[3]:<5} p99 without {med('without'):8.1f} us [{spread('without')}]  "
-      f"with {med('with'):8.1f} us [{spread('with')}]  ratio {med('with') / med('without'):5.2f}  "
-      f"send-lag p99 {med('without', 8):.0f} -> {med('with', 8):.0f} us  "
-      f"timeouts/run {','.join(timeouts)}{bad}")
+print(f"{sys.argv[2]:<8} {sys.argv[3]:<5} p99 {p99s}  {ratio}  send-lag p99 {lags} us"
+      + (f"  timeouts/run {','.join(timeouts)}" if timeouts else "") + bad)
 PY
   done
 done
