@@ -18,6 +18,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use iolab::sansio::frame::{Header as _, ReplySize, RequestHeader};
+
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_term(_: libc::c_int) {
@@ -25,15 +27,16 @@ extern "C" fn on_term(_: libc::c_int) {
 }
 
 fn frame_head() -> Vec<u8> {
-    // The 40-byte header of a 64-byte echo frame (the layout of `scripts/slow_clients.py`).
-    let mut h = Vec::with_capacity(40);
-    h.extend_from_slice(&64u32.to_le_bytes());
-    h.extend_from_slice(&[b'Q', 1, 0, 0]);
-    h.extend_from_slice(&7u64.to_le_bytes());
-    h.extend_from_slice(&70u64.to_le_bytes());
-    h.extend_from_slice(&0u64.to_le_bytes());
-    h.extend_from_slice(&u32::MAX.to_le_bytes());
-    h.extend_from_slice(&0u32.to_le_bytes());
+    // The header of a 64-byte echo frame, as the generator would send it.
+    let header = RequestHeader {
+        payload_len: 64,
+        id: 7,
+        send_ns: 70,
+        spin_ns: 0,
+        reply: ReplySize::Echo,
+    };
+    let mut h = vec![0; RequestHeader::LEN];
+    header.emit(&mut h);
     h
 }
 

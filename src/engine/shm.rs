@@ -179,11 +179,8 @@ fn serve(ctx: Arc<EngineCtx>, segment: Segment, spin: Spin) -> anyhow::Result<()
             passes.is_multiple_of(STATE_SCAN_EVERY) || napped || check_liveness || drain.is_some();
         napped = false;
         for i in 0..slots {
-            if !scan_states {
-                match &conns[i as usize] {
-                    Some(conn) if !conn.quiet() => {}
-                    _ => continue,
-                }
+            if !scan_states && conns[i as usize].as_ref().is_none_or(Conn::quiet) {
+                continue;
             }
             let (state, pid) = segment.slot_state(i);
             let who = || format!("shm slot {i} (pid {pid})");

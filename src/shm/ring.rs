@@ -181,9 +181,7 @@ mod tests {
             assert!(!ptr.is_null());
             Area { ptr, layout }
         }
-    }
 
-    impl Area {
         /// Two handles on the area's ring (a producer's and a consumer's).
         ///
         /// # Safety
