@@ -490,8 +490,84 @@ fn contention_on_the_load_core_invalidates_a_point_that_is_then_measured_again()
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Invalid and saturated points made on purpose, through the whole sweep: a generator that
-/// can never be busy enough to pass (`--max-generator-busy 0`) leaves only lower bounds, and a
+/// A rung the generator cannot reach, judged from its cost one rung below, is not measured:
+/// it leaves a row that says why, and the knee below it is a lower bound. Made on purpose
+/// with a bound (5% busy) that 1,000 rps meets and twenty times that cost cannot;
+/// `--measure-beyond-reach` measures it all the same.
+#[test]
+fn a_rung_beyond_the_generators_reach_is_not_measured_unless_asked() {
+    let _machine = machine();
+    let sweep = |name: &str, extra: &[&str]| {
+        let dir = std::env::temp_dir().join(format!("iolab-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let dir_arg = dir.to_string_lossy().into_owned();
+        let mut args = vec![
+            "sweep",
+            "--engines",
+            "epoll",
+            "--rates",
+            "1000,20000",
+            "--repeat",
+            "1",
+        ];
+        args.extend(["--duration", "0.3s", "--warmup", "0.1s", "--connections", "2"]);
+        args.extend(["--max-generator-busy", "0.05", "--out", &dir_arg]);
+        args.extend_from_slice(extra);
+        let (ok, out, err) = iolab(&args);
+        assert!(ok, "{err}\n{out}");
+        let (ok, knee, err) = iolab(&["knee", "--json", &dir_arg]);
+        assert!(ok, "{err}");
+        let k: serde_json::Value = serde_json::from_str(&knee).expect("knee --json is JSON");
+        let rows = iolab::lab::results::read_points(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        (rows, k["engines"][0].clone(), out)
+    };
+    let (rows, knee, out) = sweep("beyond-reach", &[]);
+    let at = |rows: &[iolab::lab::results::Point], rate: f64| {
+        rows.iter()
+            .filter(|r| r.offered_rps == rate)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let above = at(&rows, 20_000.0);
+    assert_eq!(above.len(), 1, "one row, not measured: {rows:?}\n{out}");
+    assert!(
+        above[0].beyond_reach && !above[0].valid && above[0].hdr_log.is_empty(),
+        "{above:?}"
+    );
+    assert!(
+        above[0]
+            .invalid_reason
+            .contains("beyond the generator's reach over tcp"),
+        "{above:?}"
+    );
+    assert!(
+        out.contains("not measured: beyond the generator's reach"),
+        "{out}"
+    );
+    if at(&rows, 1_000.0).iter().any(|r| r.valid) {
+        assert_eq!(knee["knee_rps"], 1000.0, "{knee}");
+    }
+    assert_eq!(knee["lower_bound"], true, "{knee}");
+    assert!(
+        knee["why"]
+            .as_str()
+            .unwrap_or("")
+            .contains("20000 rps is beyond the generator's reach"),
+        "{knee}"
+    );
+
+    let (rows, _, out) = sweep("beyond-reach-measured", &["--measure-beyond-reach"]);
+    let above = at(&rows, 20_000.0);
+    assert!(
+        !above.is_empty() && above.iter().all(|r| !r.beyond_reach),
+        "measured: {rows:?}\n{out}"
+    );
+}
+
+/// Invalid and saturated points made on purpose, through the whole sweep: arrivals that can
+/// never pass the Poisson check (`--min-ks-p 2 --max-ks-d 0`, a failing the sweep never excuses,
+/// unlike a late generator within the SLO) leave only lower bounds, and a
 /// server given 5 ms of work per request on one connection at twice what it can serve is
 /// saturated, so no rate meets the SLO.
 #[test]
@@ -526,10 +602,12 @@ fn points_made_invalid_or_saturated_on_purpose_give_lower_bounds_and_no_knee() {
         "never-valid",
         &[
             "--rates",
-            "300,600",
+            "1000,2000",
             "--connections",
             "2",
-            "--max-generator-busy",
+            "--min-ks-p",
+            "2",
+            "--max-ks-d",
             "0",
         ],
     );
@@ -541,13 +619,13 @@ fn points_made_invalid_or_saturated_on_purpose_give_lower_bounds_and_no_knee() {
     assert_eq!(
         tries,
         [
-            (300.0, 1, 1, false, "generator"),
-            (300.0, 2, 2, false, "generator")
+            (1000.0, 1, 1, false, "generator"),
+            (1000.0, 2, 2, false, "generator")
         ],
         "{out}"
     );
     assert!(
-        rows.iter().all(|r| r.invalid_reason.contains("generator busy")),
+        rows.iter().all(|r| r.invalid_reason.contains("Poisson check")),
         "{rows:?}"
     );
     assert_eq!(knee["knee_rps"], serde_json::Value::Null, "{knee}");

@@ -178,6 +178,13 @@ pub(super) struct SweepArgs {
     /// this fraction of the run is invalid: its core, not the server, was the limit.
     #[arg(long, default_value_t = 0.9)]
     pub(super) max_generator_busy: f64,
+    /// Measure every rung. By default a rung is not measured when the generator, at the cost
+    /// per request it had one rung below (the median over every engine it reaches the same
+    /// way: kernel TCP, shared memory or the user-space stack), would be busier there than
+    /// --max-generator-busy: it would be at its limit, and its luck would decide the point.
+    /// The knee below such a rung is a lower bound that says so.
+    #[arg(long)]
+    pub(super) measure_beyond_reach: bool,
     /// Valid repeats of every point: each engine and rate is measured until K valid
     /// measurements agree (or a majority of K says the engine is over the SLO there), in
     /// rounds that interleave the engines, so a burst of machine noise falls on several of them

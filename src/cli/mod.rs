@@ -508,6 +508,13 @@ fn run_sweep(cfg: &iolab::lab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::
         )),
         Progress::Done(point) => {
             bar.inc(1);
+            if point.beyond_reach {
+                say(format!(
+                    "  {:<12} {:>7.0} rps    {}",
+                    point.engine, point.offered_rps, point.invalid_reason
+                ));
+                return;
+            }
             // The reasons in short; points.csv and the report have them in full.
             let why: Vec<&str> = [
                 ("machine stalled", "machine stalled"),
@@ -525,6 +532,9 @@ fn run_sweep(cfg: &iolab::lab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::
                 "  saturated".to_string()
             } else if point.over_slo {
                 "  over SLO".to_string()
+            } else if point.met_despite_lag {
+                "  within SLO despite the generator's lag (it only adds: latency is timed from the schedule)"
+                    .to_string()
             } else if point.met_despite_stalls {
                 format!(
                     "  within SLO despite the machine's stalls (longest {:.1}ms)",
@@ -622,6 +632,7 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
     cfg.ks_timescale = a.arrivals_check.ks_timescale.0;
     cfg.ks_resolution = a.arrivals_check.ks_resolution.0;
     cfg.max_generator_busy = a.max_generator_busy;
+    cfg.measure_beyond_reach = a.measure_beyond_reach;
     cfg.repeat = a.repeat;
     cfg.max_tries = a.max_tries.unwrap_or(2 * a.repeat).max(a.repeat);
     if !(0.0..1.0).contains(&a.max_stall) {

@@ -94,6 +94,14 @@ pub struct Point {
     /// with every reply in. A stall only ever delays, so the verdict holds and the point is
     /// valid; its latency figures are upper bounds.
     pub met_despite_stalls: bool,
+    /// The generator sent late (its send lag or busy share past their bounds), yet it put every scheduled request out inside the window
+    /// and the point met the SLO with every reply in. Latency is timed from the schedule, so
+    /// the lateness only added to it: valid, its latency figures upper bounds.
+    pub met_despite_lag: bool,
+    /// Not a measurement: the sweep did not measure this rate for this engine because the
+    /// generator could not have driven it ([`crate::lab::sweep::reach_forecast`]). The row
+    /// says why (`invalid_reason`); its figures are NaN and it has no files.
+    pub beyond_reach: bool,
 }
 
 impl Point {
@@ -552,6 +560,14 @@ fn over_reason(c: &Cell, slo_us: f64) -> String {
 }
 
 fn unmeasured_reason(c: &Cell) -> String {
+    if let Some(p) = c.points.iter().find(|p| p.beyond_reach) {
+        // The row's generator_busy is the forecast; its invalid_reason has the whole sum.
+        return format!(
+            "{:.0} rps is beyond the generator's reach (it would be {:.0}% busy at its cost per request one rung below; points.csv says more): a lower bound",
+            c.rate,
+            p.generator_busy * 100.0
+        );
+    }
     let generator = c.points.iter().filter(|p| p.generator_limited()).count();
     if generator * 2 >= c.points.len() {
         format!(

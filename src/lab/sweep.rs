@@ -18,7 +18,9 @@
 //!   failed the Poisson check. An invalid point never ends an engine's walk or lowers its
 //!   knee. A stall only ever delays, so a point that met the SLO with every reply in despite
 //!   the machine's stalls is valid all the same (`met_despite_stalls`: its figures are upper
-//!   bounds); one over the SLO is measured again. *Saturated* means the server fell behind
+//!   bounds); one over the SLO is measured again. A late generator only delays too: a point
+//!   within the SLO whose generator sent late but sent every request inside the window is
+//!   valid (`met_despite_lag`). *Saturated* means the server fell behind
 //!   (a backlog that grew through the window, fewer replies than requests, errors); *over
 //!   the SLO* means its p99 was above the bound. An engine's walk stops above a cell whose
 //!   repeats are mostly over, and within a round at its first over point.
@@ -64,6 +66,140 @@ pub const DEFAULT_MAX_KS_D: f64 = 0.05;
 /// the 0.25% used before; three of them moved a knee.)
 pub const DEFAULT_MAX_STALL: f64 = 0.001;
 
+/// How the generator reaches a server: its cost per request, and so its reach, depends on
+/// the path (kernel TCP on loopback, shared-memory rings, or kernel TCP into a user-space
+/// stack's TAP device), not on the engine behind it.
+pub fn generator_path(spec: &[String]) -> &'static str {
+    match spec.first().map(String::as_str) {
+        Some("shm") => "shm",
+        Some("userspace") => "userspace",
+        _ => "tcp",
+    }
+}
+
+/// Why a rung is beyond the generator's reach: what it cost one rung below, and what that
+/// cost would come to at this rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReachForecast {
+    pub path: &'static str,
+    pub rate_below: f64,
+    /// The median share of its run the generator was busy at `rate_below`, over every
+    /// engine on the same path, and how many measurements that median is of.
+    pub busy_below: f64,
+    pub measurements: usize,
+    /// `busy_below` scaled to `rate`.
+    pub busy_forecast: f64,
+    pub rate: f64,
+    pub bound: f64,
+}
+
+impl ReachForecast {
+    pub fn reason(&self) -> String {
+        format!(
+            "not measured: beyond the generator's reach over {} (busy {:.0}% of its run at {:.0} rps, the median of {} measurement(s); {:.0}% at {:.0} rps at that cost per request, over the {:.0}% a valid point allows)",
+            self.path,
+            self.busy_below * 100.0,
+            self.rate_below,
+            self.measurements,
+            self.busy_forecast * 100.0,
+            self.rate,
+            self.bound * 100.0
+        )
+    }
+}
+
+/// Whether the generator can drive `rate` over `path`, judged from the measurements at the
+/// rung below (`rate_below`) of every engine on that path: `Some` when, at the median cost
+/// per request it had there, it would be busier than `bound` (the bound that makes a
+/// measured point invalid).
+///
+/// A generator near its bound is right at its limit, and then one try passes and the next
+/// does not: a rung placed there (kernel TCP at 80k on two cores, where the generator pays
+/// for both ends of each packet) is decided by the generator's luck, and so are the knees
+/// below it, from one run to the next. The forecast is made once per cell, from the median of
+/// a dozen measurements rather than one, and errs on the side of not measuring: a generator's
+/// cost per request falls as the rate rises (more replies per wake-up), so the forecast is
+/// above what it would be. Measurements the machine spoiled are left out (a stall moves the
+/// busy share either way), as are rows that were not measured.
+pub fn reach_forecast(
+    points: &[Point],
+    path_of: impl Fn(&str) -> &'static str,
+    path: &'static str,
+    rate_below: f64,
+    rate: f64,
+    bound: f64,
+) -> Option<ReachForecast> {
+    let busy: Vec<f64> = points
+        .iter()
+        .filter(|p| {
+            p.offered_rps == rate_below
+                && !p.beyond_reach
+                && p.blame != "machine"
+                && p.generator_busy.is_finite()
+                && path_of(&p.engine) == path
+        })
+        .map(|p| p.generator_busy)
+        .collect();
+    if busy.is_empty() || rate_below <= 0.0 {
+        return None;
+    }
+    let busy_below = crate::sansio::stats::median(&busy);
+    let busy_forecast = busy_below * rate / rate_below;
+    (busy_forecast > bound).then_some(ReachForecast {
+        path,
+        rate_below,
+        busy_below,
+        measurements: busy.len(),
+        busy_forecast,
+        rate,
+        bound,
+    })
+}
+
+/// The row a cell beyond the generator's reach leaves in points.csv: not a measurement, so
+/// its figures are NaN and it names no files.
+fn beyond_reach_point(engine: &str, workload: &str, forecast: &ReachForecast, round: u32) -> Point {
+    let nan = f64::NAN;
+    Point {
+        engine: engine.to_string(),
+        workload: workload.to_string(),
+        offered_rps: forecast.rate,
+        achieved_rps: nan,
+        p50_us: nan,
+        p90_us: nan,
+        p99_us: nan,
+        p999_us: nan,
+        max_us: nan,
+        send_lag_p99_us: nan,
+        generator_busy: forecast.busy_forecast,
+        ks_p_value: nan,
+        ks_d: nan,
+        server_cpu_s: nan,
+        client_cpu_s: nan,
+        server_cpu_us_per_request: nan,
+        valid: false,
+        invalid_reason: forecast.reason(),
+        blame: "generator".to_string(),
+        attempt: 1,
+        round,
+        p50_ci_low_us: nan,
+        p50_ci_high_us: nan,
+        p99_ci_low_us: nan,
+        p99_ci_high_us: nan,
+        p999_ci_low_us: nan,
+        p999_ci_high_us: nan,
+        stall_max_us: nan,
+        stall_excess_us: nan,
+        quiet_wait_ms: nan,
+        syscalls_per_request: nan,
+        context_switches_per_request: nan,
+        user_us_per_request: nan,
+        kernel_us_per_request: nan,
+        beyond_reach: true,
+        ..Point::default()
+    }
+}
+
 /// A sweep, fully specified.
 #[derive(Debug, Clone)]
 pub struct SweepConfig {
@@ -92,6 +228,9 @@ pub struct SweepConfig {
     pub ks_resolution: Duration,
     /// A point whose generator was busy for more than this fraction of its run is invalid.
     pub max_generator_busy: f64,
+    /// Measure every rung, even one the generator's cost one rung below says it cannot drive
+    /// (`--measure-beyond-reach`); by default such a rung is not measured ([`reach_forecast`]).
+    pub measure_beyond_reach: bool,
     /// Valid repeats per cell (K).
     pub repeat: u32,
     /// Settle a cell once a majority of K agrees rather than after K valid repeats.
@@ -181,6 +320,7 @@ impl SweepConfig {
             ks_timescale: loadgen::DEFAULT_KS_TIMESCALE,
             ks_resolution: Duration::from_micros(20),
             max_generator_busy: 0.9,
+            measure_beyond_reach: false,
             repeat: 3,
             settle_early: false,
             max_tries: 6,
@@ -236,6 +376,7 @@ struct Meta<'a> {
     ks_timescale_us: f64,
     ks_resolution_us: f64,
     max_generator_busy: f64,
+    measure_beyond_reach: bool,
     repeat: u32,
     settle_early: bool,
     max_tries: u32,
@@ -263,6 +404,8 @@ pub struct Finished {
     pub measurements: usize,
     pub invalid_machine: usize,
     pub invalid_generator: usize,
+    /// Cells not measured: beyond the generator's reach ([`reach_forecast`]).
+    pub beyond_reach: usize,
     /// Points whose quiet check timed out.
     pub not_quiet: usize,
     /// The budget ran out with cells still unsettled.
@@ -367,6 +510,9 @@ pub enum Outcome {
     Generator,
     /// Invalid: the machine stalled; nothing about the engine.
     Machine,
+    /// Not measured: at its cost per request one rung below, the generator could not drive
+    /// this rate ([`reach_forecast`]). Settles the cell at once.
+    BeyondReach,
 }
 
 impl Outcome {
@@ -386,6 +532,7 @@ struct CellState {
     good: u32,
     over: u32,
     generator: u32,
+    beyond_reach: bool,
 }
 
 /// Which cell to measure next: the sweep's schedule as a pure state machine (no I/O, no
@@ -425,7 +572,8 @@ impl Walk {
     pub fn settled(&self, engine: usize, rate: usize) -> bool {
         let c = self.at(engine, rate);
         let maj = self.majority();
-        c.good + c.over >= self.repeat
+        c.beyond_reach
+            || c.good + c.over >= self.repeat
             || c.over >= maj
             || c.generator >= maj
             || (self.settle_early && c.good >= maj)
@@ -470,6 +618,7 @@ impl Walk {
             Outcome::Over => c.over += 1,
             Outcome::Generator => c.generator += 1,
             Outcome::Machine => {}
+            Outcome::BeyondReach => c.beyond_reach = true,
         }
     }
 
@@ -497,7 +646,7 @@ impl Walk {
                     return false;
                 };
                 self.record(engine, rate, outcome);
-                if matches!(outcome, Outcome::Over | Outcome::Generator) {
+                if matches!(outcome, Outcome::Over | Outcome::Generator | Outcome::BeyondReach) {
                     stopped[engine] = true;
                 }
             }
@@ -583,6 +732,39 @@ pub fn run(cfg: &SweepConfig, mut progress: impl FnMut(Progress<'_>)) -> anyhow:
             }
             let engine = runnable[e];
             let rate = cfg.rates[r];
+            let path = generator_path(&cfg.engines[engine]);
+            let forecast = (attempt == 1 && r > 0 && !cfg.measure_beyond_reach)
+                .then(|| {
+                    let path_of = |label: &str| {
+                        labels
+                            .iter()
+                            .position(|l| l == label)
+                            .map_or("tcp", |i| generator_path(&cfg.engines[i]))
+                    };
+                    reach_forecast(
+                        &points,
+                        path_of,
+                        path,
+                        cfg.rates[r - 1],
+                        rate,
+                        cfg.max_generator_busy,
+                    )
+                })
+                .flatten();
+            if let Some(forecast) = forecast {
+                let point = beyond_reach_point(&labels[engine], &workload, &forecast, round);
+                fin.beyond_reach += 1;
+                if let Err(e) = csv
+                    .serialize(&point)
+                    .and_then(|()| csv.flush().map_err(Into::into))
+                {
+                    failure = Some(e.into());
+                    return None;
+                }
+                progress(Progress::Done(&point));
+                points.push(point);
+                return Some(Outcome::BeyondReach);
+            }
             progress(Progress::Point {
                 engine: &labels[engine],
                 rate,
@@ -1014,6 +1196,9 @@ pub fn judge(
             cfg.max_generator_busy * 100.0
         ));
     }
+    // Arrivals off Poisson are not excused below, even within the SLO: the check cannot say
+    // whether they were burstier (which only hurts) or smoother (which flatters).
+    let mut arrivals_off = false;
     if s.completed > 100 && s.interarrival.ks_p_value < cfg.min_ks_p && s.interarrival.ks_d > cfg.max_ks_d {
         let why = format!(
             "arrivals failed the Poisson check at {:.0} us scale (K-S D = {:.3} > {}, p {} < {})",
@@ -1027,6 +1212,7 @@ pub fn judge(
             machine.push(why);
         } else {
             generator.push(why);
+            arrivals_off = true;
         }
     }
     let blame = if !generator.is_empty() {
@@ -1058,14 +1244,28 @@ pub fn judge(
     // leave late and are timed from their schedule, replies it held back are stamped late.
     // So a point that met the SLO with every reply in despite the stalls met it: valid, its
     // figures upper bounds. One over the SLO or behind may owe that to the stall, and is
-    // measured again. The generator's own failings are not excused: a generator that could
-    // not send at the rate may have spared the server the load.
-    let met_despite_stalls =
-        generator.is_empty() && !machine.is_empty() && s.latency_us.p99 <= slo_us && !fell_behind;
+    // measured again.
+    let within = s.latency_us.p99 <= slo_us && !fell_behind;
+    // A late generator only delays too, as long as it did send at the rate: a send that
+    // leaves late is timed from its schedule all the same, and in a work-conserving FIFO
+    // queue no departure comes earlier because an arrival came later. So a point within the
+    // SLO whose generator nonetheless sent what the window scheduled (replies to 99% of it)
+    // met it too. One that skipped sends may have spared the server the load, and stays the
+    // generator's.
+    let met_despite_lag =
+        !generator.is_empty() && !arrivals_off && within && s.achieved_within_1pct_of_scheduled;
+    let met_despite_stalls = !machine.is_empty() && within && (generator.is_empty() || met_despite_lag);
+    if met_despite_lag {
+        generator.clear();
+    }
     if met_despite_stalls {
         machine.clear();
     }
-    let blame = if met_despite_stalls { "" } else { blame };
+    let blame = if generator.is_empty() && machine.is_empty() {
+        ""
+    } else {
+        blame
+    };
     let reasons: Vec<String> = generator.into_iter().chain(machine).collect();
     let saturated = reasons.is_empty() && fell_behind;
     let ci = |c: (Option<f64>, Option<f64>)| (c.0.unwrap_or(f64::NAN), c.1.unwrap_or(f64::NAN));
@@ -1121,6 +1321,8 @@ pub fn judge(
         user_us_per_request: f64::NAN,
         kernel_us_per_request: f64::NAN,
         met_despite_stalls,
+        met_despite_lag,
+        beyond_reach: false,
     }
 }
 
@@ -1170,6 +1372,7 @@ fn write_meta(cfg: &SweepConfig, started_unix_s: u64, finished: Option<Finished>
         ks_timescale_us: cfg.ks_timescale.as_secs_f64() * 1e6,
         ks_resolution_us: cfg.ks_resolution.as_secs_f64() * 1e6,
         max_generator_busy: cfg.max_generator_busy,
+        measure_beyond_reach: cfg.measure_beyond_reach,
         repeat: cfg.repeat,
         settle_early: cfg.settle_early,
         max_tries: cfg.max_tries,
@@ -1515,6 +1718,122 @@ mod tests {
     }
 
     #[test]
+    fn a_rung_beyond_reach_settles_at_once_and_ends_the_walk() {
+        // Engine 0's generator cannot reach rate 1; engine 1's can.
+        let mut walk = Walk::new(2, 3, 3, 6, false);
+        let order = drive(&mut walk, |e, r, _| {
+            if e == 0 && r == 1 {
+                Outcome::BeyondReach
+            } else {
+                Outcome::Good
+            }
+        });
+        let of = |e: usize, r: usize| order.iter().filter(|x| x.1 == e && x.2 == r).count();
+        assert_eq!((of(0, 0), of(0, 1), of(0, 2)), (3, 1, 0), "{order:?}");
+        assert_eq!((of(1, 0), of(1, 1), of(1, 2)), (3, 3, 3));
+        assert!(walk.settled(0, 1) && walk.blocked(0, 2));
+    }
+
+    fn busy_point(engine: &str, rate: f64, busy: f64, blame: &str) -> Point {
+        Point {
+            engine: engine.into(),
+            offered_rps: rate,
+            generator_busy: busy,
+            valid: blame.is_empty(),
+            blame: blame.into(),
+            ..Point::default()
+        }
+    }
+
+    #[test]
+    fn the_reach_forecast_scales_the_median_cost_of_the_rung_below_on_the_same_path() {
+        let path_of = |e: &str| generator_path(&[e.to_string()]);
+        let mut points = vec![
+            busy_point("epoll", 40_000.0, 0.50, ""),
+            busy_point("uring", 40_000.0, 0.55, ""),
+            busy_point("pool", 40_000.0, 0.60, "generator"),
+            // Spoiled by the machine: left out, however high.
+            busy_point("tokio", 40_000.0, 0.99, "machine"),
+            // Another path, and another rung: left out.
+            busy_point("shm", 40_000.0, 0.10, ""),
+            busy_point("epoll", 10_000.0, 0.20, ""),
+        ];
+        let f = reach_forecast(&points, path_of, "tcp", 40_000.0, 80_000.0, 0.9).expect("beyond reach");
+        assert_eq!(f.measurements, 3);
+        assert!((f.busy_below - 0.55).abs() < 1e-12, "{f:?}");
+        assert!((f.busy_forecast - 1.10).abs() < 1e-12, "{f:?}");
+        assert!(
+            f.reason().contains("busy 55% of its run at 40000 rps"),
+            "{}",
+            f.reason()
+        );
+        assert!(f.reason().contains("110% at 80000 rps"), "{}", f.reason());
+        // Within reach: a lower median, a smaller step, or a looser bound.
+        points[1].generator_busy = 0.40;
+        points[2].generator_busy = 0.40;
+        assert_eq!(
+            reach_forecast(&points, path_of, "tcp", 40_000.0, 80_000.0, 0.9),
+            None
+        );
+        assert_eq!(
+            reach_forecast(&points, path_of, "tcp", 40_000.0, 60_000.0, 0.9),
+            None
+        );
+        // shm's generator is cheap: 150k is within its reach from 40k.
+        assert_eq!(
+            reach_forecast(&points, path_of, "shm", 40_000.0, 150_000.0, 0.9),
+            None
+        );
+        // Nothing measured on the path below: no forecast, the rung is measured.
+        assert_eq!(
+            reach_forecast(&points, path_of, "userspace", 40_000.0, 80_000.0, 0.9),
+            None
+        );
+        // A row that was itself not measured says nothing about the cost.
+        let mut ghost = busy_point("userspace", 40_000.0, 2.0, "generator");
+        ghost.beyond_reach = true;
+        assert_eq!(
+            reach_forecast(&[ghost], path_of, "userspace", 40_000.0, 80_000.0, 0.9),
+            None
+        );
+    }
+
+    #[test]
+    fn a_cell_beyond_reach_is_a_lower_bound_that_says_why() {
+        let path_of = |e: &str| generator_path(&[e.to_string()]);
+        let below = busy_point("epoll", 40_000.0, 0.6, "");
+        let f = reach_forecast(
+            std::slice::from_ref(&below),
+            path_of,
+            "tcp",
+            40_000.0,
+            80_000.0,
+            0.9,
+        )
+        .unwrap();
+        let row = beyond_reach_point("epoll", "w", &f, 1);
+        assert!(
+            !row.valid && row.generator_limited() && row.beyond_reach,
+            "{row:?}"
+        );
+        assert!(row.p99_us.is_nan() && row.hdr_log.is_empty());
+        assert_eq!(Outcome::of(&row), Outcome::Generator);
+        let mut good = below.clone();
+        good.p99_us = 200.0;
+        good.p99_ci_high_us = 300.0;
+        let knees = crate::lab::results::knees(&[good.clone(), good, row], 1_000.0);
+        assert_eq!(knees.len(), 1);
+        let k = &knees[0];
+        assert_eq!((k.rate, k.lower_bound), (Some(40_000.0), true), "{k:?}");
+        assert!(
+            k.why
+                .contains("80000 rps is beyond the generator's reach (it would be 120% busy"),
+            "{}",
+            k.why
+        );
+    }
+
+    #[test]
     fn a_stopped_sweep_stops_at_once() {
         let mut walk = Walk::new(2, 2, 3, 6, false);
         let mut n = 0;
@@ -1559,9 +1878,14 @@ mod tests {
             p.invalid_reason
         );
         assert_eq!(Outcome::of(&p), Outcome::Machine);
-        // The generator late with no stall: the generator's fault.
-        let p = judged(|r| r.record_send_lag(500_000));
+        // The generator late with no stall, and the p99 over the SLO: the generator's fault.
+        let over = |r: &mut LoadReport| r.record_latencies(9_800, 100_000, 200, 1_500_000);
+        let p = judged(|r| {
+            r.record_send_lag(500_000);
+            over(r);
+        });
         assert_eq!((p.valid, p.blame.as_str()), (false, "generator"), "{p:?}");
+        assert!(!p.met_despite_lag);
         // Late by as much as one stall too short to invalidate the point on its own (0.7 ms
         // beyond the grace, under 0.1% of the 1 s window): the stall explains the lag (and the
         // p99 it pushed over the SLO).
@@ -1581,9 +1905,13 @@ mod tests {
         let p = judged(|r| {
             r.stall_in_window(1_200_000);
             r.record_send_lag(30_000_000);
+            over(r);
         });
         assert_eq!((p.valid, p.blame.as_str()), (false, "generator"), "{p:?}");
-        let p = judged(|r| r.generator_busy = 0.97);
+        let p = judged(|r| {
+            r.generator_busy = 0.97;
+            over(r);
+        });
         assert_eq!(Outcome::of(&p), Outcome::Generator);
         // A short stall (within the grace) is not enough to blame the machine.
         let p = judged(|r| r.stall_in_window(400_000));
@@ -1627,10 +1955,12 @@ mod tests {
             r.m.completed_by_end = r.m.sent - 2_000;
         });
         assert!(!p.valid && !p.saturated && !p.met_despite_stalls, "{p:?}");
-        // A stall does not excuse a generator that could not keep its schedule.
+        // A stall does not excuse a generator that could not keep its schedule (it skipped
+        // 2% of its sends).
         let p = judged(|r| {
             r.stall_in_window(10_000_000);
             r.generator_busy = 0.97;
+            r.m.overflow = r.m.sent / 50;
         });
         assert!(
             !p.valid && p.blame == "generator" && !p.met_despite_stalls,
@@ -1638,6 +1968,53 @@ mod tests {
         );
         // And a clean point is not marked.
         assert!(!judged(|_| {}).met_despite_stalls);
+    }
+
+    #[test]
+    fn a_late_generator_cannot_make_a_point_look_good() {
+        // Late (2% of sends 500 us behind) and busy, yet every scheduled request went out and
+        // the p99 met the SLO: the lateness only added to the latencies. Valid.
+        let p = judged(|r| {
+            r.record_send_lag(500_000);
+            r.generator_busy = 0.95;
+        });
+        assert!(
+            p.valid && p.good() && p.met_despite_lag && !p.met_despite_stalls,
+            "{p:?}"
+        );
+        assert!(p.blame.is_empty() && p.invalid_reason.is_empty(), "{p:?}");
+        // Busy past its bound and a stall as well: both excused, the point within the SLO.
+        let p = judged(|r| {
+            r.generator_busy = 0.95;
+            r.stall_in_window(10_000_000);
+        });
+        assert!(p.valid && p.met_despite_lag && p.met_despite_stalls, "{p:?}");
+        // Over the SLO: the lag may be why. Invalid, the generator's.
+        let p = judged(|r| {
+            r.record_send_lag(500_000);
+            r.record_latencies(9_800, 100_000, 200, 1_500_000);
+        });
+        assert_eq!(
+            (p.valid, p.blame.as_str(), p.met_despite_lag),
+            (false, "generator", false)
+        );
+        // Within the SLO but with 2% of the schedule never sent: the server may have been
+        // spared that load. Invalid, the generator's.
+        let p = judged(|r| {
+            r.record_send_lag(500_000);
+            r.m.overflow = r.m.sent / 50;
+        });
+        assert_eq!(
+            (p.valid, p.blame.as_str(), p.met_despite_lag),
+            (false, "generator", false)
+        );
+        // Within the SLO but behind when the window closed: not excused either.
+        let p = judged(|r| {
+            r.record_send_lag(500_000);
+            r.m.completed_by_end = r.m.sent - 2_000;
+        });
+        assert!(!p.valid && !p.met_despite_lag, "{p:?}");
+        assert!(!judged(|_| {}).met_despite_lag);
     }
 
     #[test]

@@ -218,11 +218,13 @@ pub fn latency_vs_throughput(
                         .filter(|m| m.3 > m.2)
                         .map(|m| PathElement::new(vec![(m.0, m.2), (m.0, m.3)], color.stroke_width(1))),
                 )?;
-                // Rates never measured validly: where their last try landed, hollow.
+                // Rates never measured validly: where their last try landed, hollow (a rate
+                // beyond the generator's reach was not tried, and has no mark).
                 let hollow: Vec<(f64, f64)> = mine
                     .iter()
                     .filter(|c| c.valid().next().is_none())
-                    .filter_map(|c| c.points.last().map(|p| (p.achieved_rps, cap(raw(p)))))
+                    .filter_map(|c| c.points.iter().rev().find(|p| !p.beyond_reach))
+                    .map(|p| (p.achieved_rps, cap(raw(p))))
                     .collect();
                 chart.draw_series(hollow.iter().map(|&p| Circle::new(p, 4, WHITE.filled())))?;
                 chart.draw_series(hollow.iter().map(|&p| Circle::new(p, 4, color.stroke_width(2))))?;

@@ -353,9 +353,19 @@ fn build(
             rows: rows
                 .iter()
                 .map(|r| {
+                    if r.beyond_reach {
+                        let mut row = vec![r.engine.clone(), format!("{:.0}", r.offered_rps)];
+                        row.extend([r.round.to_string(), "-".into()]);
+                        row.extend(std::iter::repeat_n("-".to_string(), 8));
+                        row.push(r.invalid_reason.clone());
+                        return row;
+                    }
                     let verdict = match (r.valid, r.saturated, r.over_slo) {
                         (true, true, _) => "valid, saturated".to_string(),
                         (true, false, true) => "valid, over the SLO".to_string(),
+                        (true, false, false) if r.met_despite_lag => {
+                            "valid: within the SLO despite a late generator (an upper bound)".to_string()
+                        }
                         (true, false, false) if r.met_despite_stalls => {
                             "valid: within the SLO despite the machine's stalls (an upper bound)".to_string()
                         }
@@ -469,10 +479,19 @@ fn cdf_section(dir: &Path, rows: &[Point], engines: &[String], rate: f64) -> any
         // measured validly shows its last try, dashed.
         let valid: Vec<&&Point> = c.valid().collect();
         let chosen: Vec<&Point> = if valid.is_empty() {
-            c.points.last().copied().into_iter().collect()
+            c.points
+                .iter()
+                .rev()
+                .find(|p| !p.beyond_reach)
+                .copied()
+                .into_iter()
+                .collect()
         } else {
             valid.into_iter().copied().collect()
         };
+        if chosen.is_empty() {
+            continue; // beyond the generator's reach: never measured
+        }
         let mut merged = new_histogram();
         for p in &chosen {
             let _ = merged.add(read_hlog(&dir.join(&p.hdr_log))?);
