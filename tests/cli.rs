@@ -609,6 +609,12 @@ fn points_made_invalid_or_saturated_on_purpose_give_lower_bounds_and_no_knee() {
             "2",
             "--max-ks-d",
             "0",
+            // A stall that could explain the failure would move it to the machine, and a
+            // point within the SLO despite the machine's stalls counts: no stall may.
+            "--max-send-lag",
+            "10s",
+            "--max-stall",
+            "0.99",
         ],
     );
     let tries: Vec<(f64, u32, u32, bool, &str)> = rows
