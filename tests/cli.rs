@@ -512,7 +512,8 @@ fn sweep_and_knee(name: &str, args: &[&str]) -> (Vec<iolab::lab::results::Point>
 
 /// A rung the generator cannot reach, judged from its cost one rung below, is not measured:
 /// it leaves a row that says why, and the knee below it is a lower bound. Made on purpose
-/// with a bound (5% busy) that twenty times the cost of 1,000 rps cannot meet;
+/// with a reach (5% busy) that the generator at 1,000 rps, scaled to twenty times the rate,
+/// cannot keep;
 /// `--measure-beyond-reach` measures it all the same.
 #[test]
 fn a_rung_beyond_the_generators_reach_is_not_measured_unless_asked() {
@@ -531,7 +532,7 @@ fn a_rung_beyond_the_generators_reach_is_not_measured_unless_asked() {
             "0.1s",
             "--connections",
             "2",
-            "--max-generator-busy",
+            "--generator-reach",
             "0.05",
             // Nothing else may stop the walk at the first rung, however busy the machine:
             // no SLO to miss, no lag or arrivals check to fail.

@@ -178,13 +178,20 @@ pub(super) struct SweepArgs {
     /// this fraction of the run is invalid: its core, not the server, was the limit.
     #[arg(long, default_value_t = 0.9)]
     pub(super) max_generator_busy: f64,
-    /// Measure every rung. By default a rung is not measured when the generator, at the cost
-    /// per request it had one rung below (the median over every engine it reaches the same
-    /// way: kernel TCP, shared memory or the user-space stack), would be busier there than
-    /// --max-generator-busy: it would be at its limit, and its luck would decide the point.
-    /// The knee below such a rung is a lower bound that says so.
+    /// Measure every rung. By default a rung is not measured when the generator, judged by
+    /// how busy it was one rung below (the median over every engine it reaches the same way:
+    /// kernel TCP, shared memory or the user-space stack), would be busier there than
+    /// --generator-reach: it would be at its limit, and its luck would decide the point. The
+    /// knee below such a rung is a lower bound that says so.
     #[arg(long)]
     pub(super) measure_beyond_reach: bool,
+    /// The busy share past which a rung is beyond the generator's reach: the median busy
+    /// share one rung below, scaled to the rung's rate (as rate^0.75: the generator's cost per
+    /// request falls as the rate rises), must stay at or under it. Past about 70% the
+    /// generator's own send lag decides the tail more often than not (on the development VM,
+    /// its send-lag p99 broke 200 µs in 61% of such points).
+    #[arg(long, default_value_t = iolab::lab::sweep::DEFAULT_GENERATOR_REACH, value_parser = unit_fraction)]
+    pub(super) generator_reach: f64,
     /// Valid repeats of every point: each engine and rate is measured until K valid
     /// measurements agree (or a majority of K says the engine is over the SLO there), in
     /// rounds that interleave the engines, so a burst of machine noise falls on several of them

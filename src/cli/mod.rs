@@ -633,6 +633,7 @@ fn sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
     cfg.ks_resolution = a.arrivals_check.ks_resolution.0;
     cfg.max_generator_busy = a.max_generator_busy;
     cfg.measure_beyond_reach = a.measure_beyond_reach;
+    cfg.generator_reach = a.generator_reach;
     cfg.repeat = a.repeat;
     cfg.max_tries = a.max_tries.unwrap_or(2 * a.repeat).max(a.repeat);
     if !(0.0..1.0).contains(&a.max_stall) {

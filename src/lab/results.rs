@@ -563,7 +563,7 @@ fn unmeasured_reason(c: &Cell) -> String {
     if let Some(p) = c.points.iter().find(|p| p.beyond_reach) {
         // The row's generator_busy is the forecast; its invalid_reason has the whole sum.
         return format!(
-            "{:.0} rps is beyond the generator's reach (it would be {:.0}% busy at its cost per request one rung below; points.csv says more): a lower bound",
+            "{:.0} rps is beyond the generator's reach (about {:.0}% busy there, judged one rung below; points.csv says more): a lower bound",
             c.rate,
             p.generator_busy * 100.0
         );
