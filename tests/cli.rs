@@ -512,8 +512,8 @@ fn sweep_and_knee(name: &str, args: &[&str]) -> (Vec<iolab::lab::results::Point>
 
 /// A rung the generator cannot reach, judged from its cost one rung below, is not measured:
 /// it leaves a row that says why, and the knee below it is a lower bound. Made on purpose
-/// with a reach (5% busy) that the generator at 1,000 rps, scaled to twenty times the rate,
-/// cannot keep;
+/// with a reach (1% busy) that the generator at 1,000 rps, scaled to twice the rate, cannot
+/// keep;
 /// `--measure-beyond-reach` measures it all the same.
 #[test]
 fn a_rung_beyond_the_generators_reach_is_not_measured_unless_asked() {
@@ -523,7 +523,7 @@ fn a_rung_beyond_the_generators_reach_is_not_measured_unless_asked() {
             "--engines",
             "epoll",
             "--rates",
-            "1000,20000",
+            "1000,2000",
             "--repeat",
             "1",
             "--duration",
@@ -533,7 +533,7 @@ fn a_rung_beyond_the_generators_reach_is_not_measured_unless_asked() {
             "--connections",
             "2",
             "--generator-reach",
-            "0.05",
+            "0.01",
             // Nothing else may stop the walk at the first rung, however busy the machine:
             // no SLO to miss, no lag or arrivals check to fail.
             "--slo",
@@ -552,7 +552,7 @@ fn a_rung_beyond_the_generators_reach_is_not_measured_unless_asked() {
             .cloned()
             .collect::<Vec<_>>()
     };
-    let above = at(&rows, 20_000.0);
+    let above = at(&rows, 2_000.0);
     assert_eq!(above.len(), 1, "one row, not measured: {rows:?}\n{out}");
     assert!(
         above[0].beyond_reach && !above[0].valid && above[0].hdr_log.is_empty(),
@@ -574,12 +574,12 @@ fn a_rung_beyond_the_generators_reach_is_not_measured_unless_asked() {
         knee["why"]
             .as_str()
             .unwrap_or("")
-            .contains("20000 rps is beyond the generator's reach"),
+            .contains("2000 rps is beyond the generator's reach"),
         "{knee}"
     );
 
     let (rows, _, out) = sweep("beyond-reach-measured", &["--measure-beyond-reach"]);
-    let above = at(&rows, 20_000.0);
+    let above = at(&rows, 2_000.0);
     assert!(
         !above.is_empty() && above.iter().all(|r| !r.beyond_reach),
         "measured: {rows:?}\n{out}"

@@ -80,6 +80,13 @@ pub const DEFAULT_GENERATOR_REACH: f64 = 0.7;
 /// user-space stack).
 pub const REACH_EXPONENT: f64 = 0.75;
 
+/// The furthest a forecast looks: a rung at most this many times the rate of the rung below.
+/// From a light rung the generator's busy share is mostly fixed costs and noise (on a noisy
+/// host, 25% at 10k rps, which at four times the rate would forecast the 40k it drives
+/// cleanly as out of reach); a forecast over one doubling is not trusted, and the rung is
+/// measured.
+pub const MAX_FORECAST_STEP: f64 = 2.0;
+
 /// How the generator reaches a server: its cost per request, and so its reach, depends on
 /// the path (kernel TCP on loopback, shared-memory rings, or kernel TCP into a user-space
 /// stack's TAP device), not on the engine behind it.
@@ -130,7 +137,7 @@ impl ReachForecast {
 /// there (kernel TCP at 80k on two cores, where the generator pays for both ends of each
 /// packet) is decided by the generator's luck, and so are the knees below it, from one run to
 /// the next. The forecast is made once per cell, from the median of a dozen measurements
-/// rather than one. Measurements the machine spoiled are left out (a stall moves the busy
+/// rather than one, and looks no further than [`MAX_FORECAST_STEP`]. Measurements the machine spoiled are left out (a stall moves the busy
 /// share either way), as are rows that were not measured.
 pub fn reach_forecast(
     points: &[Point],
@@ -151,7 +158,7 @@ pub fn reach_forecast(
         })
         .map(|p| p.generator_busy)
         .collect();
-    if busy.is_empty() || rate_below <= 0.0 {
+    if busy.is_empty() || rate_below <= 0.0 || rate > rate_below * MAX_FORECAST_STEP {
         return None;
     }
     let busy_below = crate::sansio::stats::median(&busy);
@@ -1786,6 +1793,13 @@ mod tests {
             let f = reach_forecast(&points, path_of, path, 40_000.0, rate, bound);
             assert_eq!(f, None, "{path} at {rate}, bound {bound}");
         }
+        // Nor further than a doubling: from 10k, 40k is measured however busy 10k was.
+        let light = [busy_point("epoll", 10_000.0, 0.5, "")];
+        assert_eq!(
+            reach_forecast(&light, path_of, "tcp", 10_000.0, 40_000.0, 0.7),
+            None
+        );
+        assert!(reach_forecast(&light, path_of, "tcp", 10_000.0, 20_000.0, 0.7).is_some());
         // Or a lower median.
         points[1].generator_busy = 0.40;
         points[2].generator_busy = 0.40;
