@@ -94,9 +94,10 @@ pub struct Point {
     /// with every reply in. A stall only ever delays, so the verdict holds and the point is
     /// valid; its latency figures are upper bounds.
     pub met_despite_stalls: bool,
-    /// The generator sent late (its send lag or busy share past their bounds), yet it put every scheduled request out inside the window
-    /// and the point met the SLO with every reply in. Latency is timed from the schedule, so
-    /// the lateness only added to it: valid, its latency figures upper bounds.
+    /// The generator sent late (its send lag or busy share past their bounds), yet it sent
+    /// what the window scheduled (replies to 99% of it) and the point met the SLO with every
+    /// reply in. Latency is timed from the schedule, so the lateness only added to it: valid,
+    /// its latency figures upper bounds.
     pub met_despite_lag: bool,
     /// Not a measurement: the sweep did not measure this rate for this engine because the
     /// generator could not have driven it ([`crate::lab::sweep::reach_forecast`]). The row

@@ -320,6 +320,23 @@ fn build(
 
     sections.push(comparison_section(rows, &engines, at_rate));
 
+    let header: Vec<String> = [
+        "engine",
+        "offered",
+        "round",
+        "try",
+        "achieved",
+        "p50 us",
+        "p99 us [95% CI]",
+        "p99.9 us",
+        "send lag p99 us",
+        "busy",
+        "stalls ms",
+        "K-S p",
+        "verdict",
+    ]
+    .map(String::from)
+    .to_vec();
     sections.push(Section {
         title: "Every point".into(),
         text: vec![
@@ -332,31 +349,16 @@ fn build(
                 .into(),
         ],
         blocks: vec![Block::Table(Table {
-            header: [
-                "engine",
-                "offered",
-                "round",
-                "try",
-                "achieved",
-                "p50 us",
-                "p99 us [95% CI]",
-                "p99.9 us",
-                "send lag p99 us",
-                "busy",
-                "stalls ms",
-                "K-S p",
-                "verdict",
-            ]
-            .map(String::from)
-            .to_vec(),
+            header: header.clone(),
             dimmed: rows.iter().map(|r| !r.valid).collect(),
             rows: rows
                 .iter()
                 .map(|r| {
                     if r.beyond_reach {
+                        // Not measured: a dash in every column between the round and the verdict.
                         let mut row = vec![r.engine.clone(), format!("{:.0}", r.offered_rps)];
-                        row.extend([r.round.to_string(), "-".into()]);
-                        row.extend(std::iter::repeat_n("-".to_string(), 8));
+                        row.push(r.round.to_string());
+                        row.extend(std::iter::repeat_n("-".to_string(), header.len() - 4));
                         row.push(r.invalid_reason.clone());
                         return row;
                     }
