@@ -525,11 +525,20 @@ fn merged_percentiles_are_those_of_all_requests() {
     let dir = common::scratch_dir("merge-raw");
     let addr = addr.to_string();
     let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    // One absolute start for both agents, as a sweep gives them, far enough ahead that two
+    // debug binaries starting on a busy CI machine are connected and warmed up before it
+    // (a relative "+1s" failed there by 0.18 s, and gave each agent its own start).
+    let start_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        + 4.0;
+    let start_at = format!("{start_at:.6}");
     let agents: Vec<_> = ["x", "y"]
         .iter()
         .map(|name| {
             load_command(&addr, &["--rate", "400", "--duration", "1s", "--warmup", "200ms"])
-                .args(["--connections", "4", "--start-at", "+1s", "--agent", name])
+                .args(["--connections", "4", "--start-at", &start_at, "--agent", name])
                 .args(["--json", &path(&format!("{name}.json"))])
                 .args(["--requests-log", &path(&format!("{name}.csv"))])
                 .stdout(Stdio::piped())
