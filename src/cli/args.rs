@@ -749,8 +749,10 @@ pub(super) struct DemoArgs {
     /// Connections.
     #[arg(long, default_value_t = 64)]
     pub(super) connections: usize,
-    /// Repeats per point: a point is settled once a majority of them agree.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=99))]
+    /// Most valid repeats of a point. A point is settled once one verdict (within the SLO, or
+    /// over it) leads the other by two: two agreeing repeats settle a clear point, and a split
+    /// one is measured again, up to this many, instead of being decided by one toss.
+    #[arg(long, default_value_t = iolab::lab::demo::REPEAT, value_parser = clap::value_parser!(u32).range(1..=99))]
     pub(super) repeat: u32,
     /// Start no new point after this long (the closed-loop lesson, the profiles and the
     /// report follow).

@@ -421,7 +421,7 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     cfg.warmup = a.warmup.0;
     cfg.connections = a.connections;
     cfg.repeat = a.repeat;
-    cfg.max_tries = cfg.max_tries.max(a.repeat);
+    cfg.max_tries = demo::max_tries(a.repeat);
     cfg.budget = Some(a.budget.0);
     cfg.cpu_idle = a.idle.cpu_idle;
     let _awake = hold_cpus_for_sweep(&mut cfg);
@@ -429,8 +429,8 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     println!(
         "iolab demo: {} engine(s), each point a fresh server process on CPU {:?}, the generator on CPU {:?};\n\
          64 B echo, {} connections, open-loop Poisson at {} rps, {} per point after {} warm-up;\n\
-         each point measured until {} of {} repeats agree, in rounds that interleave the engines\n\
-         (at most {:.0} s of points; a point during which the machine stalled is measured again; idle CPUs {})",
+         each point measured until one verdict leads the other by {} (at most {} valid repeats),\n\
+         in rounds that interleave the engines (at most {:.0} s of points; a point during which the machine stalled is measured again; idle CPUs {})",
         cfg.engines.len(),
         cfg.server_cpus,
         cfg.load_cpus,
@@ -438,7 +438,7 @@ fn run_demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         ladder.join(", "),
         Dur(cfg.duration),
         Dur(cfg.warmup),
-        cfg.repeat / 2 + 1,
+        iolab::lab::sweep::SETTLING_LEAD,
         cfg.repeat,
         a.budget.0.as_secs_f64(),
         cfg.cpu_idle.describe()

@@ -20,16 +20,17 @@ pub fn engines() -> Vec<EngineKind> {
 /// The demo's ladder: from light load up to what one generator core can still drive.
 pub const RATES: [f64; 4] = [10_000.0, 40_000.0, 80_000.0, 150_000.0];
 
-/// The demo's sweep: every engine in `engines`, 64 B echo, `rates`, short points, three
-/// repeats settled by majority, within a time budget.
+/// The demo's sweep: every engine in `engines`, 64 B echo, `rates`, short points, each cell
+/// settled sequentially (a lead of two verdicts, at most [`REPEAT`] valid repeats), within a
+/// time budget.
 pub fn config(engines: &[EngineKind], rates: Vec<f64>, out: PathBuf) -> anyhow::Result<SweepConfig> {
     let engines = engines.iter().map(|e| vec![e.name().to_string()]).collect();
     let mut cfg = SweepConfig::new(engines, rates, out)?;
     cfg.duration = Duration::from_millis(800);
     cfg.warmup = Duration::from_millis(300);
-    cfg.repeat = 3;
+    cfg.repeat = REPEAT;
     cfg.settle_early = true;
-    cfg.max_tries = 5;
+    cfg.max_tries = max_tries(REPEAT);
     cfg.quiet.timeout = Duration::from_millis(500);
     cfg.budget = Some(BUDGET);
     // The lesson of the closed loop, on the engine most readers know (epoll, when it runs).
@@ -55,6 +56,15 @@ pub fn config(engines: &[EngineKind], rates: Vec<f64>, out: PathBuf) -> anyhow::
     Ok(cfg)
 }
 
+/// The most valid repeats of one demo cell. A clear cell takes two; seven leaves a split cell
+/// room to resolve (a lead of two) without letting one cell spend the budget.
+pub const REPEAT: u32 = 7;
+
+/// Tries of one cell: its repeats and two re-measurements of invalid ones.
+pub fn max_tries(repeat: u32) -> u32 {
+    repeat + 2
+}
+
 /// The engines the demo profiles, and the rate (one the generator drives cleanly; the
 /// ladder's nearest to it).
 pub const PROFILED: [EngineKind; 5] = [
@@ -70,10 +80,10 @@ pub const PROFILE_RATE: f64 = 40_000.0;
 /// profiles (about 30 s) and the report it ends within three minutes.
 pub const BUDGET: Duration = Duration::from_secs(125);
 
-/// The points a demo measures when nothing is invalid and every engine's walk stops at its
-/// fourth rate: two repeats per settled cell.
+/// The points a demo measures when nothing is invalid, no cell is split and every engine's
+/// walk reaches its fourth rate: two agreeing repeats per cell.
 pub fn typical_points(cfg: &SweepConfig) -> usize {
-    cfg.engines.len() * cfg.rates.len() * (cfg.repeat as usize / 2 + 1)
+    cfg.engines.len() * cfg.rates.len() * crate::lab::sweep::SETTLING_LEAD as usize
 }
 
 /// A results folder name that does not exist yet: `results/demo-<unix seconds>`.
