@@ -80,6 +80,11 @@ pub struct Point {
     pub stall_max_us: f64,
     /// Of the stalls, the time beyond the grace (half the SLO) each, summed.
     pub stall_excess_us: f64,
+    /// Stall time the server's CPUs' canaries saw, and the generator's: a stall of the
+    /// machine shows on both, a CPU the program under test held (where the kernel did not
+    /// let a real-time canary preempt it) on its own.
+    pub stall_us_server_cpus: f64,
+    pub stall_us_load_cpus: f64,
     /// How long the sweep waited for the machine to be quiet before this point, and whether
     /// it was.
     pub quiet_wait_ms: f64,

@@ -211,6 +211,8 @@ fn beyond_reach_point(engine: &str, workload: &str, forecast: &ReachForecast, ro
         p999_ci_high_us: nan,
         stall_max_us: nan,
         stall_excess_us: nan,
+        stall_us_server_cpus: nan,
+        stall_us_load_cpus: nan,
         quiet_wait_ms: nan,
         syscalls_per_request: nan,
         context_switches_per_request: nan,
@@ -1188,6 +1190,12 @@ pub fn judge(
 ) -> Point {
     let s = report.summary();
     let stalls = &s.machine_stalls;
+    let stall_on = |cpus: &[usize]| -> f64 {
+        (stalls.cpus.iter().zip(&stalls.total_us_by_cpu))
+            .filter(|(c, _)| cpus.contains(c))
+            .map(|(_, us)| us)
+            .sum()
+    };
     let mut machine = Vec::new();
     let mut generator = Vec::new();
     let stall_limit_us = cfg.max_stall_fraction * cfg.duration.as_secs_f64() * 1e6;
@@ -1346,6 +1354,8 @@ pub fn judge(
         stall_count: stalls.count,
         stall_max_us: stalls.max_us,
         stall_excess_us: stalls.excess_us,
+        stall_us_server_cpus: stall_on(&cfg.server_cpus),
+        stall_us_load_cpus: stall_on(&cfg.load_cpus),
         quiet_wait_ms: 0.0,
         quiet: true,
         syscalls_per_request: f64::NAN,
@@ -1745,7 +1755,14 @@ mod tests {
     #[test]
     fn a_sequential_walk_measures_a_split_cell_until_one_verdict_leads_by_two() {
         // Good, over, good, over, over, over: the lead of two comes with the sixth repeat.
-        let split = [Outcome::Good, Outcome::Over, Outcome::Good, Outcome::Over, Outcome::Over, Outcome::Over];
+        let split = [
+            Outcome::Good,
+            Outcome::Over,
+            Outcome::Good,
+            Outcome::Over,
+            Outcome::Over,
+            Outcome::Over,
+        ];
         let mut walk = Walk::new(1, 2, 7, 9, true);
         let order = drive(&mut walk, |_, _, a| split[(a as usize - 1) % split.len()]);
         let at = |r: usize| order.iter().filter(|x| x.2 == r).count();

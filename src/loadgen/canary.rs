@@ -199,10 +199,14 @@ impl StallLog {
             realtime: self.realtime,
             mean_late_us: self.mean_late_us,
             grace_us,
+            total_us_by_cpu: vec![0.0; self.cpus.len()],
             ..StallSummary::default()
         };
         for st in self.within(from, to) {
             let us = st.len_ns as f64 / 1e3;
+            if let Some(i) = self.cpus.iter().position(|&c| c == st.cpu) {
+                s.total_us_by_cpu[i] += us;
+            }
             s.count += 1;
             s.total_us += us;
             s.max_us = s.max_us.max(us);
@@ -224,6 +228,11 @@ pub struct StallSummary {
     /// Stalls (a canary later than [`STALL_THRESHOLD`]).
     pub count: u64,
     pub total_us: f64,
+    /// `total_us` per watched CPU, in the order of `cpus`: a stall of the machine shows on
+    /// both, a CPU held by something the canary cannot preempt (a kernel path of the program
+    /// under test, on a kernel that does not preempt there) on one.
+    #[serde(default)]
+    pub total_us_by_cpu: Vec<f64>,
     pub max_us: f64,
     /// Stall time beyond `grace_us` per stall, summed: the part of the stalls long enough to
     /// push a request past a latency bound of about `grace_us` on their own.
@@ -265,6 +274,16 @@ mod tests {
         assert_eq!(s.count, 3);
         assert!((s.total_us - 0.36).abs() < 1e-9, "{s:?}");
         assert_eq!(s.longest, vec![0.3, 0.05, 0.01]);
+    }
+
+    #[test]
+    fn stall_time_is_told_per_cpu() {
+        let mut l = log(&[(0, 2_000), (10_000, 500), (20_000, 300)]);
+        l.cpus = vec![0, 1];
+        l.stalls[1].cpu = 1;
+        let s = l.summary(0, u64::MAX, 0.0);
+        assert_eq!(s.total_us_by_cpu, vec![2.3, 0.5]);
+        assert!((s.total_us - 2.8).abs() < 1e-9, "{s:?}");
     }
 
     #[test]

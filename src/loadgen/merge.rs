@@ -532,10 +532,18 @@ pub fn merge(runs: &[AgentRun], max_skew: Duration) -> anyhow::Result<LoadReport
             all_realtime &= st.realtime;
             stalls.mean_late_us = stalls.mean_late_us.max(st.mean_late_us);
             stalls.longest.extend(st.longest);
-            for c in st.cpus {
-                if !stalls.cpus.contains(&c) {
-                    stalls.cpus.push(c);
-                }
+            // CPUs of different machines share numbers; the per-CPU totals add as the
+            // totals do.
+            for (i, c) in st.cpus.iter().enumerate() {
+                let at = match stalls.cpus.iter().position(|x| x == c) {
+                    Some(at) => at,
+                    None => {
+                        stalls.cpus.push(*c);
+                        stalls.total_us_by_cpu.push(0.0);
+                        stalls.cpus.len() - 1
+                    }
+                };
+                stalls.total_us_by_cpu[at] += st.total_us_by_cpu.get(i).copied().unwrap_or(0.0);
             }
         }
     }
