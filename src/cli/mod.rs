@@ -528,6 +528,11 @@ fn run_sweep(cfg: &iolab::lab::sweep::SweepConfig) -> anyhow::Result<Vec<iolab::
             .collect();
             let mark = if !point.valid {
                 format!("  INVALID ({}: {})", point.blame, why.join(", "))
+            } else if point.over_despite_noise {
+                format!(
+                    "  {} despite the noise (its median waited past the SLO; noise cannot do that)",
+                    if point.saturated { "saturated" } else { "over SLO" }
+                )
             } else if point.saturated {
                 "  saturated".to_string()
             } else if point.over_slo {

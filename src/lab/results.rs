@@ -104,6 +104,10 @@ pub struct Point {
     /// reply in. Latency is timed from the schedule, so the lateness only added to it: valid,
     /// its latency figures upper bounds.
     pub met_despite_lag: bool,
+    /// The machine stalled or the generator was late, yet the median request, timed from its
+    /// actual send, waited past the SLO with the stalls small and most sends on time: noise
+    /// cannot move a median that far unless the server is at its limit. Valid, over the SLO.
+    pub over_despite_noise: bool,
     /// Not a measurement: the sweep did not measure this rate for this engine because the
     /// generator could not have driven it ([`crate::lab::sweep::reach_forecast`]). The row
     /// says why (`invalid_reason`); its figures are NaN and it has no files.

@@ -1508,11 +1508,14 @@ impl LoadReport {
         });
     }
 
-    /// Replaces the latencies: `fast` requests at `fast_ns`, `slow` at `slow_ns`.
+    /// Replaces the latencies, from the schedule and from the actual send alike: `fast`
+    /// requests at `fast_ns`, `slow` at `slow_ns`.
     pub(crate) fn record_latencies(&mut self, fast: u64, fast_ns: u64, slow: u64, slow_ns: u64) {
-        self.m.latency = new_histogram();
-        let _ = self.m.latency.record_n(fast_ns, fast);
-        let _ = self.m.latency.record_n(slow_ns, slow);
+        for h in [&mut self.m.latency, &mut self.m.uncorrected] {
+            *h = new_histogram();
+            let _ = h.record_n(fast_ns, fast);
+            let _ = h.record_n(slow_ns, slow);
+        }
     }
 
     /// Makes 2% of the sends `lag_ns` late.

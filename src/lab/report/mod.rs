@@ -363,6 +363,12 @@ fn build(
                         return row;
                     }
                     let verdict = match (r.valid, r.saturated, r.over_slo) {
+                        (true, true, _) if r.over_despite_noise => {
+                            "valid, saturated despite the noise (the median waited past the SLO)".to_string()
+                        }
+                        (true, false, true) if r.over_despite_noise => {
+                            "valid, over the SLO despite the noise (the median waited past it)".to_string()
+                        }
                         (true, true, _) => "valid, saturated".to_string(),
                         (true, false, true) => "valid, over the SLO".to_string(),
                         (true, false, false) if r.met_despite_lag => {
