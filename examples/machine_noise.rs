@@ -23,8 +23,12 @@ fn main() {
         let sum = log.summary(from, from + 1_000_000_000, 500.0);
         per_sec_excess.push(sum.excess_us);
         println!(
-            "{s:>4}s  stalls {:>4}  total {:>8.0} us  max {:>7.0} us  excess>500us {:>7.0} us",
-            sum.count, sum.total_us, sum.max_us, sum.excess_us
+            "{s:>4}s  stalls {:>4}  total {:>8.0} us  max {:>7.0} us  excess>500us {:>7.0} us  by cpu {:?}",
+            sum.count,
+            sum.total_us,
+            sum.max_us,
+            sum.excess_us,
+            sum.total_us_by_cpu.iter().map(|us| us.round()).collect::<Vec<_>>()
         );
     }
     per_sec_excess.sort_by(f64::total_cmp);
