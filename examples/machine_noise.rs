@@ -28,7 +28,10 @@ fn main() {
             sum.total_us,
             sum.max_us,
             sum.excess_us,
-            sum.total_us_by_cpu.iter().map(|us| us.round()).collect::<Vec<_>>()
+            sum.total_us_by_cpu
+                .iter()
+                .map(|us| us.round())
+                .collect::<Vec<_>>()
         );
     }
     per_sec_excess.sort_by(f64::total_cmp);

@@ -2,9 +2,11 @@
 //! writing a request into the ring to holding its whole reply.
 //!
 //!     taskset -c 0 cargo run --release -- serve --engine shm --shm pp --shm-spin 10s &
-//!     taskset -c 1 cargo run --release --example shm_pingpong -- pp [ROUND_TRIPS] [BYTES]
+//!     taskset -c 1 cargo run --release --example shm_pingpong -- pp [ROUND_TRIPS] [BYTES] [GAP_US]
 //!
-//! Both sides poll, so this is the transport's floor: no system call, no wake-up.
+//! Both sides poll, so this is the transport's floor: no system call, no wake-up. With
+//! GAP_US the client spins that long between round trips, as a connection of a light load
+//! waits between its requests (`examples/cache_cooling` shows what a gap costs on its own).
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,7 @@ fn main() -> anyhow::Result<()> {
     let name = args.next().unwrap_or_else(|| "pp".into());
     let rounds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(200_000);
     let bytes: u32 = args.next().and_then(|s| s.parse().ok()).unwrap_or(64);
+    let gap = Duration::from_micros(args.next().and_then(|s| s.parse().ok()).unwrap_or(0));
     let conn = Connection::connect(&name)?;
     let mut client = ClientConn::new(1 << 20, 1 << 20, 1);
     let mut rtt = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
@@ -28,6 +31,10 @@ fn main() -> anyhow::Result<()> {
         page: 0,
     };
     for id in 0..rounds {
+        let idle_until = Instant::now() + gap;
+        while Instant::now() < idle_until {
+            std::hint::spin_loop();
+        }
         let start = Instant::now();
         client.queue(id, 0, 0, spec, true);
         while let Some(s) = client.out().front() {
@@ -54,7 +61,8 @@ fn main() -> anyhow::Result<()> {
     }
     let us = |q: f64| rtt.value_at_quantile(q) as f64 / 1e3;
     println!(
-        "{rounds} round trips of {bytes} B through shm:{name}: p50 {:.2} us  p90 {:.2} us  p99 {:.2} us  p99.9 {:.2} us  max {:.1} us",
+        "{rounds} round trips of {bytes} B through shm:{name}, {} us apart: p50 {:.2} us  p90 {:.2} us  p99 {:.2} us  p99.9 {:.2} us  max {:.1} us",
+        gap.as_micros(),
         us(0.5),
         us(0.9),
         us(0.99),
