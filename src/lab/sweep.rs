@@ -1309,8 +1309,8 @@ pub fn judge(
     // half of them to wait past the bound with f <= 2%, rho must be >= 0.96: a server at its
     // limit. So when the typical request, timed from its actual send, waited past the SLO,
     // the stalls were small, most sends left on time and the whole schedule went out, the
-    // point is over the SLO whatever the noise: valid, the server's. (Over the 1-3 December
-    // demos this called 50 of 951 invalid points over, all threads or pool at 40k, the two
+    // point is over the SLO whatever the noise: valid, the server's. (Over 27 demos of 3
+    // December this called 50 of 713 invalid points over, all threads or pool at 40k, the two
     // engines whose valid points there were mostly over too; no other cell had one.)
     let window_us = s.duration_s * 1e6;
     let over_despite_noise = !(generator.is_empty() && machine.is_empty())
