@@ -1317,7 +1317,7 @@ pub fn judge(
         && s.latency_uncorrected_us.p50 > slo_us
         && s.send_lag_us.p50 <= MEDIAN_OVER_MAX_LAG_SHARE * slo_us
         && stalls.total_us <= MEDIAN_OVER_MAX_STALL_SHARE * window_us
-        && s.sent as f64 >= 0.99 * s.scheduled_rps * s.duration_s;
+        && s.sent as f64 >= 0.99 * report.scheduled() as f64;
     if met_despite_lag || over_despite_noise {
         generator.clear();
     }
