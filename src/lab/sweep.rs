@@ -116,6 +116,8 @@ pub struct ReachForecast {
     pub hardest: String,
     pub engines: usize,
     pub measurements: usize,
+    /// Every measurement weighed was one the machine spoiled: there was no other yet.
+    pub spoiled_only: bool,
     /// `busy_below` scaled to `rate` ([`REACH_EXPONENT`]).
     pub busy_forecast: f64,
     pub rate: f64,
@@ -125,13 +127,18 @@ pub struct ReachForecast {
 impl ReachForecast {
     pub fn reason(&self) -> String {
         format!(
-            "not measured: beyond the generator's reach over {} (busy {:.0}% of its run at {:.0} rps against {}, the hardest to drive of {} engine(s) there, {} measurement(s); about {:.0}% at {:.0} rps, past the {:.0}% where its own send lag decides the tail)",
+            "not measured: beyond the generator's reach over {} (busy {:.0}% of its run at {:.0} rps against {}, the hardest to drive of {} engine(s) there, {} measurement(s){}; about {:.0}% at {:.0} rps, past the {:.0}% where its own send lag decides the tail)",
             self.path,
             self.busy_below * 100.0,
             self.rate_below,
             self.hardest,
             self.engines,
             self.measurements,
+            if self.spoiled_only {
+                ", all of them during a machine stall"
+            } else {
+                ""
+            },
             self.busy_forecast * 100.0,
             self.rate,
             self.bound * 100.0
@@ -156,8 +163,14 @@ impl ReachForecast {
 /// 0.73-0.86 against the 70% bound (and under it with a flatter exponent, which measured
 /// that rung in one run and moved five engines' knees a rung), where from the hardest
 /// engine it fell 0.86-1.14. Skipping a rung only turns a knee into a lower bound, never a
-/// wrong one; measuring one at the generator's limit lets luck pick the knee. Measurements the machine spoiled are left out (a stall moves the busy
-/// share either way), as are rows that were not measured.
+/// wrong one; measuring one at the generator's limit lets luck pick the knee.
+///
+/// Measurements the machine spoiled are left out (a stall moves the busy share either way),
+/// unless the rung below has no other: then they forecast all the same, for without a
+/// forecast the rung is measured, at whatever load. (The user-space stack's 150k rung, when
+/// its only 80k try so far was void for a stall, was measured at the generator's limit,
+/// 89-99% busy, and one lucky try in three put its knee at the top of the ladder.) Rows that
+/// were not measured never count.
 pub fn reach_forecast(
     points: &[Point],
     path_of: impl Fn(&str) -> &'static str,
@@ -166,18 +179,22 @@ pub fn reach_forecast(
     rate: f64,
     bound: f64,
 ) -> Option<ReachForecast> {
-    let mut by_engine: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for p in points.iter().filter(|p| {
-        p.offered_rps == rate_below
-            && !p.beyond_reach
-            && p.blame != "machine"
-            && p.generator_busy.is_finite()
-            && path_of(&p.engine) == path
-    }) {
-        by_engine.entry(&p.engine).or_default().push(p.generator_busy);
-    }
-    if by_engine.is_empty() || rate_below <= 0.0 || rate > rate_below * MAX_FORECAST_STEP {
+    if rate_below <= 0.0 || rate > rate_below * MAX_FORECAST_STEP {
         return None;
+    }
+    let below: Vec<&Point> = points
+        .iter()
+        .filter(|p| {
+            p.offered_rps == rate_below
+                && !p.beyond_reach
+                && p.generator_busy.is_finite()
+                && path_of(&p.engine) == path
+        })
+        .collect();
+    let spoiled_only = below.iter().all(|p| p.blame == "machine");
+    let mut by_engine: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for p in below.iter().filter(|p| spoiled_only || p.blame != "machine") {
+        by_engine.entry(&p.engine).or_default().push(p.generator_busy);
     }
     let (hardest, busy_below) = by_engine
         .iter()
@@ -191,6 +208,7 @@ pub fn reach_forecast(
         hardest: hardest.to_string(),
         engines: by_engine.len(),
         measurements: by_engine.values().map(Vec::len).sum(),
+        spoiled_only,
         busy_forecast,
         rate,
         bound,
@@ -1881,6 +1899,7 @@ mod tests {
         .expect("beyond reach");
         assert_eq!((f.engines, f.measurements), (3, 5), "{f:?}");
         assert_eq!(f.hardest, "iovec");
+        assert!(!f.spoiled_only, "{f:?}");
         assert!((f.busy_below - 0.60).abs() < 1e-12, "{f:?}");
         // Twice the rate, not twice the busy share: 0.60 x 2^0.75.
         assert!((f.busy_forecast - 0.60 * 2f64.powf(0.75)).abs() < 1e-12, "{f:?}");
@@ -1927,9 +1946,37 @@ mod tests {
         let mut ghost = busy_point("userspace", 40_000.0, 2.0, "generator");
         ghost.beyond_reach = true;
         assert_eq!(
-            reach_forecast(&[ghost], path_of, "userspace", 40_000.0, 80_000.0, 0.9),
+            reach_forecast(
+                std::slice::from_ref(&ghost),
+                path_of,
+                "userspace",
+                40_000.0,
+                80_000.0,
+                0.9
+            ),
             None
         );
+        // With nothing but tries the machine spoiled below, those forecast, and say so:
+        // without a forecast the rung would be measured at the generator's limit.
+        let spoiled = [
+            busy_point("userspace", 80_000.0, 0.55, "machine"),
+            busy_point("userspace", 80_000.0, 0.45, "machine"),
+            ghost,
+        ];
+        let f = reach_forecast(&spoiled, path_of, "userspace", 80_000.0, 150_000.0, 0.7)
+            .expect("0.50 x 1.875^0.75 = 0.80 is beyond 0.7");
+        assert!(f.spoiled_only && (f.busy_below - 0.50).abs() < 1e-12, "{f:?}");
+        assert!(
+            f.reason()
+                .contains("2 measurement(s), all of them during a machine stall"),
+            "{}",
+            f.reason()
+        );
+        // One unspoiled try among them, and only it counts.
+        let mut mixed = spoiled.to_vec();
+        mixed.push(busy_point("userspace", 80_000.0, 0.30, ""));
+        let reach = reach_forecast(&mixed, path_of, "userspace", 80_000.0, 150_000.0, 0.7);
+        assert_eq!(reach, None, "0.30 x 1.875^0.75 = 0.48 is within reach");
     }
 
     #[test]
