@@ -1958,10 +1958,13 @@ mod tests {
         );
         // With nothing but tries the machine spoiled below, those forecast, and say so:
         // without a forecast the rung would be measured at the generator's limit.
+        // (A row not measured at that rung, however high, still never counts.)
+        let mut ghost_80k = ghost;
+        ghost_80k.offered_rps = 80_000.0;
         let spoiled = [
             busy_point("userspace", 80_000.0, 0.55, "machine"),
             busy_point("userspace", 80_000.0, 0.45, "machine"),
-            ghost,
+            ghost_80k,
         ];
         let f = reach_forecast(&spoiled, path_of, "userspace", 80_000.0, 150_000.0, 0.7)
             .expect("0.50 x 1.875^0.75 = 0.80 is beyond 0.7");
